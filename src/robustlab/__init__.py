@@ -1,0 +1,22 @@
+"""robustlab: defenses against adversarial perturbations and the attacks and evaluations that test them.
+
+``robustlab.load(run_dir)`` rebuilds a trained model; the parts live in
+``robustlab.data``, ``robustlab.models``, ``robustlab.defenses``,
+``robustlab.attacks`` and ``robustlab.evaluation``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported lazily so that `robustlab --help` does not wait for torch.
+    if name == "load":
+        from robustlab.runs import load
+
+        return load
+    raise AttributeError(f"module 'robustlab' has no attribute {name!r}")

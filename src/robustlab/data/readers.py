@@ -1,0 +1,207 @@
+"""Readers for the standard on-disk formats, each returning uint8 NCHW images and int64 labels.
+
+Every reader validates what it reads and raises :class:`~robustlab.io.RobustlabError`
+with one line naming the file and the fix when a file is missing, truncated or corrupt.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import tarfile
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from robustlab.io import RobustlabError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def open_maybe_gzip(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise RobustlabError(f"{path}: file not found; check --data-dir or use --download") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error):
+            raise RobustlabError(
+                f"{path}: truncated or corrupt gzip file; delete it and fetch it again (--download)"
+            ) from None
+    return raw
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (MNIST format), gzipped or not, into a uint8 array.
+
+    The header is a magic number ``0x0000 08 NDIM`` (unsigned bytes) followed by
+    NDIM big-endian int32 sizes; the payload must hold exactly prod(sizes) bytes.
+    """
+    data = open_maybe_gzip(path)
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise RobustlabError(f"{path}: not an IDX file of unsigned bytes; re-download it")
+    ndim = data[3]
+    header_end = 4 + 4 * ndim
+    shape = tuple(int(v) for v in np.frombuffer(data[4:header_end], dtype=">i4"))
+    expected = int(np.prod(shape)) + header_end
+    if len(shape) != ndim or len(data) != expected:
+        raise RobustlabError(
+            f"{path}: truncated IDX file ({len(data)} bytes, expected {expected}); re-download it"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header_end).reshape(shape).copy()
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR batches that refuses every global except numpy's array rebuilders.
+
+    The official CIFAR-10 python batches are pickles; this keeps reading them
+    from ever executing code a tampered file could smuggle in.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+
+
+def read_cifar_batch(blob: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one CIFAR-10 python batch: images (N, 3, 32, 32) uint8, labels (N,) int64."""
+    try:
+        batch = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
+        raise RobustlabError(
+            f"{source}: not a valid CIFAR-10 batch ({err}); re-download cifar-10-python.tar.gz"
+        ) from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise RobustlabError(f"{source}: CIFAR-10 batch has shape {data.shape}; re-download it")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def read_cifar10(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read the official CIFAR-10 python distribution from its folder or its .tar.gz."""
+    names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+    blobs = _cifar_blobs(root, [n for group in names.values() for n in group])
+    splits = {}
+    for split, members in names.items():
+        parts = [read_cifar_batch(blobs[m], f"{root}:{m}") for m in members]
+        splits[split] = (
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+        )
+    return splits
+
+
+def _cifar_blobs(root: Path, members: list[str]) -> dict[str, bytes]:
+    if root.is_file():
+        try:
+            with tarfile.open(root, "r:gz") as tar:
+                found = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+                missing = [m for m in members if m not in found]
+                if missing:
+                    raise RobustlabError(f"{root}: archive lacks {missing[0]}; re-download it")
+                return {m: _extract(tar, found[m]) for m in members}
+        except (tarfile.TarError, OSError, EOFError, zlib.error):
+            raise RobustlabError(f"{root}: truncated or corrupt archive; re-download it") from None
+    folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    blobs = {}
+    for m in members:
+        path = folder / m
+        if not path.is_file():
+            raise RobustlabError(f"{path}: file not found; point --data-dir at cifar-10-batches-py")
+        blobs[m] = path.read_bytes()
+    return blobs
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = tar.extractfile(member)
+    if handle is None:
+        raise RobustlabError(f"{member.name}: unreadable archive member; re-download the archive")
+    return handle.read()
+
+
+def decode_image(blob: bytes, source: str, channels: int) -> np.ndarray:
+    """Decode one image file to uint8 (C, H, W) with ``channels`` = 1 (grey) or 3 (RGB)."""
+    try:
+        with Image.open(io.BytesIO(blob)) as img:
+            pixels = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise RobustlabError(f"{source}: cannot decode image ({err}); replace or delete it") from None
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def read_image_folder(
+    root: Path, channels: int = 3
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
+    """Read ``train/<class>/*`` and ``test/<class>/*`` from a folder or a .tar(.gz) archive.
+
+    Classes are the sorted folder names of the train split (for CIFAR-10 this is
+    the standard class order). Files are read in sorted order, so the result is
+    deterministic.
+    """
+    entries = list(_archive_entries(root) if root.is_file() else _folder_entries(root))
+    by_split: dict[str, list[tuple[str, str, bytes | Path]]] = {"train": [], "test": []}
+    for split, cls, name, payload in entries:
+        if split in by_split:
+            by_split[split].append((cls, name, payload))
+    if not by_split["train"] or not by_split["test"]:
+        raise RobustlabError(f"{root}: expected train/<class>/<image> and test/<class>/<image>")
+    classes = tuple(sorted({cls for cls, _, _ in by_split["train"]}))
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for split, items in by_split.items():
+        items.sort(key=lambda item: (item[0], item[1]))
+        unknown = [cls for cls, _, _ in items if cls not in index]
+        if unknown:
+            raise RobustlabError(f"{root}: test class {unknown[0]!r} has no train folder")
+        images = np.stack([_decode_entry(root, split, c, n, p, channels) for c, n, p in items])
+        labels = np.array([index[c] for c, _, _ in items], dtype=np.int64)
+        splits[split] = (images, labels)
+    shapes = {splits[s][0].shape[1:] for s in splits}
+    if len(shapes) != 1:
+        raise RobustlabError(f"{root}: train and test images differ in size {shapes}; resize them")
+    return splits, classes
+
+
+def _decode_entry(
+    root: Path, split: str, cls: str, name: str, payload: bytes | Path, channels: int
+) -> np.ndarray:
+    source = f"{root}:{split}/{cls}/{name}"
+    blob = payload.read_bytes() if isinstance(payload, Path) else payload
+    return decode_image(blob, source, channels)
+
+
+def _folder_entries(root: Path) -> Iterable[tuple[str, str, str, bytes | Path]]:
+    if not root.is_dir():
+        raise RobustlabError(f"{root}: no such folder or archive; check --data-dir")
+    for path in root.glob("*/*/*"):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            yield path.parts[-3], path.parts[-2], path.name, path
+
+
+def _archive_entries(root: Path) -> Iterable[tuple[str, str, str, bytes | Path]]:
+    try:
+        with tarfile.open(root, "r:*") as tar:
+            for member in tar:
+                parts = Path(member.name).parts
+                if member.isfile() and len(parts) >= 3 and parts[-1].lower().endswith(
+                    IMAGE_SUFFIXES
+                ):
+                    yield parts[-3], parts[-2], parts[-1], _extract(tar, member)
+    except (tarfile.TarError, OSError, EOFError, zlib.error):
+        raise RobustlabError(f"{root}: truncated or corrupt archive; fetch it again") from None

@@ -1,0 +1,1 @@
+"""Defenses: defective layers, training-time baselines (more to come: CSC purification, SFR)."""

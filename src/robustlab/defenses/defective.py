@@ -1,0 +1,227 @@
+"""Defective convolutional layers (Luo et al., "Defective Convolutional Networks").
+
+A defective layer multiplies its post-BatchNorm, pre-activation output by a fixed
+0/1 mask ``m`` of shape (C, H, W):  ``y = BN(conv(x)) ⊙ m``. Exactly
+``round((1 - p) · C · H · W)`` entries of ``m`` are zero, drawn uniformly without
+replacement from a generator seeded by the spec's seed and the layer's name, so
+the same spec always gives the same masks. Variants:
+
+- ``neuron``  : zeros anywhere in (C, H, W) (the paper's default);
+- ``channel`` : ``round((1 - p) · C)`` whole channels are zero ("DC");
+- ``shared``  : ``round((1 - p) · H · W)`` positions, the same in every channel ("SM").
+
+Masks are persistent buffers (``<layer>.defect_mask``), saved in checkpoints, never
+trained, and identical in train and eval mode.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+Mode = Literal["neuron", "channel", "shared"]
+MODES: tuple[Mode, ...] = ("neuron", "channel", "shared")
+
+
+@dataclass(frozen=True)
+class DefectSpec:
+    """Where and how a network is defective.
+
+    Parameters
+    ----------
+    keep_prob : p, the fraction of neurons kept, in (0, 1].
+    blocks : ``"bottom"`` (blocks 0-2), ``"top"`` (last three), ``"all"`` or block indices.
+    mode : ``"neuron"``, ``"channel"`` or ``"shared"`` (see module docstring).
+    widen : channel multiplier of the defective blocks (the paper's ×n ablation).
+    seed : mask seed; the same seed gives the same masks.
+    """
+
+    keep_prob: float
+    blocks: str | tuple[int, ...] = "bottom"
+    mode: Mode = "neuron"
+    widen: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.keep_prob <= 1:
+            raise ValueError(f"keep probability {self.keep_prob} must be in (0, 1], e.g. 0.1")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown defect mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.widen < 1:
+            raise ValueError(f"widen must be a positive integer, got {self.widen}")
+        if isinstance(self.blocks, list):
+            object.__setattr__(self, "blocks", tuple(self.blocks))
+
+    @classmethod
+    def parse(cls, text: str, seed: int = 0) -> DefectSpec:
+        """Parse ``BLOCKS:P[:MODE][:xN]``, e.g. ``bottom:0.1``, ``0,1,2:0.5:channel:x2``."""
+        parts = text.split(":")
+        if len(parts) < 2:
+            raise ValueError(f"defect {text!r} must look like bottom:0.1 (blocks:keep_prob)")
+        blocks: str | tuple[int, ...] = parts[0]
+        if parts[0] not in ("bottom", "top", "all"):
+            try:
+                blocks = tuple(int(b) for b in parts[0].split(","))
+            except ValueError:
+                raise ValueError(
+                    f"defect blocks {parts[0]!r} must be bottom, top, all or indices like 0,1,2"
+                ) from None
+        try:
+            keep = float(parts[1])
+        except ValueError:
+            raise ValueError(f"keep probability {parts[1]!r} is not a number, e.g. 0.1") from None
+        mode: Any = "neuron"
+        widen = 1
+        for extra in parts[2:]:
+            if extra.startswith("x") and extra[1:].isdigit():
+                widen = int(extra[1:])
+            else:
+                mode = extra
+        return cls(keep, blocks, mode, widen, seed)
+
+    def __str__(self) -> str:
+        blocks = self.blocks if isinstance(self.blocks, str) else ",".join(map(str, self.blocks))
+        extras = ("" if self.mode == "neuron" else f":{self.mode}") + (
+            "" if self.widen == 1 else f":x{self.widen}"
+        )
+        return f"{blocks}:{self.keep_prob:g}{extras}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["blocks"] = self.blocks if isinstance(self.blocks, str) else list(self.blocks)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DefectSpec:
+        blocks = data["blocks"]
+        return cls(
+            keep_prob=float(data["keep_prob"]),
+            blocks=blocks if isinstance(blocks, str) else tuple(blocks),
+            mode=data.get("mode", "neuron"),
+            widen=int(data.get("widen", 1)),
+            seed=int(data.get("seed", 0)),
+        )
+
+
+def layer_seed(seed: int, layer: str) -> int:
+    """A 63-bit seed for one layer's mask from the spec seed and the layer name."""
+    digest = hashlib.sha256(f"{seed}/{layer}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _count_zeros(keep_prob: float, n: int) -> int:
+    return int(math.floor((1 - keep_prob) * n + 0.5))
+
+
+def make_mask(shape: Sequence[int], keep_prob: float, mode: Mode, seed: int) -> torch.Tensor:
+    """A float 0/1 mask of ``shape`` = (C, H, W) with exactly the spec's number of zeros."""
+    generator = torch.Generator().manual_seed(seed)
+    channels = shape[0]
+    spatial = math.prod(shape[1:])
+    if mode == "neuron":
+        pattern = _zero_positions(channels * spatial, keep_prob, generator)
+        return pattern.view(*shape)
+    if mode == "channel":
+        per_channel = _zero_positions(channels, keep_prob, generator)
+        return per_channel.view(channels, *([1] * (len(shape) - 1))).expand(*shape).clone()
+    per_position = _zero_positions(spatial, keep_prob, generator)
+    return per_position.view(1, *shape[1:]).expand(*shape).clone()
+
+
+def _zero_positions(n: int, keep_prob: float, generator: torch.Generator) -> torch.Tensor:
+    mask = torch.ones(n)
+    mask[torch.randperm(n, generator=generator)[: _count_zeros(keep_prob, n)]] = 0
+    return mask
+
+
+def _apply_mask(module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    mask: torch.Tensor = module.defect_mask
+    if output.shape[1:] != mask.shape:
+        raise RuntimeError(
+            f"defective layer with mask {tuple(mask.shape)} got output {tuple(output.shape[1:])}; "
+            "build the model for the input size it is used with (image_size=...)"
+        )
+    return output * mask
+
+
+def make_defective(
+    model: nn.Module,
+    spec: DefectSpec,
+    layers: Sequence[str] | None = None,
+    example_input: torch.Tensor | None = None,
+) -> nn.Module:
+    """Make the outputs of ``layers`` defective, in place, and return ``model``.
+
+    Parameters
+    ----------
+    model : any module; for a zoo model (one with a ``defect_layers(blocks)`` method)
+        the layers default to the BatchNorm layers of ``spec.blocks``.
+    spec : keep probability, mode and seed of the masks.
+    layers : module names or shell-style patterns (``"features.[0-3].bn*"``) as in
+        ``model.named_modules()``; each output is masked before the next activation.
+    example_input : one input batch, run once to learn each layer's output shape.
+    """
+    if layers is None:
+        if not hasattr(model, "defect_layers"):
+            raise ValueError("make_defective needs layers=[names or patterns] for a custom model")
+        layers = model.defect_layers(spec.blocks)
+    if example_input is None:
+        raise ValueError("make_defective needs example_input (one batch) to size the masks")
+    chosen = _match_layers(model, layers)
+    shapes = _output_shapes(model, chosen, example_input)
+    for name, module in chosen.items():
+        if hasattr(module, "defect_mask"):
+            raise ValueError(f"layer {name!r} is already defective")
+        mask = make_mask(shapes[name], spec.keep_prob, spec.mode, layer_seed(spec.seed, name))
+        module.register_buffer("defect_mask", mask.to(example_input.device))
+        module.register_forward_hook(_apply_mask)
+    return model
+
+
+def _match_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
+    named = dict(model.named_modules())
+    chosen: dict[str, nn.Module] = {}
+    for pattern in layers:
+        hits = [n for n in named if n and fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise ValueError(f"no layer matches {pattern!r}; see model.named_modules() for names")
+        chosen.update((n, named[n]) for n in hits)
+    return chosen
+
+
+def _output_shapes(
+    model: nn.Module, chosen: dict[str, nn.Module], example_input: torch.Tensor
+) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = [
+        module.register_forward_hook(
+            lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:]))
+        )
+        for name, module in chosen.items()
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input[:1])
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def masks(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The (layer name, mask) pairs of a model's defective layers, in module order."""
+    return [
+        (name, module.defect_mask)
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "defect_mask", None), torch.Tensor)
+    ]

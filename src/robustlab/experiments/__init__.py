@@ -1,0 +1,1 @@
+"""Jobs behind the command line: each CLI command calls one function here."""

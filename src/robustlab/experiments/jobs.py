@@ -1,0 +1,96 @@
+"""Library functions behind the CLI commands: train a run, evaluate it, run the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustlab.data import Dataset, load_dataset
+from robustlab.defenses.defective import DefectSpec
+from robustlab.evaluation.clean import accuracy
+from robustlab.models import ModelConfig
+from robustlab.runs import load, read_meta
+from robustlab.training import TrainConfig, train
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` is CUDA when available, else CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def sample(data: Dataset, limit: int | None, seed: int = 0) -> Dataset:
+    """A seeded random subset of ``limit`` examples (kept in dataset order), or all of them."""
+    if limit is None or limit >= len(data):
+        return data
+    if limit < 1:
+        raise ValueError(f"limit {limit} must be at least 1")
+    generator = np.random.default_rng(seed)
+    return data.subset(np.sort(generator.choice(len(data), size=limit, replace=False)))
+
+
+def model_config_for(
+    data: Dataset,
+    arch: str,
+    defect: DefectSpec | None = None,
+    regularizer: str | None = None,
+    **options: Any,
+) -> ModelConfig:
+    """A model config sized for ``data``: its classes, channels, image size and statistics."""
+    return ModelConfig(
+        arch=arch, num_classes=len(data.classes), in_channels=data.channels,
+        image_size=data.image_size, mean=data.mean, std=data.std, defect=defect,
+        regularizer=regularizer, options=options,
+    )  # fmt: skip
+
+
+def train_model(
+    *,
+    dataset: str,
+    arch: str,
+    out: str | Path,
+    config: TrainConfig,
+    defect: DefectSpec | None = None,
+    regularizer: str | None = None,
+    options: dict[str, Any] | None = None,
+    data_dir: str | None = None,
+    download: bool = False,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    resume: bool = False,
+    force: bool = False,
+    device: str = "auto",
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Train ``arch`` on ``dataset`` into the run directory ``out``; return its metadata."""
+    train_data = sample(load_dataset(dataset, "train", data_dir, download), train_limit, config.seed)
+    test_data = sample(load_dataset(dataset, "test", data_dir, download), test_limit, config.seed)
+    model_config = model_config_for(train_data, arch, defect, regularizer, **(options or {}))
+    dataset_meta = {
+        "name": dataset, "data_dir": data_dir, "train_limit": train_limit,
+        "test_limit": test_limit, "classes": list(train_data.classes),
+    }  # fmt: skip
+    return train(
+        model_config, train_data, test_data, config, out, resume=resume, force=force,
+        device=resolve_device(device), quiet=quiet, extra_meta={"dataset": dataset_meta},
+    )  # fmt: skip
+
+
+def evaluate_clean(
+    run: str | Path,
+    *,
+    split: str = "test",
+    data_dir: str | None = None,
+    limit: int | None = None,
+    device: str = "auto",
+) -> tuple[float, int]:
+    """Top-1 accuracy of a run on its dataset's ``split``: (accuracy, number of images)."""
+    meta = read_meta(run)
+    data = load_dataset(meta["dataset"]["name"], split, data_dir or meta["dataset"]["data_dir"])
+    data = sample(data, limit)
+    model = load(run, resolve_device(device))
+    return accuracy(model, data), len(data)

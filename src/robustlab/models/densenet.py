@@ -1,0 +1,68 @@
+"""DenseNet-BC (Huang et al.), CIFAR stem. Blocks: 0 = stem, then every dense layer and
+transition in order (DenseNet-121: 6 + 1 + 12 + 1 + 24 + 1 + 16 = 61 of them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from robustlab.models.base import BlockNet, Widths
+
+
+class DenseLayer(nn.Module):
+    """BN-ReLU-conv1×1 (4k) then BN-ReLU-conv3×3 (k); output concatenated to the input."""
+
+    def __init__(self, cin: int, growth: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, 4 * growth, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4 * growth)
+        self.conv2 = nn.Conv2d(4 * growth, growth, 3, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(torch.relu(self.bn1(x)))
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return torch.cat([x, out], dim=1)
+
+
+class Transition(nn.Module):
+    """BN-ReLU-conv1×1 halving the channels, then 2×2 average pooling."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(cin)
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+        self.pool = nn.AvgPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.pool(self.conv(torch.relu(self.bn(x))))
+        return out
+
+
+def densenet(
+    stage_layers: Sequence[int],
+    growth: int,
+    *,
+    num_classes: int,
+    in_channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    widths: Widths,
+) -> BlockNet:
+    """Assemble DenseNet-BC with compression 0.5; widening multiplies a layer's growth rate."""
+    cin = widths(0, 2 * growth)
+    blocks: list[nn.Module] = [nn.Conv2d(in_channels, cin, 3, 1, 1, bias=False)]
+    for stage, count in enumerate(stage_layers):
+        for _ in range(count):
+            blocks.append(DenseLayer(cin, widths(len(blocks), growth)))
+            cin += widths(len(blocks) - 1, growth)
+        if stage < len(stage_layers) - 1:
+            blocks.append(Transition(cin, cin // 2))
+            cin //= 2
+    head = nn.Sequential(
+        nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(cin, num_classes),
+    )  # fmt: skip
+    return BlockNet(blocks, head, mean, std)

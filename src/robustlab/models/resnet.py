@@ -1,0 +1,73 @@
+"""ResNets, CIFAR style (3×3 stem, no max-pool), post-activation as in He et al. 2016.
+
+Blocks: 0 = stem, then one index per residual block in order (ResNet-18: 1-8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from robustlab.models.base import BlockNet, Widths, conv_bn, conv_block, pooled_linear
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convs; a 1×1 projection shortcut when shape changes."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        cout = planes * self.expansion
+        self.unit1 = conv_bn(cin, planes, 3, stride)
+        self.unit2 = conv_bn(planes, cout, 3)
+        self.shortcut = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.unit1(x))
+        return torch.relu(self.unit2(out) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    """1×1 reduce, 3×3, 1×1 expand (×4); projection shortcut when shape changes."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        cout = planes * self.expansion
+        self.unit1 = conv_bn(cin, planes, 1)
+        self.unit2 = conv_bn(planes, planes, 3, stride)
+        self.unit3 = conv_bn(planes, cout, 1)
+        self.shortcut = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.unit1(x))
+        out = torch.relu(self.unit2(out))
+        return torch.relu(self.unit3(out) + self.shortcut(x))
+
+
+def resnet(
+    block: type[BasicBlock] | type[Bottleneck],
+    stage_blocks: Sequence[int],
+    stage_widths: Sequence[int],
+    *,
+    num_classes: int,
+    in_channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    widths: Widths,
+) -> BlockNet:
+    """Assemble a CIFAR-style ResNet; stage ``s`` > 0 starts with stride 2."""
+    stem_width = widths(0, stage_widths[0])
+    blocks: list[nn.Module] = [conv_block(in_channels, stem_width)]
+    cin = stem_width
+    for stage, (count, planes) in enumerate(zip(stage_blocks, stage_widths, strict=True)):
+        for i in range(count):
+            stride = 2 if stage > 0 and i == 0 else 1
+            unit = block(cin, widths(len(blocks), planes), stride)
+            cin = widths(len(blocks), planes) * block.expansion
+            blocks.append(unit)
+    return BlockNet(blocks, pooled_linear(cin, num_classes), mean, std)

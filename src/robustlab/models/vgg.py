@@ -1,0 +1,41 @@
+"""VGG with BatchNorm and a single linear layer on top (as in the paper's VGG-19).
+
+Blocks: one per conv (VGG-19: 16); a max-pool joins the block of the conv before it,
+and is left out where the feature map is already 1×1 (small inputs such as 28×28).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from robustlab.models.base import BlockNet, Widths, conv_block, pooled_linear
+
+VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+         512, 512, 512, 512, "M", 512, 512, 512, 512, "M")  # fmt: skip
+
+
+def vgg(
+    config: Sequence[int | str],
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    widths: Widths,
+) -> BlockNet:
+    """Assemble a VGG from a config of channel counts and ``"M"`` (max-pool)."""
+    blocks: list[nn.Sequential] = []
+    cin, size = in_channels, image_size
+    for item in config:
+        if item == "M":
+            if size >= 2:
+                blocks[-1].add_module("pool", nn.MaxPool2d(2))
+                size //= 2
+            continue
+        cout = widths(len(blocks), int(item))
+        blocks.append(conv_block(cin, cout))
+        cin = cout
+    return BlockNet(blocks, pooled_linear(cin, num_classes), mean, std)
