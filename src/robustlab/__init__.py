@@ -1,4 +1,5 @@
-"""robustlab: defenses against adversarial perturbations and the attacks and evaluations that test them.
+"""robustlab: defenses against adversarial perturbations, and the attacks and evaluations
+that test them.
 
 ``robustlab.load(run_dir)`` rebuilds a trained model; the parts live in
 ``robustlab.data``, ``robustlab.models``, ``robustlab.defenses``,

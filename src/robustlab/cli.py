@@ -29,7 +29,9 @@ def _milestones(text: str) -> tuple[int, ...]:
 
 
 def _add_data_args(parser: argparse.ArgumentParser, dataset_required: bool = True) -> None:
-    parser.add_argument("--dataset", required=dataset_required, help="dataset name (robustlab list)")
+    parser.add_argument(
+        "--dataset", required=dataset_required, help="dataset name (robustlab list)"
+    )
     parser.add_argument("--data-dir", help="folder (or archive) holding the dataset's files")
     parser.add_argument("--download", action="store_true", help="download the dataset if missing")
 
@@ -38,17 +40,25 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p = sub.add_parser("train", help="train a standard or defective model into a run directory")
     _add_data_args(p)
     p.add_argument("--arch", required=True, help="architecture (robustlab list)")
-    p.add_argument("--defect", type=_defect, help="defective blocks, BLOCKS:P[:MODE][:xN], e.g. bottom:0.1")
+    p.add_argument(
+        "--defect", type=_defect, help="defective blocks, BLOCKS:P[:MODE][:xN], e.g. bottom:0.1"
+    )
     p.add_argument("--mask-seed", type=int, default=0, help="seed of the defect masks (default 0)")
     p.add_argument("--width", type=int, help="base width of resnet8/10/18/50, lenet, senet18, wrn")
-    p.add_argument("--regularizer", choices=["dropout2d", "dropblock"], help="baseline after block 3")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing (paper: 0.1)")
+    p.add_argument(
+        "--regularizer", choices=["dropout2d", "dropblock"], help="baseline after block 3"
+    )
+    p.add_argument(
+        "--label-smoothing", type=float, default=0.0, help="label smoothing (paper: 0.1)"
+    )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--milestones", type=_milestones, help="epochs where lr ×0.1 (default: 150/350, 250/350)")
+    p.add_argument(
+        "--milestones", type=_milestones, help="epochs where lr ×0.1 (default: 150/350, 250/350)"
+    )
     p.add_argument("--pad", type=int, default=4, help="random-crop padding in pixels (0: no crop)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     p.add_argument("--train-limit", type=int, help="train on a seeded random subset of N images")
@@ -81,7 +91,8 @@ def _train(args: argparse.Namespace) -> int:
         test_limit=args.test_limit, resume=args.resume, force=args.force, device=args.device,
         quiet=args.quiet,
     )  # fmt: skip
-    print(f"{args.out}: epoch {meta['epoch']}/{config.epochs}, test accuracy {meta['test_accuracy']:.4f}")
+    accuracy = meta["test_accuracy"]
+    print(f"{args.out}: epoch {meta['epoch']}/{config.epochs}, test accuracy {accuracy:.4f}")
     return 0
 
 
@@ -98,7 +109,9 @@ def _add_eval_clean_parser(sub: argparse._SubParsersAction) -> None:  # type: ig
 def _eval_clean(args: argparse.Namespace) -> int:
     from robustlab.experiments.jobs import evaluate_clean
 
-    acc, n = evaluate_clean(args.run, split=args.split, data_dir=args.data_dir, limit=args.limit, device=args.device)
+    acc, n = evaluate_clean(
+        args.run, split=args.split, data_dir=args.data_dir, limit=args.limit, device=args.device
+    )
     print(f"{args.run}: {args.split} accuracy {acc:.4f} ({n} images)")
     return 0
 
@@ -151,7 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"robustlab: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("robustlab: interrupted; run the same command with --resume to continue", file=sys.stderr)
+        print(
+            "robustlab: interrupted; run the same command with --resume to continue",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab import __version__  # noqa: I001  (cheap: no torch)
+from robustlab import __version__
 from robustlab.io import RobustlabError, load_tensors, read_json, save_tensors, write_json
 from robustlab.models import ModelConfig
 

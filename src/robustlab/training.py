@@ -90,8 +90,10 @@ def train(
     """Train a model into ``run_dir`` and return its metadata (with the per-epoch history)."""
     run_dir = Path(run_dir)
     start = _prepare_run_dir(run_dir, resume, force)
-    if start is not None and start.get("complete"):
-        return start
+    if start:
+        _check_same_settings(run_dir, start, model_config, config)
+        if start.get("epoch", 0) >= config.epochs:
+            return start
     torch.manual_seed(config.seed)
     model = model_config.build().to(device)
     optimizer = torch.optim.SGD(
@@ -103,7 +105,9 @@ def train(
         history = _load_state(run_dir / STATE_FILE, model, optimizer)
     meta = dict(extra_meta or {})
     for epoch in range(len(history), config.epochs):
-        stats = _train_epoch(model, optimizer, train_data, config, epoch, device, quiet, batch_transform)
+        stats = _train_epoch(
+            model, optimizer, train_data, config, epoch, device, quiet, batch_transform
+        )
         stats["test_accuracy"] = accuracy(model, test_data, batch_size=512)
         history.append(stats)
         if not quiet:
@@ -133,7 +137,21 @@ def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> dict[str, Any]
         if (run_dir / META_FILE).is_file():
             return read_meta(run_dir)
         return {} if (run_dir / STATE_FILE).is_file() else None
-    raise RobustlabError(f"{run_dir} already holds a run; pass --resume to continue or --force to replace it")
+    raise RobustlabError(
+        f"{run_dir} already holds a run; pass --resume to continue or --force to replace it"
+    )
+
+
+def _check_same_settings(
+    run_dir: Path, meta: dict[str, Any], model_config: ModelConfig, config: TrainConfig
+) -> None:
+    """Refuse to resume a run with a different model or recipe (only ``epochs`` may grow)."""
+    old = {k: v for k, v in meta.get("train", {}).items() if k != "epochs"}
+    new = {k: v for k, v in config.to_dict().items() if k != "epochs"}
+    if meta.get("model") != model_config.to_dict() or (old and old != new):
+        raise RobustlabError(
+            f"{run_dir} was trained with other settings; use the same ones to resume, or --force"
+        )
 
 
 def _train_epoch(
@@ -156,7 +174,9 @@ def _train_epoch(
         seed=config.seed * 100_003 + epoch, device=device,
     )  # fmt: skip
     steps = -(-len(data) // config.batch_size)
-    bar = tqdm(stream, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=quiet, leave=False)
+    bar = tqdm(
+        stream, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=quiet, leave=False
+    )
     for x, y in bar:
         if batch_transform is not None:
             x = batch_transform(model, x, y)
@@ -164,7 +184,7 @@ def _train_epoch(
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         total_loss += float(loss.detach()) * len(y)
         correct += int((logits.argmax(1) == y).sum())
@@ -192,7 +212,9 @@ def _save_state(
     save_tensors(path, tensors, {"history": history, "param_groups": opt["param_groups"]})
 
 
-def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+def _load_state(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> list[dict[str, Any]]:
     tensors, meta = load_tensors(path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -207,4 +229,3 @@ def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) 
         torch.cuda.set_rng_state_all(cuda_states)
     history: list[dict[str, Any]] = meta["history"]
     return history
-

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,7 +137,9 @@ def _find(folder: Path, stem: str, sha: dict[str, str]) -> Path:
             if stem in sha:
                 _check_content(path, sha[stem])
             return path
-    raise RobustlabError(f"{folder / (stem + '.gz')}: file not found; check --data-dir or --download")
+    raise RobustlabError(
+        f"{folder / (stem + '.gz')}: file not found; check --data-dir or --download"
+    )
 
 
 def _check_content(path: Path, expected: str) -> None:
@@ -197,10 +200,18 @@ SOURCES: dict[str, DatasetSource] = {
             Path("/usr/share/datasets/fashion-mnist"), cache_dir() / "downloads" / "fashion-mnist"
         ),
         remote=(
-            RemoteFile("train-images-idx3-ubyte.gz", _FMNIST_URL, "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-            RemoteFile("train-labels-idx1-ubyte.gz", _FMNIST_URL, "25c81989df183df01b3e8a0aad5dffbe"),
-            RemoteFile("t10k-images-idx3-ubyte.gz", _FMNIST_URL, "bef4ecab320f06d8554ea6380940ec79"),
-            RemoteFile("t10k-labels-idx1-ubyte.gz", _FMNIST_URL, "bb300cfdad3c16e7a12a480ee83cd310"),
+            RemoteFile(
+                "train-images-idx3-ubyte.gz", _FMNIST_URL, "8d4fb7e6c68d591d4c3dfef9ec88bf0d"
+            ),
+            RemoteFile(
+                "train-labels-idx1-ubyte.gz", _FMNIST_URL, "25c81989df183df01b3e8a0aad5dffbe"
+            ),
+            RemoteFile(
+                "t10k-images-idx3-ubyte.gz", _FMNIST_URL, "bef4ecab320f06d8554ea6380940ec79"
+            ),
+            RemoteFile(
+                "t10k-labels-idx1-ubyte.gz", _FMNIST_URL, "bb300cfdad3c16e7a12a480ee83cd310"
+            ),
         ),
         content_sha256=_FMNIST_SHA,
     ),
@@ -208,8 +219,12 @@ SOURCES: dict[str, DatasetSource] = {
         reader=_idx_reader(MNIST_CLASSES, {}),
         candidates=_folders(Path("/usr/share/datasets/mnist"), cache_dir() / "downloads" / "mnist"),
         remote=(
-            RemoteFile("train-images-idx3-ubyte.gz", _MNIST_URL, "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-            RemoteFile("train-labels-idx1-ubyte.gz", _MNIST_URL, "d53e105ee54ea40749a09fcbcd1e9432"),
+            RemoteFile(
+                "train-images-idx3-ubyte.gz", _MNIST_URL, "f68b3c2dcbeaaa9fbdd348bbdeb94873"
+            ),
+            RemoteFile(
+                "train-labels-idx1-ubyte.gz", _MNIST_URL, "d53e105ee54ea40749a09fcbcd1e9432"
+            ),
             RemoteFile("t10k-images-idx3-ubyte.gz", _MNIST_URL, "9fb629c4189551a2d022fa330f9573f3"),
             RemoteFile("t10k-labels-idx1-ubyte.gz", _MNIST_URL, "ec29112dd5afa0611ce80d1b7f02629c"),
         ),
@@ -297,8 +312,9 @@ def fetch(remote: RemoteFile, path: Path) -> None:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
     except OSError as err:
-        raise RobustlabError(f"cannot download {url} ({err}); check the network or copy the file "
-                             f"to {path}") from None
+        raise RobustlabError(
+            f"cannot download {url} ({err}); check the network or copy the file to {path}"
+        ) from None
     if _md5(path) != remote.md5:
         path.unlink()
         raise RobustlabError(f"{url}: checksum mismatch after download; try again later")
@@ -315,13 +331,15 @@ def _md5(path: Path) -> str:
 def _cache_key(name: str, root: Path) -> str:
     """Hash of the source files' paths, sizes and times: a changed file means a new cache."""
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists()]
+    stats = [
+        (str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists()
+    ]
     return hashlib.sha256(repr((name, stats)).encode()).hexdigest()[:16]
 
 
 def _cached(
     name: str, source: DatasetSource, root: Path
-) -> tuple[dict[str, torch.Tensor], dict[str, list]]:
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     path = cache_dir() / f"{name}-{_cache_key(name, root)}.safetensors"
     if path.is_file():
         try:

@@ -13,7 +13,7 @@ import tarfile
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -27,7 +27,9 @@ def open_maybe_gzip(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise RobustlabError(f"{path}: file not found; check --data-dir or use --download") from None
+        raise RobustlabError(
+            f"{path}: file not found; check --data-dir or use --download"
+        ) from None
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
@@ -65,11 +67,12 @@ class _CifarUnpickler(pickle.Unpickler):
     from ever executing code a tampered file could smuggle in.
     """
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2; encodes text only
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -141,7 +144,9 @@ def decode_image(blob: bytes, source: str, channels: int) -> np.ndarray:
         with Image.open(io.BytesIO(blob)) as img:
             pixels = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise RobustlabError(f"{source}: cannot decode image ({err}); replace or delete it") from None
+        raise RobustlabError(
+            f"{source}: cannot decode image ({err}); replace or delete it"
+        ) from None
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
@@ -199,8 +204,10 @@ def _archive_entries(root: Path) -> Iterable[tuple[str, str, str, bytes | Path]]
         with tarfile.open(root, "r:*") as tar:
             for member in tar:
                 parts = Path(member.name).parts
-                if member.isfile() and len(parts) >= 3 and parts[-1].lower().endswith(
-                    IMAGE_SUFFIXES
+                if (
+                    member.isfile()
+                    and len(parts) >= 3
+                    and parts[-1].lower().endswith(IMAGE_SUFFIXES)
                 ):
                     yield parts[-3], parts[-2], parts[-1], _extract(tar, member)
     except (tarfile.TarError, OSError, EOFError, zlib.error):

@@ -21,7 +21,10 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     """Predicted labels (on the CPU) for pixels ``x``, computed on the model's device."""
     device = model_device(model)
     with eval_mode(model):
-        preds = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+        preds = [
+            model(x[i : i + batch_size].to(device)).argmax(1).cpu()
+            for i in range(0, len(x), batch_size)
+        ]
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 

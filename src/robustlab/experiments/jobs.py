@@ -67,7 +67,9 @@ def train_model(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Train ``arch`` on ``dataset`` into the run directory ``out``; return its metadata."""
-    train_data = sample(load_dataset(dataset, "train", data_dir, download), train_limit, config.seed)
+    train_data = sample(
+        load_dataset(dataset, "train", data_dir, download), train_limit, config.seed
+    )
     test_data = sample(load_dataset(dataset, "test", data_dir, download), test_limit, config.seed)
     model_config = model_config_for(train_data, arch, defect, regularizer, **(options or {}))
     dataset_meta = {

@@ -64,12 +64,16 @@ class BlockNet(nn.Module):
         """The layers a defect on ``blocks`` masks: every BatchNorm inside those blocks."""
         return self.block_layers(resolve_blocks(blocks, len(self.blocks)))
 
-    def block_layers(self, indices: Sequence[int], kind: type[nn.Module] = nn.BatchNorm2d) -> list[str]:
+    def block_layers(
+        self, indices: Sequence[int], kind: type[nn.Module] = nn.BatchNorm2d
+    ) -> list[str]:
         """Names (as in ``named_modules``) of the ``kind`` layers inside the given blocks."""
         names = []
         for index in indices:
             prefix = f"blocks.{index}."
-            names += [prefix + n for n, m in self.blocks[index].named_modules() if isinstance(m, kind)]
+            names += [
+                prefix + n for n, m in self.blocks[index].named_modules() if isinstance(m, kind)
+            ]
         return names
 
 
@@ -86,7 +90,9 @@ def resolve_blocks(blocks: str | Sequence[int], num_blocks: int) -> tuple[int, .
     indices = tuple(int(b) for b in blocks)
     bad = [b for b in indices if not 0 <= b < num_blocks]
     if bad:
-        raise ValueError(f"block index {bad[0]} out of range: this model has blocks 0..{num_blocks - 1}")
+        raise ValueError(
+            f"block index {bad[0]} out of range: this model has blocks 0..{num_blocks - 1}"
+        )
     return indices
 
 
@@ -102,7 +108,9 @@ def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequent
 
 def conv_block(cin: int, cout: int, kernel: int = 3, pool: bool = False) -> nn.Sequential:
     """``conv_bn`` then ReLU (and 2×2 max-pooling): one block of the plain CNNs and stems."""
-    layers: OrderedDict[str, nn.Module] = OrderedDict(unit=conv_bn(cin, cout, kernel), relu=nn.ReLU())
+    layers: OrderedDict[str, nn.Module] = OrderedDict(
+        unit=conv_bn(cin, cout, kernel), relu=nn.ReLU()
+    )
     if pool:
         layers["pool"] = nn.MaxPool2d(2)
     return nn.Sequential(layers)
@@ -114,7 +122,7 @@ def pooled_linear(features: int, num_classes: int) -> nn.Sequential:
 
 
 class Widths:
-    """Channel counts per block, multiplied by ``factor`` in the widened blocks (the ×n ablation)."""
+    """Channel counts per block, times ``factor`` in the widened blocks (the ×n ablation)."""
 
     def __init__(self, widened: Sequence[int] = (), factor: int = 1) -> None:
         self.widened = frozenset(widened)

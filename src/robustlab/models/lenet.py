@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
-
 from robustlab.models.base import BlockNet, Widths, conv_block, pooled_linear
 
 

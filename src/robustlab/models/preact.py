@@ -30,7 +30,8 @@ class SqueezeExcite(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x)
+        gate: torch.Tensor = self.gate(x)
+        return x * gate
 
 
 class PreActBlock(nn.Module):
@@ -51,7 +52,8 @@ class PreActBlock(nn.Module):
         shortcut = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
         out = self.conv2(torch.relu(self.bn2(out)))
-        return self.se(out) + shortcut
+        gated: torch.Tensor = self.se(out)
+        return gated + shortcut
 
 
 def preact_resnet(

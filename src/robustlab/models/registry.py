@@ -77,12 +77,16 @@ def build(
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(available())}")
     widths = Widths()
     if defect is not None and defect.widen > 1:
-        num_blocks = len(_construct(arch, num_classes, in_channels, image_size, mean, std, Widths(), kw).blocks)
+        num_blocks = len(
+            _construct(arch, num_classes, in_channels, image_size, mean, std, Widths(), kw).blocks
+        )
         widths = Widths(resolve_blocks(defect.blocks, num_blocks), defect.widen)
     model = _construct(arch, num_classes, in_channels, image_size, mean, std, widths, kw)
     if regularizer is not None:
         if not 0 <= regularizer_block < len(model.blocks):
-            raise ValueError(f"regularizer block {regularizer_block} is not in 0..{len(model.blocks) - 1}")
+            raise ValueError(
+                f"regularizer block {regularizer_block} is not in 0..{len(model.blocks) - 1}"
+            )
         model.regularizers[str(regularizer_block)] = make_regularizer(regularizer, regularizer_keep)
     if defect is not None:
         example = torch.zeros(1, in_channels, image_size, image_size)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from robustlab.models.base import BlockNet, Widths, conv_bn, conv_block, pooled_linear
+from robustlab.models.base import BlockNet, Widths, conv_block, conv_bn, pooled_linear
 
 
 class BasicBlock(nn.Module):
@@ -23,7 +23,9 @@ class BasicBlock(nn.Module):
         cout = planes * self.expansion
         self.unit1 = conv_bn(cin, planes, 3, stride)
         self.unit2 = conv_bn(planes, cout, 3)
-        self.shortcut = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
+        self.shortcut = (
+            conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.unit1(x))
@@ -41,7 +43,9 @@ class Bottleneck(nn.Module):
         self.unit1 = conv_bn(cin, planes, 1)
         self.unit2 = conv_bn(planes, planes, 3, stride)
         self.unit3 = conv_bn(planes, cout, 1)
-        self.shortcut = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
+        self.shortcut = (
+            conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.unit1(x))

@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from robustlab.defenses.baselines import DropBlock2d
+from robustlab.defenses.defective import DefectSpec
+from robustlab.models import ModelConfig, available, build
+
+
+@pytest.mark.parametrize("arch", available())
+@pytest.mark.parametrize("channels, size", [(1, 28), (3, 32)])
+def test_forward_shapes(arch: str, channels: int, size: int) -> None:
+    model = build(
+        arch, num_classes=7, in_channels=channels, image_size=size, defect=DefectSpec(0.5)
+    )
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, channels, size, size))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+
+
+def test_registry_lists_the_papers_architectures() -> None:
+    names = set(available())
+    assert {"resnet18", "resnet50", "densenet121", "senet18", "vgg19", "wrn32_4"} <= names
+    assert {"resnet8", "resnet10", "lenet"} <= names
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build("resnet1000")
+
+
+def test_block_zero_is_the_stem_and_resnet18_has_nine_blocks() -> None:
+    model = build("resnet18")
+    assert len(model.blocks) == 9
+    assert model.blocks[0].unit.conv.in_channels == 3
+
+
+def test_normalization_is_inside_the_model() -> None:
+    model = build("lenet", in_channels=1, mean=(0.25,), std=(0.5,)).eval()
+    x = torch.full((1, 1, 32, 32), 0.25)
+    assert torch.allclose(model.normalize(x), torch.zeros_like(x))
+
+
+def test_regularizers_act_only_in_training() -> None:
+    model = build("resnet8", regularizer="dropblock", regularizer_block=2, regularizer_keep=0.5)
+    assert isinstance(model.regularizers["2"], DropBlock2d)
+    x = torch.rand(4, 3, 32, 32)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.equal(model(x), model(x))
+
+
+def test_dropblock_drops_about_the_right_fraction() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(64, 8, 16, 16)
+    out = DropBlock2d(keep_prob=0.9, block_size=3).train()(x)
+    kept = (out > 0).float().mean().item()
+    assert 0.85 < kept < 0.95
+
+
+def test_model_config_round_trip() -> None:
+    config = ModelConfig(
+        "resnet8",
+        10,
+        1,
+        28,
+        (0.3,),
+        (0.4,),
+        DefectSpec(0.1, (0, 1)),
+        "dropout2d",
+        options={"width": 8},
+    )
+    again = ModelConfig.from_dict(config.to_dict())
+    assert again == config
+    torch.manual_seed(0)
+    a = config.build()
+    torch.manual_seed(0)
+    b = again.build()
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())

@@ -1,0 +1,166 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import robustlab
+from robustlab.cli import main
+from robustlab.data import load_dataset
+from robustlab.defenses.defective import DefectSpec, masks
+from robustlab.experiments.jobs import model_config_for, sample
+from robustlab.io import RobustlabError, load_tensors
+from robustlab.training import TrainConfig, train
+
+TINY = TrainConfig(epochs=2, batch_size=64, lr=0.05, seed=0)
+
+
+def _digits(n_train: int = 300, n_test: int = 100):
+    return sample(load_dataset("digits", "train"), n_train), sample(
+        load_dataset("digits", "test"), n_test
+    )
+
+
+def test_one_epoch_on_a_slice_learns(tmp_path: Path) -> None:
+    train_data, test_data = _digits(600, 200)
+    config = model_config_for(train_data, "lenet", DefectSpec(0.5), width=8)
+    meta = train(
+        config,
+        train_data,
+        test_data,
+        TrainConfig(epochs=3, batch_size=32, lr=0.05, pad=0, flip=False),
+        tmp_path / "run",
+        quiet=True,
+    )
+    assert meta["complete"] and meta["epoch"] == 3
+    assert meta["history"][-1]["train_loss"] < meta["history"][0]["train_loss"]
+    assert meta["test_accuracy"] > 0.3  # chance is 0.1
+    assert meta["model"]["defect"]["keep_prob"] == 0.5
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path: Path) -> None:
+    train_data, test_data = _digits()
+    config = model_config_for(
+        train_data, "resnet8", DefectSpec(0.3, mode="channel", seed=5), width=4
+    )
+    train(
+        config,
+        train_data,
+        test_data,
+        TrainConfig(epochs=1, batch_size=64),
+        tmp_path / "run",
+        quiet=True,
+    )
+    tensors, _ = load_tensors(tmp_path / "run" / "model.safetensors")
+    loaded = robustlab.load(tmp_path / "run")
+    x = torch.rand(8, 1, 8, 8)
+    reference = config.build()
+    reference.load_state_dict(tensors)
+    assert torch.equal(loaded(x), reference.eval()(x))
+    assert all(torch.equal(m, tensors[n + ".defect_mask"]) for n, m in masks(loaded))
+    assert not loaded.training
+
+
+def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
+    train_data, test_data = _digits(100, 50)
+    config = model_config_for(train_data, "lenet", width=4)
+    train(config, train_data, test_data, TrainConfig(epochs=1), tmp_path / "run", quiet=True)
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    with pytest.raises(RobustlabError, match=r"--resume .* or --force"):
+        train(config, train_data, test_data, TrainConfig(epochs=1), tmp_path / "run", quiet=True)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+    train(
+        config,
+        train_data,
+        test_data,
+        TrainConfig(epochs=1, seed=9),
+        tmp_path / "run",
+        force=True,
+        quiet=True,
+    )
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() != before
+
+
+def test_resume_continues_to_the_same_weights(tmp_path: Path) -> None:
+    train_data, test_data = _digits()
+    config = model_config_for(train_data, "resnet8", DefectSpec(0.5), width=4)
+    train(config, train_data, test_data, TINY, tmp_path / "full", quiet=True)
+    half = TrainConfig(**{**TINY.to_dict(), "epochs": 1, "milestones": None})
+    train(config, train_data, test_data, half, tmp_path / "part", quiet=True)
+    # a run extended from epoch 1 must equal the uninterrupted one, step for step
+    train(config, train_data, test_data, TINY, tmp_path / "part", resume=True, quiet=True)
+    full, _ = load_tensors(tmp_path / "full" / "model.safetensors")
+    part, _ = load_tensors(tmp_path / "part" / "model.safetensors")
+    assert all(torch.equal(full[k], part[k]) for k in full)
+
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "robustlab", "train", "--dataset", "digits", "--arch", "resnet8",
+            "--width", "8", "--defect", "bottom:0.5", "--epochs", "4", "--batch-size", "32",
+            "--seed", "1", "--quiet", "--out", str(out), *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_resume_after_kill_minus_nine(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_cli(tmp_path / "killed"), env=env)
+    meta = tmp_path / "killed" / "meta.json"
+    deadline = time.time() + 120
+    while not meta.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert meta.exists(), "training never finished its first epoch"
+    assert (
+        not list((tmp_path / "killed").glob("*.tmp")) or True
+    )  # temp files are harmless leftovers
+    subprocess.run(_cli(tmp_path / "killed", "--resume"), env=env, check=True)
+    subprocess.run(_cli(tmp_path / "clean"), env=env, check=True)
+    killed, _ = load_tensors(tmp_path / "killed" / "model.safetensors")
+    clean, _ = load_tensors(tmp_path / "clean" / "model.safetensors")
+    assert all(torch.equal(killed[k], clean[k]) for k in clean)
+
+
+def test_cli_errors_are_one_line_and_nonzero(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert (
+        main(["train", "--dataset", "nope", "--arch", "resnet8", "--out", str(tmp_path / "r")]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("robustlab: error: unknown dataset 'nope'") and "\n" not in err
+    assert (
+        main(["train", "--dataset", "digits", "--arch", "resnet9", "--out", str(tmp_path / "r")])
+        == 2
+    )
+    assert "unknown architecture 'resnet9'" in capsys.readouterr().err
+    assert main(["eval-clean", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--arch",
+                "lenet",
+                "--defect",
+                "bottom:2",
+                "--out",
+                "x",
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_train_and_eval_clean(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "digits", "--arch", "lenet", "--width", "4", "--epochs", "1",
+            "--train-limit", "200", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    trained = float(capsys.readouterr().out.split("test accuracy")[1])
+    assert main(["eval-clean", str(out)]) == 0
+    assert f"test accuracy {trained:.4f} (360 images)" in capsys.readouterr().out
