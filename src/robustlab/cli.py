@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from robustlab import __version__
 from robustlab.io import RobustlabError
 
@@ -116,6 +118,72 @@ def _eval_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_attack_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "attack",
+        help="generate an adversarial set from source run(s)",
+        description="Attack source run(s) (several: their averaged logits) and save the set. "
+        "eps and step sizes are in 0-255 pixel units, as in the paper.",
+    )
+    p.add_argument("--source", action="append", required=True, help="source run (repeatable)")
+    p.add_argument("--attack", required=True, help="fgsm, pgd, mifgsm, cw, boundary or noise")
+    p.add_argument("--eps", type=float, help="perturbation bound in 0-255 units (fgsm/pgd/mifgsm)")
+    p.add_argument("--step", type=float, help="step size in 0-255 units (pgd/mifgsm)")
+    p.add_argument("--steps", type=int, help="iterations (pgd/mifgsm/cw/boundary)")
+    p.add_argument("--random-start", action="store_true", help="pgd: start at a random point")
+    p.add_argument("--norm", choices=["linf", "l2"], help="pgd: the ball's norm (default linf)")
+    p.add_argument("--decay", type=float, help="mifgsm: momentum decay (default 1.0)")
+    p.add_argument("--kappa", type=float, help="cw: confidence (paper: 20, 40)")
+    p.add_argument("--c", type=float, help="cw: initial constant (default 1e-3)")
+    p.add_argument("--search-steps", type=int, help="cw: binary search rounds (paper: 30)")
+    p.add_argument("--lr", type=float, help="cw: Adam learning rate (default 0.01)")
+    p.add_argument("--max-queries", type=int, help="boundary: query budget per example")
+    p.add_argument("--candidates", type=int, help="boundary: proposals per step (default 1)")
+    p.add_argument("--sigma", type=float, help="noise: standard deviation in 0-255 units")
+    p.add_argument("--target", type=int, help="targeted attack toward this class")
+    _add_data_args(p, dataset_required=False)
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--n", type=int, help="attack a seeded random subset of N images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and the attack")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--float", action="store_true", help="store float32 images, not uint8")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="adversarial set file (.npz)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_attack)
+
+
+_ATTACK_PARAMS = ("steps", "random_start", "norm", "decay", "kappa", "c", "search_steps", "lr",
+                  "max_queries", "candidates")  # fmt: skip
+
+
+def _attack(args: argparse.Namespace) -> int:
+    from robustlab.experiments.jobs import make_adversarial_set
+
+    given = {k: getattr(args, k) for k in _ATTACK_PARAMS}
+    # identity checks: `0 in (None, False)` is true, and --steps 0 must reach validation
+    params = {k: v for k, v in given.items() if v is not None and v is not False}
+    for key in ("eps", "step"):
+        value = getattr(args, key)
+        if value is not None:
+            if not 0 <= value <= 255:
+                raise ValueError(f"--{key} {value} must be in 0..255 pixel units, e.g. --{key} 16")
+            params[key] = value / 255
+    if args.sigma is not None:
+        params["sigma"] = args.sigma  # the noise attack takes σ in 0-255 units itself
+    adv_set = make_adversarial_set(
+        sources=args.source, attack=args.attack, params=params, out=args.out,
+        dataset=args.dataset, data_dir=args.data_dir, split=args.split, n=args.n,
+        seed=args.seed, batch_size=args.batch_size, quantize=not args.float,
+        target=args.target, force=args.force, device=args.device, quiet=args.quiet,
+    )  # fmt: skip
+    fooled = float(adv_set.fooled_source.mean()) if len(adv_set) else 0.0
+    print(f"{args.out}: {len(adv_set)} images, fooled the source on {fooled:.1%}, "
+          f"median linf {255 * float(np.median(adv_set.linf)):.2f}/255")  # fmt: skip
+    return 0
+
+
 def _add_demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help="train small standard and defective models and compare them")
     p.add_argument("--out", default="results/demo", help="results directory (resumable)")
@@ -131,15 +199,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_list_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("list", help="list architectures and datasets")
+    p = sub.add_parser("list", help="list architectures, datasets and attacks")
     p.set_defaults(handler=_list)
 
 
 def _list(_: argparse.Namespace) -> int:
-    from robustlab import data, models
+    from robustlab import attacks, data, models
 
     print("architectures:", ", ".join(models.available()))
     print("datasets:", ", ".join(data.available()))
+    print("attacks:", ", ".join(attacks.available()))
     return 0
 
 
@@ -150,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train_parser, _add_eval_clean_parser, _add_demo_parser, _add_list_parser):
+    commands = (_add_train_parser, _add_eval_clean_parser, _add_attack_parser, _add_demo_parser,
+                _add_list_parser)  # fmt: skip
+    for add in commands:
         add(sub)
     return parser
 

@@ -103,7 +103,11 @@ def train(
     history: list[dict[str, Any]] = []
     if start is not None and (run_dir / STATE_FILE).is_file():
         history = _load_state(run_dir / STATE_FILE, model, optimizer)
-    meta = dict(extra_meta or {})
+    meta: dict[str, Any] = {
+        "dataset": {"name": train_data.name, "data_dir": None, "classes": list(train_data.classes)}
+    }
+    for key, value in (extra_meta or {}).items():
+        meta[key] = {**meta[key], **value} if key == "dataset" else value
     for epoch in range(len(history), config.epochs):
         stats = _train_epoch(
             model, optimizer, train_data, config, epoch, device, quiet, batch_transform

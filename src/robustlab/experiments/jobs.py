@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from robustlab.attacks import AdversarialSet, Ensemble
+from robustlab.attacks import build as build_attack
+from robustlab.attacks.adversarial_set import generate_set, save_set
 from robustlab.data import Dataset, load_dataset
 from robustlab.defenses.defective import DefectSpec
 from robustlab.evaluation.clean import accuracy
+from robustlab.io import prepare_output
 from robustlab.models import ModelConfig
 from robustlab.runs import load, read_meta
 from robustlab.training import TrainConfig, train
@@ -23,14 +29,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def sample_indices(size: int, limit: int | None, seed: int = 0) -> np.ndarray:
+    """Indices of a seeded random subset of ``limit`` of ``size`` examples, in ascending order."""
+    if limit is None or limit >= size:
+        return np.arange(size)
+    if limit < 1:
+        raise ValueError(f"limit {limit} must be at least 1")
+    return np.sort(np.random.default_rng(seed).choice(size, size=limit, replace=False))
+
+
 def sample(data: Dataset, limit: int | None, seed: int = 0) -> Dataset:
     """A seeded random subset of ``limit`` examples (kept in dataset order), or all of them."""
     if limit is None or limit >= len(data):
         return data
-    if limit < 1:
-        raise ValueError(f"limit {limit} must be at least 1")
-    generator = np.random.default_rng(seed)
-    return data.subset(np.sort(generator.choice(len(data), size=limit, replace=False)))
+    return data.subset(sample_indices(len(data), limit, seed))
 
 
 def model_config_for(
@@ -72,10 +84,7 @@ def train_model(
     )
     test_data = sample(load_dataset(dataset, "test", data_dir, download), test_limit, config.seed)
     model_config = model_config_for(train_data, arch, defect, regularizer, **(options or {}))
-    dataset_meta = {
-        "name": dataset, "data_dir": data_dir, "train_limit": train_limit,
-        "test_limit": test_limit, "classes": list(train_data.classes),
-    }  # fmt: skip
+    dataset_meta = {"data_dir": data_dir, "train_limit": train_limit, "test_limit": test_limit}
     return train(
         model_config, train_data, test_data, config, out, resume=resume, force=force,
         device=resolve_device(device), quiet=quiet, extra_meta={"dataset": dataset_meta},
@@ -96,3 +105,47 @@ def evaluate_clean(
     data = sample(data, limit)
     model = load(run, resolve_device(device))
     return accuracy(model, data), len(data)
+
+
+def load_sources(
+    runs: Sequence[str | Path], device: torch.device
+) -> tuple[nn.Module, dict[str, Any]]:
+    """One run, or the logit-averaging ensemble of several; with the first run's metadata."""
+    if not runs:
+        raise ValueError("give at least one --source run")
+    models = [load(run, device) for run in runs]
+    return (models[0] if len(models) == 1 else Ensemble(models).eval()), read_meta(runs[0])
+
+
+def make_adversarial_set(
+    *,
+    sources: Sequence[str | Path],
+    attack: str,
+    params: dict[str, Any],
+    out: str | Path,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    split: str = "test",
+    n: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    quantize: bool = True,
+    target: int | None = None,
+    force: bool = False,
+    device: str = "auto",
+    quiet: bool = False,
+) -> AdversarialSet:
+    """Attack the source run(s) on ``n`` seeded test images and save the set to ``out``."""
+    out = prepare_output(out, force)
+    build_attack(attack, nn.Identity(), **params)  # bad parameters fail before any work
+    model, meta = load_sources(sources, resolve_device(device))
+    name = dataset or meta["dataset"]["name"]
+    data = load_dataset(name, split, data_dir or meta["dataset"].get("data_dir"))
+    indices = sample_indices(len(data), n, seed)
+    adv_set = generate_set(
+        model, data, indices, attack, params, seed=seed, batch_size=batch_size,
+        quantize=quantize, target=target, quiet=quiet,
+        config={"sources": [str(s) for s in sources], "n": len(indices)},
+    )  # fmt: skip
+    save_set(out, adv_set)
+    return adv_set

@@ -1,0 +1,16 @@
+"""Attacks: ``build(name, model, **params)``; each is called as ``attack(x, y) -> x_adv``."""
+
+from robustlab.attacks.adversarial_set import AdversarialSet, load_set, save_set
+from robustlab.attacks.base import Attack, AttackResult, Ensemble
+from robustlab.attacks.boundary import Boundary
+from robustlab.attacks.cw import CW
+from robustlab.attacks.fgsm import FGSM
+from robustlab.attacks.mifgsm import MIFGSM
+from robustlab.attacks.noise import GaussianNoise
+from robustlab.attacks.pgd import PGD
+from robustlab.attacks.registry import available, build
+
+__all__ = [
+    "CW", "FGSM", "MIFGSM", "PGD", "AdversarialSet", "Attack", "AttackResult", "Boundary",
+    "Ensemble", "GaussianNoise", "available", "build", "load_set", "save_set",
+]  # fmt: skip

@@ -1,0 +1,154 @@
+"""Adversarial sets on disk: generate once, evaluate against many targets.
+
+A set is one ``.npz`` file (read with ``allow_pickle=False``) holding the adversarial
+images (uint8 by default, quantised like the paper's PNG files, or float32), labels,
+dataset indices, the source's clean and adversarial predictions (so "fooled the source"
+is known), per-example ℓ∞ and ℓ2 norms of the stored perturbation, query counts where
+the attack reports them, and the full config as JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from robustlab import __version__
+from robustlab.attacks import distances
+from robustlab.attacks.registry import build
+from robustlab.data import Dataset
+from robustlab.evaluation.clean import model_device, predict
+from robustlab.io import RobustlabError, atomic_write
+
+SET_FORMAT = "robustlab-adversarial-set/1"
+_ARRAYS = ("images", "labels", "indices", "clean_pred", "adv_pred", "linf", "l2")
+
+
+@dataclass
+class AdversarialSet:
+    """Adversarial examples of one attack on one source, with what is known about them."""
+
+    images: np.ndarray  # uint8 (N, C, H, W), or float32 in [0, 1]
+    labels: np.ndarray
+    indices: np.ndarray  # positions in the dataset split
+    clean_pred: np.ndarray  # the source's predictions on the clean images
+    adv_pred: np.ndarray  # ... and on the stored adversarial images
+    linf: np.ndarray  # per-example norms of (stored adversarial − clean), in [0, 1] units
+    l2: np.ndarray
+    config: dict[str, Any]
+    queries: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def pixels(self) -> torch.Tensor:
+        """The adversarial images as float pixels in [0, 1]."""
+        x = torch.from_numpy(self.images)
+        return x.float() / 255 if self.images.dtype == np.uint8 else x.float()
+
+    @property
+    def fooled_source(self) -> np.ndarray:
+        """Whether each adversarial example changed the source's answer away from the label."""
+        target = self.config.get("target")
+        if target is not None:
+            return np.asarray(self.adv_pred == np.asarray(target))
+        return np.asarray(self.adv_pred != self.labels)
+
+
+def save_set(path: str | Path, adv_set: AdversarialSet) -> None:
+    """Write a set atomically (no pickles: arrays plus the config as a JSON string)."""
+    arrays = {name: getattr(adv_set, name) for name in _ARRAYS}
+    if adv_set.queries is not None:
+        arrays["queries"] = adv_set.queries
+    config = {"format": SET_FORMAT, **adv_set.config}
+    with atomic_write(path) as handle:
+        np.savez_compressed(handle, config_json=np.array(json.dumps(config)), **arrays)
+
+
+def load_set(path: str | Path) -> AdversarialSet:
+    """Read a set written by :func:`save_set`, refusing anything that needs unpickling."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        raise RobustlabError(
+            f"{path}: file not found; generate it with `robustlab attack`"
+        ) from None
+    except (OSError, ValueError) as err:
+        raise RobustlabError(
+            f"{path}: not a readable adversarial set ({err}); re-generate it"
+        ) from None
+    missing = [n for n in (*_ARRAYS, "config_json") if n not in arrays]
+    if missing:
+        raise RobustlabError(f"{path}: adversarial set lacks {missing[0]!r}; re-generate it")
+    config = json.loads(str(arrays.pop("config_json")))
+    if config.pop("format", None) != SET_FORMAT:
+        raise RobustlabError(f"{path}: unknown adversarial set format; re-generate it")
+    return AdversarialSet(config=config, queries=arrays.pop("queries", None), **arrays)
+
+
+def batch_seed(seed: int, start: int) -> int:
+    """The attack seed of the batch starting at example ``start``: independent across batches."""
+    digest = hashlib.sha256(f"{seed}/{start}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def generate_set(
+    source: nn.Module,
+    data: Dataset,
+    indices: np.ndarray,
+    attack: str,
+    params: dict[str, Any],
+    *,
+    seed: int = 0,
+    batch_size: int = 256,
+    quantize: bool = True,
+    target: int | None = None,
+    config: dict[str, Any] | None = None,
+    quiet: bool = False,
+) -> AdversarialSet:
+    """Attack ``source`` on ``data[indices]`` batch by batch; return the set (not yet saved).
+
+    Each batch is attacked with seed :func:`batch_seed` (seed, first index of the batch),
+    so the set depends on ``seed`` and ``batch_size`` only.
+    """
+    device = model_device(source)
+    subset = data.subset(indices)
+    clean, labels = subset.tensors()
+    pieces: list[torch.Tensor] = []
+    queries: list[torch.Tensor] = []
+    for start in tqdm(range(0, len(subset), batch_size), desc=attack, disable=quiet, leave=False):
+        x = clean[start : start + batch_size].to(device)
+        y = labels[start : start + batch_size].to(device)
+        goal = torch.full_like(y, target) if target is not None else None
+        result = build(attack, source, seed=batch_seed(seed, start), **params).run(x, y, goal)
+        pieces.append(result.adv.cpu())
+        if result.queries is not None:
+            queries.append(result.queries.cpu())
+    adv = torch.cat(pieces) if pieces else clean.clone()
+    stored = (adv * 255).round().to(torch.uint8) if quantize else adv.float()
+    stored_pixels = stored.float() / 255 if quantize else stored
+    full_config = {
+        "attack": attack, "params": params, "seed": seed, "batch_size": batch_size,
+        "quantized": quantize, "target": target, "dataset": data.name, "split": data.split,
+        "version": __version__, **(config or {}),
+    }  # fmt: skip
+    return AdversarialSet(
+        images=stored.numpy(),
+        labels=labels.numpy(),
+        indices=np.asarray(indices, dtype=np.int64),
+        clean_pred=predict(source, clean, batch_size).numpy(),
+        adv_pred=predict(source, stored_pixels, batch_size).numpy(),
+        linf=distances.linf(clean, stored_pixels).numpy(),
+        l2=distances.l2(clean, stored_pixels).numpy(),
+        config=full_config,
+        queries=torch.cat(queries).numpy() if queries else None,
+    )

@@ -1,0 +1,151 @@
+"""The shared base of every attack: parameter checks, input checks, eval mode, seeding.
+
+An attack is built with its parameters and then called: ``attack(x, y) -> x_adv``.
+It is stateless between calls, puts the model in eval mode for the call and restores
+its mode after, never touches the model's weights or their gradients, and draws all
+randomness from a generator seeded with ``seed`` (the same seed gives the same output).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustlab.models.base import eval_mode
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns: adversarial images and, for query-based attacks, model queries."""
+
+    adv: torch.Tensor
+    queries: torch.Tensor | None = None  # model evaluations spent on each example
+
+
+class Attack(ABC):
+    """Base class: subclasses set ``name`` and implement :meth:`_run`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, model: nn.Module, *, seed: int = 0) -> None:
+        self.model = model
+        self.seed = int(seed)
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Adversarial versions of pixels ``x`` (labels ``y``); toward ``target`` if given."""
+        return self.run(x, y, target).adv
+
+    def run(
+        self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
+    ) -> AttackResult:
+        """Like calling the attack, with per-example extras (query counts) in the result."""
+        with eval_mode(self.model):
+            self._check_inputs(x, y, target)
+            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+            result = self._run(x.detach(), y, target, generator)
+        result.adv = result.adv.detach()
+        return result
+
+    @abstractmethod
+    def _run(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        generator: torch.Generator,
+    ) -> AttackResult: ...
+
+    def params(self) -> dict[str, Any]:
+        """The attack's parameters, for adversarial-set files and result records."""
+        skip = {"model"}
+        return {"attack": self.name, **{k: v for k, v in vars(self).items() if k not in skip}}
+
+    def _check_inputs(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"images must be a batch (N, C, H, W), got shape {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("images contain NaN or infinite values; clean the input first")
+        if x.numel() and (x.min() < 0 or x.max() > 1):
+            raise ValueError("images must be pixels in [0, 1]; divide uint8 images by 255")
+        for name, labels in (("labels", y), ("target labels", target)):
+            if labels is None:
+                continue
+            if labels.shape != (len(x),) or labels.dtype.is_floating_point:
+                raise ValueError(f"{name} must be integers of shape ({len(x)},)")
+            with torch.no_grad():
+                classes = int(self.model(x[:1]).shape[1])
+            if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+                raise ValueError(f"{name} must be in 0..{classes - 1} for this model")
+
+
+def check_range(name: str, value: float, low: float, high: float, hint: str = "") -> float:
+    """Return ``value`` if ``low <= value <= high``, else raise a one-line error."""
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value} must be in [{low}, {high}]{hint}")
+    return float(value)
+
+
+def check_eps(name: str, value: float) -> float:
+    """ε and step sizes are in [0, 1] pixel units in the API (the CLI converts from 0-255)."""
+    return check_range(name, value, 0.0, 1.0, f"; pixels are in [0, 1], e.g. {name}=16/255")
+
+
+def check_steps(name: str, value: int) -> int:
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name}={value} must be a positive integer")
+    return int(value)
+
+
+def input_gradient(
+    model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targeted: bool
+) -> torch.Tensor:
+    """∇ₓ of the cross-entropy to ``labels``, summed over the batch (ascent direction).
+
+    For a targeted attack the sign is flipped, so stepping along the result always
+    moves toward the goal. Only the input requires a gradient: the weights' ``.grad``
+    are left untouched.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(x), labels, reduction="sum")
+        (grad,) = torch.autograd.grad(-loss if targeted else loss, x)
+    return grad
+
+
+def project_linf(adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Clip ``adv`` into the ℓ∞ ball of radius ε around ``x`` and into [0, 1]."""
+    return (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
+
+
+def per_example_norm(t: torch.Tensor, p: float) -> torch.Tensor:
+    """The ℓp norm of each example of a batch, shaped to broadcast against it."""
+    norms: torch.Tensor = t.flatten(1).norm(p=p, dim=1)
+    return norms.view(-1, *([1] * (t.ndim - 1)))
+
+
+def project_l2(adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Scale ``adv - x`` into the ℓ2 ball of radius ε around ``x``, then clip to [0, 1]."""
+    delta = adv - x
+    factor = (eps / per_example_norm(delta, 2).clamp_min(1e-12)).clamp(max=1.0)
+    return (x + delta * factor).clamp(0, 1)
+
+
+class Ensemble(nn.Module):
+    """Average of the logits of several models (the ensemble source of transfer attacks)."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not models:
+            raise ValueError("an ensemble needs at least one model")
+        self.members = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
