@@ -16,7 +16,7 @@ def linf(x: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
 
 def l2(x: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
     """‖adv − x‖₂ per example."""
-    return torch.linalg.vector_norm(_flat(x, adv), dim=1)
+    return _flat(x, adv).square().sum(1).sqrt()
 
 
 def mse(x: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
