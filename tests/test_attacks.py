@@ -222,3 +222,14 @@ def test_ensemble_averages_logits() -> None:
     x = torch.rand(4, 1, 12, 12)
     assert torch.allclose(Ensemble([a, b])(x), (a(x) + b(x)) / 2)
     assert set(available()) == set(ALL)
+
+
+def test_weights_requires_grad_is_restored(batch) -> None:
+    model, x, y = batch
+    model[0].weight.requires_grad_(False)  # a user's partly frozen model stays as it was
+    try:
+        PGD(model, eps=8 / 255, steps=2)(x, y)
+        assert not model[0].weight.requires_grad and model[0].bias.requires_grad
+        assert model[5].weight.requires_grad
+    finally:
+        model[0].weight.requires_grad_(True)

@@ -24,8 +24,8 @@ from robustlab import __version__
 from robustlab.attacks import distances
 from robustlab.attacks.registry import build
 from robustlab.data import Dataset
-from robustlab.evaluation.clean import model_device, predict
 from robustlab.io import RobustlabError, atomic_write
+from robustlab.models.base import model_device, predict
 
 SET_FORMAT = "robustlab-adversarial-set/1"
 _ARRAYS = ("images", "labels", "indices", "clean_pred", "adv_pred", "linf", "l2")

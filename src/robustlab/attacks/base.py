@@ -1,8 +1,8 @@
 """The shared base of every attack: parameter checks, input checks, eval mode, seeding.
 
 An attack is built with its parameters and then called: ``attack(x, y) -> x_adv``.
-It is stateless between calls, puts the model in eval mode for the call and restores
-its mode after, never touches the model's weights or their gradients, and draws all
+It is stateless between calls, puts the model in eval mode with its weights frozen for
+the call and restores both after, never touches the weights or their gradients, draws all
 randomness from a generator seeded with ``seed`` (the same seed gives the same output).
 """
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.models.base import eval_mode
+from robustlab.models.base import frozen
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Attack(ABC):
         self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
     ) -> AttackResult:
         """Like calling the attack, with per-example extras (query counts) in the result."""
-        with eval_mode(self.model):
+        with frozen(self.model):
             self._check_inputs(x, y, target)
             generator = torch.Generator(device=x.device).manual_seed(self.seed)
             result = self._run(x.detach(), y, target, generator)

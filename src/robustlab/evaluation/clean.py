@@ -6,26 +6,9 @@ import torch
 from torch import nn
 
 from robustlab.data import Dataset, batches
-from robustlab.models.base import eval_mode
+from robustlab.models.base import eval_mode, model_device, predict
 
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a model's first parameter or buffer (CPU for a module with neither)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Predicted labels (on the CPU) for pixels ``x``, computed on the model's device."""
-    device = model_device(model)
-    with eval_mode(model):
-        preds = [
-            model(x[i : i + batch_size].to(device)).argmax(1).cpu()
-            for i in range(0, len(x), batch_size)
-        ]
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+__all__ = ["accuracy", "model_device", "predict"]
 
 
 @torch.no_grad()

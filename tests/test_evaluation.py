@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from robustlab.attacks import AdversarialSet
+from robustlab.evaluation import Rate, transfer, wilson_interval
+
+
+def test_wilson_interval_known_values() -> None:
+    # 8/10 -> [0.490, 0.943] (Wilson 1927; e.g. Newcombe 1998, table I)
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-3) and high == pytest.approx(0.9433, abs=1e-3)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = wilson_interval(0, 20)
+    assert low == 0.0 and 0 < high < 0.2
+    assert str(Rate(1, 4)).startswith("25.0% [")
+
+
+class Lookup(nn.Module):
+    """Predicts a fixed label per image, keyed by the image's first pixel value (×255)."""
+
+    def __init__(self, table: dict[int, int]) -> None:
+        super().__init__()
+        self.table = table
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keys = (x[:, 0, 0, 0] * 255).round().long().tolist()
+        return torch.nn.functional.one_hot(torch.tensor([self.table[k] for k in keys]), 3).float()
+
+
+def _set(adv: np.ndarray, labels, adv_pred) -> AdversarialSet:
+    n = len(labels)
+    return AdversarialSet(
+        images=adv, labels=np.array(labels), indices=np.arange(n), clean_pred=np.array(labels),
+        adv_pred=np.array(adv_pred), linf=np.zeros(n), l2=np.zeros(n), config={},
+    )  # fmt: skip
+
+
+def test_filtering_rules_counted_by_hand() -> None:
+    # clean images keyed 0..4, adversarial ones 10..14; labels 0,1,2,0,1
+    clean = torch.arange(5).float().view(5, 1, 1, 1).expand(5, 1, 2, 2) / 255
+    adv = (np.arange(10, 15).reshape(5, 1, 1, 1) * np.ones((5, 1, 2, 2))).astype(np.uint8)
+    labels = [0, 1, 2, 0, 1]
+    source_adv_pred = [1, 0, 2, 2, 1]  # differs from the label on 0, 1, 3: the source was fooled
+    target = Lookup({0: 0, 1: 1, 2: 2, 3: 1, 4: 1, 10: 0, 11: 2, 12: 2, 13: 0, 14: 0})
+    result = transfer(target, _set(adv, labels, source_adv_pred), clean)
+    # counted: clean-correct on target (0, 1, 2, 4) AND fooled the source (0, 1, 3) -> {0, 1}
+    assert (result.defense_rate.hits, result.defense_rate.n) == (1, 2)  # only 0 survives
+    assert (result.accuracy.hits, result.accuracy.n) == (3, 5)  # examples 0, 2 and 3
+    assert (result.clean_accuracy.hits, result.clean_accuracy.n) == (4, 5)
+
+
+def test_target_equal_to_source_scores_zero_and_constant_model_is_immune() -> None:
+    torch.manual_seed(0)
+    source = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    clean = torch.rand(64, 1, 4, 4)
+    labels = source(clean).argmax(1)
+    from robustlab.attacks import PGD
+
+    adv = PGD(source, eps=0.5, step=0.05, steps=20)(clean, labels)
+    adv_set = AdversarialSet(
+        images=adv.numpy().astype(np.float32), labels=labels.numpy(), indices=np.arange(64),
+        clean_pred=labels.numpy(), adv_pred=source(adv).argmax(1).numpy(), linf=np.zeros(64),
+        l2=np.zeros(64), config={},
+    )  # fmt: skip
+    assert adv_set.fooled_source.sum() > 10
+    same = transfer(source, adv_set, clean)
+    assert same.defense_rate.hits == 0 and same.defense_rate.n == adv_set.fooled_source.sum()
+
+    class Constant(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([0.0, 1.0, 0.0]).expand(len(x), 3)
+
+    immune = transfer(Constant(), adv_set, clean)
+    assert immune.defense_rate.value == 1.0 and immune.defense_rate.n > 0
