@@ -156,3 +156,23 @@ def test_augment_is_a_shifted_crop_or_flip() -> None:
     same = [torch.equal(flipped[i], x[i]) for i in range(16)]
     mirrored = [torch.equal(flipped[i], x[i].flip(2)) for i in range(16)]
     assert all(s or m for s, m in zip(same, mirrored, strict=True)) and any(mirrored) and any(same)
+
+
+def test_download_checks_md5_and_writes_atomically(tmp_path: Path) -> None:
+    import hashlib
+
+    from robustlab.data.datasets import RemoteFile, fetch
+
+    served = tmp_path / "server"
+    served.mkdir()
+    (served / "file.bin").write_bytes(b"payload" * 100)
+    md5 = hashlib.md5(b"payload" * 100).hexdigest()
+    target = tmp_path / "downloads" / "file.bin"
+    fetch(RemoteFile("file.bin", served.as_uri() + "/", md5), target)
+    assert target.read_bytes() == b"payload" * 100
+    target.unlink()
+    with pytest.raises(RobustlabError, match="checksum mismatch after download"):
+        fetch(RemoteFile("file.bin", served.as_uri() + "/", "0" * 32), target)
+    assert not target.exists()  # a bad download is not left behind
+    with pytest.raises(RobustlabError, match="cannot download"):
+        fetch(RemoteFile("missing.bin", served.as_uri() + "/", md5), tmp_path / "m.bin")
