@@ -75,3 +75,65 @@ def test_target_equal_to_source_scores_zero_and_constant_model_is_immune() -> No
 
     immune = transfer(Constant(), adv_set, clean)
     assert immune.defense_rate.value == 1.0 and immune.defense_rate.n > 0
+
+
+def test_patch_shuffle_permutes_whole_patches() -> None:
+    from robustlab.evaluation.protocols import patch_shuffle
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    out = patch_shuffle(x, 2, torch.Generator().manual_seed(0))
+    assert sorted(out.flatten().tolist()) == sorted(x.flatten().tolist())  # nothing lost
+    patches_in = {
+        tuple(x[0, :, r : r + 4, c : c + 4].flatten().tolist()) for r in (0, 4) for c in (0, 4)
+    }
+    patches_out = {
+        tuple(out[0, :, r : r + 4, c : c + 4].flatten().tolist()) for r in (0, 4) for c in (0, 4)
+    }
+    assert patches_in == patches_out  # the same 4×4 patches, moved as wholes
+    again = patch_shuffle(x, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    assert torch.equal(patch_shuffle(x, 1, torch.Generator().manual_seed(0)), x)
+
+
+def test_noise_curve_and_shuffle_use_images_all_models_get_right() -> None:
+    from robustlab.evaluation.protocols import noise_curve, shuffle_probe
+
+    class Mean(nn.Module):  # class = whether the mean pixel is above 0.5: shape-blind
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            m = x.mean((1, 2, 3))
+            return torch.stack([0.5 - m, m - 0.5], 1)
+
+    class Corner(nn.Module):  # class from the top-left pixel only: destroyed by shuffling
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            v = x[:, 0, 0, 0]
+            return torch.stack([0.5 - v, v - 0.5], 1)
+
+    x = torch.rand(200, 1, 8, 8)
+    y = (x.mean((1, 2, 3)) > 0.5).long()
+    models = {"mean": Mean(), "corner": Corner()}
+    probe = shuffle_probe(models, x, y, ks=(2, 4))
+    n = probe["mean"][2].n
+    assert 0 < n < 200 and probe["corner"][2].n == n  # only images both get right
+    assert probe["mean"][2].value == 1.0  # a permutation keeps the mean
+    assert probe["corner"][4].value < 0.9
+    curve = noise_curve(models, x, y, sigmas=(0, 64))
+    assert curve["mean"][0].value == 1.0 and curve["corner"][0].value == 1.0
+    assert curve["corner"][64].value < 0.9
+
+
+def test_whitebox_and_decision_score() -> None:
+    from robustlab.evaluation.protocols import decision_score, whitebox_accuracy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = torch.rand(32, 1, 4, 4)
+    y = model(x).argmax(1)
+    assert (
+        whitebox_accuracy(model, x, y, "pgd", {"eps": 0.0, "step": 0.01, "steps": 1}).value == 1.0
+    )
+    assert (
+        whitebox_accuracy(model, x, y, "pgd", {"eps": 0.5, "step": 0.05, "steps": 20}).value < 0.2
+    )
+    score = decision_score(model, x, y, {"steps": 200})
+    assert score["n"] == 32 and score["failed"] < 8  # failures: no noise start was adversarial
+    assert 0 < score["score"] < 0.25

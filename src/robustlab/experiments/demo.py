@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import robustlab
-from robustlab.attacks import build as build_attack
 from robustlab.attacks import load_set
 from robustlab.data import load_dataset
 from robustlab.data.datasets import SOURCES
 from robustlab.defenses.defective import DefectSpec
-from robustlab.evaluation.clean import predict
+from robustlab.evaluation.protocols import noise_curve
 from robustlab.evaluation.stats import Rate
 from robustlab.evaluation.transfer import transfer
 from robustlab.experiments.jobs import make_adversarial_set, sample_indices, train_model
@@ -102,15 +101,10 @@ def _noise_curve(
     test = load_dataset(dataset, "test")
     x, y = test.subset(sample_indices(len(test), plan.test_images, 0)).tensors()
     models = {name: robustlab.load(runs[name]) for name in ("standard", "defective")}
-    keep = (predict(models["standard"], x) == y) & (predict(models["defective"], x) == y)
-    x, y = x[keep], y[keep]
-    curve: dict[str, dict[int, Record]] = {name: {} for name in models}
-    for sigma in plan.noise_sigmas:
-        noisy = build_attack("noise", models["standard"], sigma=float(sigma), seed=0)(x, y)
-        for name, model in models.items():
-            hits = int((predict(model, noisy) == y).sum())
-            curve[name][sigma] = Rate(hits, len(y)).to_dict()
-    return curve
+    curve = noise_curve(models, x, y, plan.noise_sigmas, seed=0)
+    return {
+        name: {int(s): rate.to_dict() for s, rate in rates.items()} for name, rates in curve.items()
+    }
 
 
 def _table(result: Record, plan: DemoPlan) -> str:
