@@ -76,3 +76,28 @@ def test_model_config_round_trip() -> None:
     torch.manual_seed(0)
     b = again.build()
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+def test_thermometer_encoding_bits() -> None:
+    from robustlab.defenses.baselines import ThermometerEncoding
+
+    enc = ThermometerEncoding(4)
+    x = torch.tensor([0.0, 0.3, 0.5, 1.0]).view(1, 1, 1, 4)
+    bits = enc(x)[0, :, 0].T.tolist()  # one row of 4 levels per pixel
+    assert bits == [[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    model = build("resnet8", in_channels=3, thermometer=16, mean=(0.1, 0.2, 0.3), std=(1, 1, 1))
+    assert model.blocks[0].unit.conv.in_channels == 48
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    model.eval()(x).sum().backward()
+    assert x.grad is not None and torch.count_nonzero(x.grad) == 0  # gradient masking
+    config = ModelConfig("resnet8", thermometer=16)
+    assert ModelConfig.from_dict(config.to_dict()).build().encode.levels == 16
+
+
+def test_whitebox_attack_on_thermometer_model_sees_zero_gradient() -> None:
+    from robustlab.attacks import PGD
+
+    model = build("lenet", in_channels=1, image_size=12, thermometer=8, width=4).eval()
+    x = torch.rand(4, 1, 12, 12)
+    adv = PGD(model, eps=8 / 255, step=2 / 255, steps=3)(x, model(x).argmax(1))
+    assert torch.equal(adv, x)  # sign(0) = 0: no step is ever taken

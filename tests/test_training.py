@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import robustlab
+import robustlab.runs
 from robustlab.cli import main
 from robustlab.data import load_dataset
 from robustlab.defenses.defective import DefectSpec, masks
@@ -164,3 +165,42 @@ def test_cli_train_and_eval_clean(tmp_path: Path, capsys: pytest.CaptureFixture)
     trained = float(capsys.readouterr().out.split("test accuracy")[1])
     assert main(["eval-clean", str(out)]) == 0
     assert f"test accuracy {trained:.4f} (360 images)" in capsys.readouterr().out
+
+
+def test_adversarial_training_trains_on_pgd_examples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import robustlab.training as training
+
+    calls = []
+    original = training.PGD.__call__
+
+    def spy(self, x, y, target=None):
+        adv = original(self, x, y, target)
+        calls.append(((adv - x).abs().max().item(), self.random_start, self.seed))
+        return adv
+
+    monkeypatch.setattr(training.PGD, "__call__", spy)
+    train_data, test_data = _digits(128, 50)
+    config = model_config_for(train_data, "lenet", width=4)
+    recipe = TrainConfig(epochs=1, batch_size=64, adv_eps=8 / 255, adv_step=2 / 255, adv_steps=3)
+    meta = train(config, train_data, test_data, recipe, tmp_path / "run", quiet=True)
+    assert len(calls) == 2  # one attack per batch
+    assert all(0 < linf <= 8 / 255 + 1e-6 and random_start for linf, random_start, _ in calls)
+    assert calls[0][2] != calls[1][2]  # a fresh random start per batch
+    assert meta["train"]["adv_eps"] == pytest.approx(8 / 255)
+
+
+def test_cli_baseline_flags_reach_the_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "digits", "--arch", "lenet", "--width", "4", "--epochs", "1",
+            "--train-limit", "64", "--thermometer", "4", "--adv-train", "8:2:1",
+            "--regularizer", "dropblock", "--label-smoothing", "0.1", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    meta = robustlab.runs.read_meta(out)
+    assert meta["model"]["thermometer"] == 4 and meta["model"]["regularizer"] == "dropblock"
+    assert meta["train"]["adv_eps"] == pytest.approx(8 / 255) and meta["train"]["adv_steps"] == 1
+    assert meta["train"]["label_smoothing"] == 0.1
+    with pytest.raises(SystemExit):
+        main([*args[:-2], "--adv-train", "8:2", "--out", str(tmp_path / "bad")])
+    assert "must be EPS:STEP:STEPS" in capsys.readouterr().err

@@ -30,6 +30,14 @@ def _milestones(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"milestones {text!r} must be epochs like 3,4") from None
 
 
+def _adv_train(text: str) -> tuple[float, float, int]:
+    try:
+        eps, step, steps = text.split(":")
+        return float(eps) / 255, float(step) / 255, int(steps)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be EPS:STEP:STEPS, e.g. 8:2:7") from None
+
+
 def _add_data_args(parser: argparse.ArgumentParser, dataset_required: bool = True) -> None:
     parser.add_argument(
         "--dataset", required=dataset_required, help="dataset name (robustlab list)"
@@ -53,6 +61,11 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument(
         "--label-smoothing", type=float, default=0.0, help="label smoothing (paper: 0.1)"
     )
+    p.add_argument("--thermometer", type=int, help="thermometer-encode the input with L levels")
+    p.add_argument(
+        "--adv-train", type=_adv_train, metavar="EPS:STEP:STEPS",
+        help="Madry adversarial training with PGD, 0-255 units, e.g. 8:2:7",
+    )  # fmt: skip
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
@@ -80,15 +93,19 @@ def _train(args: argparse.Namespace) -> int:
     from robustlab.experiments.jobs import train_model
     from robustlab.training import TrainConfig
 
+    names = ("adv_eps", "adv_step", "adv_steps")
+    adversarial = dict(zip(names, args.adv_train, strict=True)) if args.adv_train else {}
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, milestones=args.milestones,
         label_smoothing=args.label_smoothing, pad=args.pad, flip=not args.no_flip, seed=args.seed,
+        **adversarial,
     )  # fmt: skip
     defect = replace(args.defect, seed=args.mask_seed) if args.defect is not None else None
     meta = train_model(
         dataset=args.dataset, arch=args.arch, out=args.out, config=config, defect=defect,
-        regularizer=args.regularizer, options={"width": args.width} if args.width else None,
+        regularizer=args.regularizer, thermometer=args.thermometer,
+        options={"width": args.width} if args.width else None,
         data_dir=args.data_dir, download=args.download, train_limit=args.train_limit,
         test_limit=args.test_limit, resume=args.resume, force=args.force, device=args.device,
         quiet=args.quiet,

@@ -9,7 +9,6 @@ the attack reports them, and the full config as JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from robustlab.attacks.registry import build
 from robustlab.data import Dataset
 from robustlab.io import RobustlabError, atomic_write
 from robustlab.models.base import model_device, predict
+from robustlab.seeding import derive_seed
 
 SET_FORMAT = "robustlab-adversarial-set/1"
 _ARRAYS = ("images", "labels", "indices", "clean_pred", "adv_pred", "linf", "l2")
@@ -97,8 +97,7 @@ def load_set(path: str | Path) -> AdversarialSet:
 
 def batch_seed(seed: int, start: int) -> int:
     """The attack seed of the batch starting at example ``start``: independent across batches."""
-    digest = hashlib.sha256(f"{seed}/{start}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return derive_seed(seed, start)
 
 
 def generate_set(

@@ -1,7 +1,10 @@
-"""Baselines the paper compares defective CNNs with: spatial dropout and DropBlock.
+"""Baselines the paper compares defective CNNs with.
 
-Both act on one block's output during training only (the paper: block 3, keep 0.9).
-Label smoothing is a loss option of :mod:`robustlab.training`.
+- Spatial dropout and DropBlock act on one block's output during training only (the paper:
+  block 3, keep 0.9).
+- Thermometer encoding (Buckman et al. 2018) replaces each pixel by L binary levels.
+- Label smoothing and adversarial training (Madry et al.) are options of
+  :class:`robustlab.training.TrainConfig`.
 """
 
 from __future__ import annotations
@@ -48,3 +51,28 @@ def make_regularizer(name: str, keep_prob: float = 0.9) -> nn.Module:
     if name == "dropblock":
         return DropBlock2d(keep_prob, 3)
     raise ValueError(f"unknown regularizer {name!r}; use one of {', '.join(REGULARIZERS)}")
+
+
+class ThermometerEncoding(nn.Module):
+    """Encode each pixel v ∈ [0, 1] as L bits τ(v)_k = 1[v ≥ k / L], k = 1..L.
+
+    (N, C, H, W) becomes (N, C·L, H, W), channel-major (all levels of channel 0 first).
+    The encoding is piecewise constant, so its gradient is zero almost everywhere: gradient
+    attacks against it see no signal (gradient masking), transfer attacks still apply.
+    """
+
+    thresholds: torch.Tensor
+
+    def __init__(self, levels: int) -> None:
+        super().__init__()
+        if levels < 2:
+            raise ValueError(f"thermometer encoding needs at least 2 levels, got {levels}")
+        self.levels = levels
+        self.register_buffer("thresholds", torch.arange(1, levels + 1) / levels, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        levels = x.unsqueeze(2)
+        bits = (levels >= self.thresholds.view(1, 1, -1, 1, 1).to(x.dtype)).to(x.dtype)
+        # `+ 0 * levels` keeps the graph connected: gradient attacks get an honest zero
+        # gradient instead of an error about an input that was not used
+        return (bits + 0 * levels).flatten(1, 2)

@@ -17,7 +17,6 @@ trained, and identical in train and eval mode.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +24,8 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from robustlab.seeding import derive_seed
 
 Mode = Literal["neuron", "channel", "shared"]
 MODES: tuple[Mode, ...] = ("neuron", "channel", "shared")
@@ -111,9 +112,8 @@ class DefectSpec:
 
 
 def layer_seed(seed: int, layer: str) -> int:
-    """A 63-bit seed for one layer's mask from the spec seed and the layer name."""
-    digest = hashlib.sha256(f"{seed}/{layer}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    """The seed of one layer's mask: derived from the spec seed and the layer name."""
+    return derive_seed(seed, layer)
 
 
 def _count_zeros(keep_prob: float, n: int) -> int:

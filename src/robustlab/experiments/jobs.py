@@ -50,13 +50,14 @@ def model_config_for(
     arch: str,
     defect: DefectSpec | None = None,
     regularizer: str | None = None,
+    thermometer: int | None = None,
     **options: Any,
 ) -> ModelConfig:
     """A model config sized for ``data``: its classes, channels, image size and statistics."""
     return ModelConfig(
         arch=arch, num_classes=len(data.classes), in_channels=data.channels,
         image_size=data.image_size, mean=data.mean, std=data.std, defect=defect,
-        regularizer=regularizer, options=options,
+        regularizer=regularizer, thermometer=thermometer, options=options,
     )  # fmt: skip
 
 
@@ -68,6 +69,7 @@ def train_model(
     config: TrainConfig,
     defect: DefectSpec | None = None,
     regularizer: str | None = None,
+    thermometer: int | None = None,
     options: dict[str, Any] | None = None,
     data_dir: str | None = None,
     download: bool = False,
@@ -83,7 +85,9 @@ def train_model(
         load_dataset(dataset, "train", data_dir, download), train_limit, config.seed
     )
     test_data = sample(load_dataset(dataset, "test", data_dir, download), test_limit, config.seed)
-    model_config = model_config_for(train_data, arch, defect, regularizer, **(options or {}))
+    model_config = model_config_for(
+        train_data, arch, defect, regularizer, thermometer, **(options or {})
+    )
     dataset_meta = {"data_dir": data_dir, "train_limit": train_limit, "test_limit": test_limit}
     return train(
         model_config, train_data, test_data, config, out, resume=resume, force=force,

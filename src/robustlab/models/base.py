@@ -31,7 +31,7 @@ class Normalize(nn.Module):
 
 
 class BlockNet(nn.Module):
-    """A classifier ``head(blocks[K](...blocks[0](normalize(x))))``.
+    """A classifier ``head(blocks[K](...blocks[0](normalize(encode(x)))))``.
 
     ``regularizers`` maps a block index (as a string) to a module applied to that
     block's output during training, e.g. spatial dropout after block 3.
@@ -45,13 +45,14 @@ class BlockNet(nn.Module):
         std: Sequence[float],
     ) -> None:
         super().__init__()
+        self.encode: nn.Module = nn.Identity()  # an input encoding, e.g. thermometer bits
         self.normalize = Normalize(mean, std)
         self.blocks = nn.ModuleList(blocks)
         self.regularizers = nn.ModuleDict()
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(x)
+        x = self.normalize(self.encode(x))
         for index, block in enumerate(self.blocks):
             x = block(x)
             key = str(index)

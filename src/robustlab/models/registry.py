@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from robustlab.defenses.baselines import make_regularizer
+from robustlab.defenses.baselines import ThermometerEncoding, make_regularizer
 from robustlab.defenses.defective import DefectSpec, make_defective
 from robustlab.models.base import BlockNet, Widths, resolve_blocks
 from robustlab.models.densenet import densenet
@@ -61,6 +61,7 @@ def build(
     regularizer: str | None = None,
     regularizer_block: int = 3,
     regularizer_keep: float = 0.9,
+    thermometer: int | None = None,
     **kw: Any,
 ) -> BlockNet:
     """Build a zoo model that maps pixels in [0, 1] to logits.
@@ -71,17 +72,24 @@ def build(
     defect : make the spec's blocks defective (masks sized for ``image_size``).
     mean, std : per-channel normalisation (default 0.5 / 0.5), applied inside the model.
     regularizer : ``"dropout2d"`` or ``"dropblock"`` after block ``regularizer_block``.
+    thermometer : encode the input with this many thermometer levels (``mean``/``std``
+        then apply to the encoded channels; default 0.5 / 0.5).
     kw : architecture knobs, e.g. ``width`` for ResNets and LeNet, ``growth`` for DenseNet.
     """
     if arch not in _ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(available())}")
     widths = Widths()
+    net_channels = in_channels * thermometer if thermometer else in_channels
+    if thermometer:
+        mean, std = None, None  # the dataset's statistics do not describe bits
     if defect is not None and defect.widen > 1:
         num_blocks = len(
-            _construct(arch, num_classes, in_channels, image_size, mean, std, Widths(), kw).blocks
+            _construct(arch, num_classes, net_channels, image_size, mean, std, Widths(), kw).blocks
         )
         widths = Widths(resolve_blocks(defect.blocks, num_blocks), defect.widen)
-    model = _construct(arch, num_classes, in_channels, image_size, mean, std, widths, kw)
+    model = _construct(arch, num_classes, net_channels, image_size, mean, std, widths, kw)
+    if thermometer:
+        model.encode = ThermometerEncoding(thermometer)
     if regularizer is not None:
         if not 0 <= regularizer_block < len(model.blocks):
             raise ValueError(
@@ -129,13 +137,14 @@ class ModelConfig:
     regularizer: str | None = None
     regularizer_block: int = 3
     regularizer_keep: float = 0.9
+    thermometer: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> BlockNet:
         return build(
             self.arch, self.num_classes, self.in_channels, self.image_size, self.defect,
             self.mean, self.std, self.regularizer, self.regularizer_block, self.regularizer_keep,
-            **self.options,
+            self.thermometer, **self.options,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
