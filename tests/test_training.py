@@ -193,9 +193,10 @@ def test_adversarial_training_trains_on_pgd_examples(
 
 def test_cli_baseline_flags_reach_the_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
-    args = ["train", "--dataset", "digits", "--arch", "lenet", "--width", "4", "--epochs", "1",
+    args = ["train", "--dataset", "digits", "--arch", "resnet8", "--width", "4", "--epochs", "1",
             "--train-limit", "64", "--thermometer", "4", "--adv-train", "8:2:1",
-            "--regularizer", "dropblock", "--label-smoothing", "0.1", "--quiet", "--out", str(out)]  # fmt: skip
+            "--regularizer", "dropblock", "--label-smoothing", "0.1", "--quiet",
+            "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     meta = robustlab.runs.read_meta(out)
     assert meta["model"]["thermometer"] == 4 and meta["model"]["regularizer"] == "dropblock"
