@@ -201,6 +201,30 @@ def _attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "run",
+        help="carry out an experiment spec (TOML): train, attack, evaluate, write tables",
+        description="Trains only what is missing, makes each adversarial set once, and writes "
+        "results.json/.csv/.md. Interrupted runs continue where they stopped.",
+    )
+    p.add_argument("spec", help="experiment spec, e.g. specs/fashion-mnist-paper.toml")
+    p.add_argument("--out", required=True, help="results directory")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from robustlab.experiments.executor import markdown, run_spec
+    from robustlab.experiments.spec import load_spec
+
+    records = run_spec(load_spec(args.spec), args.out, device=args.device, quiet=args.quiet)
+    print(markdown(records))
+    print(f"results: {args.out}/results.md, results.csv, results.json")
+    return 0
+
+
 def _add_demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help="train small standard and defective models and compare them")
     p.add_argument("--out", default="results/demo", help="results directory (resumable)")
@@ -236,8 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = (_add_train_parser, _add_eval_clean_parser, _add_attack_parser, _add_demo_parser,
-                _add_list_parser)  # fmt: skip
+    commands = (_add_train_parser, _add_eval_clean_parser, _add_attack_parser, _add_run_parser,
+                _add_demo_parser, _add_list_parser)  # fmt: skip
     for add in commands:
         add(sub)
     return parser

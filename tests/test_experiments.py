@@ -1,0 +1,112 @@
+"""Experiment specs and the executor: validation, known answers, resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from robustlab.experiments.executor import run_spec
+from robustlab.experiments.spec import load_spec, parse_spec
+from robustlab.io import RobustlabError
+
+TINY = Path(__file__).parent / "specs" / "tiny.toml"
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("tiny")
+    return out, run_spec(load_spec(TINY), out, device="cpu", quiet=True)
+
+
+def test_every_protocol_writes_records_and_tables(tiny_results) -> None:
+    out, records = tiny_results
+    kinds = [r["protocol"] for r in records]
+    assert kinds.count("transfer") == 6 and kinds.count("ensemble_transfer") == 3
+    assert {"whitebox", "decision", "noise", "shuffle"} <= set(kinds)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["records"] == records and saved["spec"]["experiment"]["dataset"] == "digits"
+    assert (out / "results.csv").read_text().count("\n") > len(records)
+    assert "## Transfer" in (out / "results.md").read_text()
+
+
+def test_known_answers(tiny_results) -> None:
+    _, records = tiny_results
+    for r in records:
+        if r["protocol"] == "transfer" and r["target"] == "source":
+            # a target identical to the source fails on every example that fooled the source
+            assert r["defense_rate"]["hits"] == 0
+        if r["protocol"] == "ensemble_transfer":
+            assert r["target"] not in r["source"].split("+")  # all models but the target
+    noise = next(r for r in records if r["protocol"] == "noise")
+    n = {row["8.0"]["n"] for row in noise["curves"].values()}
+    assert len(n) == 1  # both models are scored on the same images
+
+
+def test_second_run_reuses_everything(tiny_results, tmp_path: Path) -> None:
+    out, records = tiny_results
+    stamp = {
+        p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".npz", ".safetensors")
+    }
+    again = run_spec(load_spec(TINY), out, device="cpu", quiet=True)
+    assert again == records
+    assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())  # nothing re-made
+
+
+@pytest.mark.slow
+def test_resume_after_kill_gives_identical_results(tmp_path: Path) -> None:
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "robustlab", "run", str(TINY), "--out", str(out), "--quiet",
+                "--device", "cpu"]  # fmt: skip
+
+    # same thread count in both runs: CPU kernels are deterministic per thread count
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command(tmp_path / "clean"), env=env, check=True, stdout=subprocess.DEVNULL)
+    reference = json.loads((tmp_path / "clean" / "results.json").read_text())["records"]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(out.glob("advs/*.npz")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists(), "the run finished before it could be killed"
+    subprocess.run(command(out), env=env, check=True, stdout=subprocess.DEVNULL)
+    resumed = json.loads((out / "results.json").read_text())["records"]
+    assert resumed == reference
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"experiment": {"dataset": "imagenet"}}, "dataset 'imagenet' is missing or unknown"),
+        ({"models": {"m": {"arch": "resnet1000"}}}, r"\[models.m\] unknown arch 'resnet1000'"),
+        ({"models": {"m": {"defect": "bottom:1.5"}}}, r"\[models.m\] defect: keep probability 1.5"),
+        ({"models": {"m": {"widht": 4}}}, r"\[models.m\] unknown key 'widht'"),
+        ({"models": {"m": {"epochs": 0}}}, r"\[models.m\] epochs and batch size"),
+        ({"attacks": {"a": {"attack": "pgd", "steps": 0}}}, r"\[attacks.a\] steps=0"),
+        ({"attacks": {"a": {"attack": "nope"}}}, r"\[attacks.a\] attack 'nope'"),
+        ({"protocols": [{"type": "transfer", "sources": ["x"], "targets": ["m"], "attacks": []}]},
+         "sources names unknown model 'x'"),
+        ({"protocols": [{"type": "magic"}]}, "unknown type"),
+        ({"models": {"e": {"members": ["ghost"]}}}, r"\[models.e\] member 'ghost'"),
+    ],
+)  # fmt: skip
+def test_spec_errors_name_the_entry(patch: dict, message: str) -> None:
+    raw = {"experiment": {"dataset": "digits"}, "models": {"m": {}}, "attacks": {}, "protocols": []}
+    for key, value in patch.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
+    with pytest.raises(ValueError, match=message):
+        parse_spec(raw)
+
+
+def test_spec_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(RobustlabError, match="spec not found"):
+        load_spec(tmp_path / "missing.toml")
+    (tmp_path / "bad.toml").write_text("[experiment\n")
+    with pytest.raises(RobustlabError, match="not valid TOML"):
+        load_spec(tmp_path / "bad.toml")
