@@ -110,3 +110,21 @@ def test_spec_file_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[experiment\n")
     with pytest.raises(RobustlabError, match="not valid TOML"):
         load_spec(tmp_path / "bad.toml")
+
+
+def test_demo_spec_for_both_datasets() -> None:
+    from robustlab.experiments.demo import demo_spec
+
+    fashion = demo_spec("fashion-mnist")
+    assert set(fashion.models) == {"standard", "defective", "source"}
+    assert str(fashion.models["defective"].defect) == "bottom:0.1"
+    assert [p["type"] for p in fashion.protocols] == ["transfer", "noise"]
+    digits = demo_spec("digits")
+    assert digits.dataset == "digits" and digits.models["standard"].train.pad == 0
+    assert digits.models["standard"].train_limit is None
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "specs").glob("*.toml")))
+def test_shipped_specs_are_valid(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.protocols and spec.models

@@ -101,7 +101,7 @@ def load_spec(path: str | Path) -> Spec:
     """Read and validate a TOML spec; raise :class:`RobustlabError` naming the bad entry."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = parse_toml(path.read_text())
     except FileNotFoundError:
         raise RobustlabError(f"{path}: spec not found; see specs/ for examples") from None
     except tomllib.TOMLDecodeError as err:
@@ -110,6 +110,11 @@ def load_spec(path: str | Path) -> Spec:
         return parse_spec(raw, default_name=path.stem)
     except (ValueError, KeyError, TypeError) as err:
         raise RobustlabError(f"{path}: {err}") from None
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """Parse TOML text (tomllib, or tomli before Python 3.11)."""
+    return tomllib.loads(text)
 
 
 def parse_spec(raw: dict[str, Any], default_name: str = "experiment") -> Spec:
