@@ -243,27 +243,25 @@ class Executor:
 
     def _noise(self, protocol: dict[str, Any]) -> Iterator[Record]:
         sigmas = [float(s) for s in protocol["sigmas"]]
-        names = protocol["models"]
-
-        def compute() -> Record:
-            curve = noise_curve(
-                {m: self.model(m) for m in names}, self.x, self.y, sigmas, self.spec.seed
-            )
-            return {"protocol": "noise", "curves": _rates(curve)}
-
-        yield self.record(self._key("noise", self._names(names), sigmas), compute)
+        yield self._probe("noise", protocol["models"], sigmas, noise_curve)
 
     def _shuffle(self, protocol: dict[str, Any]) -> Iterator[Record]:
         ks = [int(k) for k in protocol.get("ks", [2, 4, 8])]
-        names = protocol["models"]
+        yield self._probe("shuffle", protocol["models"], ks, shuffle_probe)
+
+    def _probe(
+        self, kind: str, names: list[str], levels: list[Any], probe: Callable[..., Any]
+    ) -> Record:
+        """One cell of a per-level accuracy curve over images every model gets right."""
 
         def compute() -> Record:
-            probe = shuffle_probe(
-                {m: self.model(m) for m in names}, self.x, self.y, ks, self.spec.seed
-            )
-            return {"protocol": "shuffle", "curves": _rates(probe)}
+            models = {m: self.model(m) for m in names}
+            return {
+                "protocol": kind,
+                "curves": _rates(probe(models, self.x, self.y, levels, self.spec.seed)),
+            }
 
-        yield self.record(self._key("shuffle", self._names(names), ks), compute)
+        return self.record(self._key(kind, self._names(names), levels), compute)
 
     def _names(self, models: list[str]) -> list[str]:
         """Models as their run directories' names: a record is keyed by what was trained."""
