@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/robustlab demo --out results/demo
 
 test: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 

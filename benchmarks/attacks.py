@@ -28,9 +28,9 @@ import torch.nn.functional as F
 import robustlab
 from robustlab.attacks import CW, MIFGSM, PGD, Boundary
 from robustlab.attacks.distances import l2
-from robustlab.data import load_dataset
+from robustlab.data import load_dataset, sample
 from robustlab.experiments.demo import demo_dataset
-from robustlab.experiments.jobs import model_config_for, sample
+from robustlab.experiments.jobs import model_config_for
 from robustlab.models import build
 from robustlab.models.base import frozen
 from robustlab.training import TrainConfig, train

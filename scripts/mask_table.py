@@ -1,6 +1,6 @@
 """Print the markdown table of docs/defective.md: which layers `bottom` masks per architecture.
 
-    .venv/bin/python scripts/mask_table.py > /tmp/table.md
+.venv/bin/python scripts/mask_table.py > /tmp/table.md
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from robustlab.models import available, build
 
 
 def main() -> None:
-    print("| architecture | blocks | masked layers for `bottom` (32×32×3 input) | mask shapes | masked neurons |")
+    columns = ["architecture", "blocks", "masked layers for `bottom` (32×32×3 input)",
+               "mask shapes", "masked neurons"]  # fmt: skip
+    print("| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|")
     for arch in available():
         model = build(arch, defect=DefectSpec(0.1, "bottom"))

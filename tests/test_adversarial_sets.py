@@ -7,8 +7,8 @@ import torch
 from robustlab.attacks import load_set, save_set
 from robustlab.attacks.adversarial_set import generate_set
 from robustlab.cli import main
-from robustlab.data import load_dataset
-from robustlab.experiments.jobs import model_config_for, sample
+from robustlab.data import load_dataset, sample
+from robustlab.experiments.jobs import model_config_for
 from robustlab.io import RobustlabError
 from robustlab.training import TrainConfig, train
 

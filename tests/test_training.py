@@ -11,9 +11,9 @@ import torch
 import robustlab
 import robustlab.runs
 from robustlab.cli import main
-from robustlab.data import load_dataset
+from robustlab.data import load_dataset, sample
 from robustlab.defenses.defective import DefectSpec, masks
-from robustlab.experiments.jobs import model_config_for, sample
+from robustlab.experiments.jobs import model_config_for
 from robustlab.io import RobustlabError, load_tensors
 from robustlab.training import TrainConfig, train
 

@@ -361,3 +361,19 @@ def _cached(
     }
     save_tensors(path, tensors, info)
     return tensors, info
+
+
+def sample_indices(size: int, limit: int | None, seed: int = 0) -> np.ndarray:
+    """Indices of a seeded random subset of ``limit`` of ``size`` examples, in ascending order."""
+    if limit is None or limit >= size:
+        return np.arange(size)
+    if limit < 1:
+        raise ValueError(f"limit {limit} must be at least 1")
+    return np.sort(np.random.default_rng(seed).choice(size, size=limit, replace=False))
+
+
+def sample(data: Dataset, limit: int | None, seed: int = 0) -> Dataset:
+    """A seeded random subset of ``limit`` examples (kept in dataset order), or all of them."""
+    if limit is None or limit >= len(data):
+        return data
+    return data.subset(sample_indices(len(data), limit, seed))

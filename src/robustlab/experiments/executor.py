@@ -26,7 +26,7 @@ from torch import nn
 import robustlab
 from robustlab import __version__
 from robustlab.attacks import AdversarialSet, Ensemble, load_set
-from robustlab.data import load_dataset
+from robustlab.data import load_dataset, sample, sample_indices
 from robustlab.evaluation.protocols import (
     decision_score,
     noise_curve,
@@ -34,12 +34,7 @@ from robustlab.evaluation.protocols import (
     whitebox_accuracy,
 )
 from robustlab.evaluation.transfer import transfer
-from robustlab.experiments.jobs import (
-    make_adversarial_set,
-    model_config_for,
-    resolve_device,
-    sample_indices,
-)
+from robustlab.experiments.jobs import make_adversarial_set, model_config_for, resolve_device
 from robustlab.experiments.spec import ModelEntry, Spec
 from robustlab.io import atomic_write, read_json, write_json
 from robustlab.training import train
@@ -110,8 +105,6 @@ class Executor:
         return self._models[name]
 
     def _train(self, entry: ModelEntry) -> None:
-        from robustlab.experiments.jobs import sample
-
         run = self.run_dirs(entry.name)[0]
         train_data = load_dataset(self.spec.dataset, "train", self.spec.data_dir)
         train_data = sample(train_data, entry.train_limit, entry.train.seed)

@@ -6,14 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from robustlab.attacks import AdversarialSet, Ensemble
 from robustlab.attacks import build as build_attack
 from robustlab.attacks.adversarial_set import generate_set, save_set
-from robustlab.data import Dataset, load_dataset
+from robustlab.data import Dataset, load_dataset, sample, sample_indices
 from robustlab.defenses.defective import DefectSpec
 from robustlab.evaluation.clean import accuracy
 from robustlab.io import prepare_output
@@ -27,22 +26,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def sample_indices(size: int, limit: int | None, seed: int = 0) -> np.ndarray:
-    """Indices of a seeded random subset of ``limit`` of ``size`` examples, in ascending order."""
-    if limit is None or limit >= size:
-        return np.arange(size)
-    if limit < 1:
-        raise ValueError(f"limit {limit} must be at least 1")
-    return np.sort(np.random.default_rng(seed).choice(size, size=limit, replace=False))
-
-
-def sample(data: Dataset, limit: int | None, seed: int = 0) -> Dataset:
-    """A seeded random subset of ``limit`` examples (kept in dataset order), or all of them."""
-    if limit is None or limit >= len(data):
-        return data
-    return data.subset(sample_indices(len(data), limit, seed))
 
 
 def model_config_for(
