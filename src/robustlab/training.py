@@ -177,8 +177,13 @@ def _train_epoch(
         seed=config.seed * 100_003 + epoch, device=device,
     )  # fmt: skip
     steps = -(-len(data) // config.batch_size)
+    # disable=None: no bar when stderr is not a terminal (logs, CI), unless quiet
     bar = tqdm(
-        stream, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=quiet, leave=False
+        stream,
+        total=steps,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        disable=True if quiet else None,
+        leave=False,
     )
     for step, (x, y) in enumerate(bar):
         if config.adv_eps > 0:  # Madry et al.: train on PGD adversarials of the current model

@@ -124,7 +124,10 @@ def generate_set(
     clean, labels = subset.tensors()
     pieces: list[torch.Tensor] = []
     queries: list[torch.Tensor] = []
-    for start in tqdm(range(0, len(subset), batch_size), desc=attack, disable=quiet, leave=False):
+    # disable=None: no bar when stderr is not a terminal (logs, CI), unless quiet
+    bar = tqdm(range(0, len(subset), batch_size), desc=attack, leave=False,
+               disable=True if quiet else None)  # fmt: skip
+    for start in bar:
         x = clean[start : start + batch_size].to(device)
         y = labels[start : start + batch_size].to(device)
         goal = torch.full_like(y, target) if target is not None else None
