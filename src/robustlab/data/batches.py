@@ -22,10 +22,6 @@ class Augment:
     pad: int = 4
     flip: bool = True
 
-    @classmethod
-    def none(cls) -> Augment:
-        return cls(pad=0, flip=False)
-
 
 def augment(x: torch.Tensor, spec: Augment, generator: torch.Generator) -> torch.Tensor:
     """Randomly crop and flip a batch (N, C, H, W); one draw per example from ``generator``."""
