@@ -45,3 +45,13 @@ def test_json_errors_name_the_file(tmp_path: Path) -> None:
         read_json(tmp_path / "bad.json")
     write_json(tmp_path / "ok.json", {"b": 1})
     assert read_json(tmp_path / "ok.json") == {"b": 1}
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path: Path) -> None:
+    import os
+
+    with atomic_write(tmp_path / "f.txt", "w") as handle:
+        handle.write("x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -211,6 +211,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("spec", help="experiment spec, e.g. specs/fashion-mnist-paper.toml")
     p.add_argument("--out", required=True, help="results directory")
     p.add_argument("--device", default="auto")
+    p.add_argument("--report", action="store_true", help="also write RESULTS/report.html")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_run)
 
@@ -219,9 +220,31 @@ def _run(args: argparse.Namespace) -> int:
     from robustlab.experiments.executor import markdown, run_spec
     from robustlab.experiments.spec import load_spec
 
-    records = run_spec(load_spec(args.spec), args.out, device=args.device, quiet=args.quiet)
+    command = f"robustlab run {args.spec} --out {args.out}"
+    records = run_spec(load_spec(args.spec), args.out, args.device, args.quiet, command)
     print(markdown(records))
     print(f"results: {args.out}/results.md, results.csv, results.json")
+    if args.report:
+        from robustlab.report import write_report
+
+        print(f"report: {write_report(args.out)}")
+    return 0
+
+
+def _add_report_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "report",
+        help="write a results directory as one self-contained HTML page (+ PNG figures)",
+    )
+    p.add_argument("results", help="results directory of `robustlab run`")
+    p.add_argument("--out", help="HTML file to write (default RESULTS/report.html)")
+    p.set_defaults(handler=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from robustlab.report import write_report
+
+    print(f"report: {write_report(args.results, args.out)}")
     return 0
 
 
@@ -261,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (_add_train_parser, _add_eval_clean_parser, _add_attack_parser, _add_run_parser,
-                _add_demo_parser, _add_list_parser)  # fmt: skip
+                _add_report_parser, _add_demo_parser, _add_list_parser)  # fmt: skip
     for add in commands:
         add(sub)
     return parser

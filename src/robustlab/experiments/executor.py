@@ -16,6 +16,7 @@ import csv
 import hashlib
 import io
 import json
+import platform
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,14 @@ class Executor:
     """Carries out one spec into one results directory."""
 
     def __init__(
-        self, spec: Spec, out: str | Path, device: str = "auto", quiet: bool = False
+        self,
+        spec: Spec,
+        out: str | Path,
+        device: str = "auto",
+        quiet: bool = False,
+        command: str | None = None,
     ) -> None:
-        self.spec, self.out, self.quiet = spec, Path(out), quiet
+        self.spec, self.out, self.quiet, self.command = spec, Path(out), quiet, command
         self.device = resolve_device(device)
         self._models: dict[str, nn.Module] = {}
         test = load_dataset(spec.dataset, "test", spec.data_dir)
@@ -63,9 +69,16 @@ class Executor:
     def run(self) -> list[Record]:
         """All protocols, in spec order; writes results.json/.csv/.md and returns the records."""
         records: list[Record] = []
-        for protocol in self.spec.protocols:
-            records += list(getattr(self, "_" + protocol["type"])(protocol))
-        write_json(self.out / "results.json", {"spec": self.spec.source, "records": records})
+        for index, protocol in enumerate(self.spec.protocols):
+            cells = getattr(self, "_" + protocol["type"])(protocol)
+            # where each number came from, for the report's links (not part of the cached cell)
+            records += [{**cell, "protocol_index": index} for cell in cells]
+        command = self.command or f"robustlab run {self.spec.path or 'SPEC'} --out {self.out}"
+        write_json(
+            self.out / "results.json",
+            {"spec": self.spec.source, "spec_path": self.spec.path, "command": command,
+             "environment": environment(self.device), "records": records},
+        )  # fmt: skip
         _write_csv(self.out / "results.csv", records)
         with atomic_write(self.out / "results.md", "w") as handle:
             handle.write(markdown(records))
@@ -366,8 +379,25 @@ def markdown(records: list[Record]) -> str:
 
 
 def run_spec(
-    spec: Spec, out: str | Path, device: str = "auto", quiet: bool = False
+    spec: Spec,
+    out: str | Path,
+    device: str = "auto",
+    quiet: bool = False,
+    command: str | None = None,
 ) -> list[Record]:
     """Carry out ``spec`` into ``out`` (resumable); return the records."""
     torch.manual_seed(spec.seed)
-    return Executor(spec, out, device, quiet).run()
+    return Executor(spec, out, device, quiet, command).run()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where the results were computed: versions, platform, device, threads."""
+    return {
+        "robustlab": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+    }

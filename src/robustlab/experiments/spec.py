@@ -37,7 +37,7 @@ Every error names the spec entry and what to write instead.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ class Spec:
     attacks: dict[str, tuple[str, dict[str, Any]]]
     protocols: list[dict[str, Any]]
     source: dict[str, Any]  # the parsed TOML, recorded with the results
+    path: str | None = None
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -107,7 +108,7 @@ def load_spec(path: str | Path) -> Spec:
     except tomllib.TOMLDecodeError as err:
         raise RobustlabError(f"{path}: not valid TOML ({err})") from None
     try:
-        return parse_spec(raw, default_name=path.stem)
+        return replace(parse_spec(raw, default_name=path.stem), path=str(path))
     except (ValueError, KeyError, TypeError) as err:
         raise RobustlabError(f"{path}: {err}") from None
 

@@ -1,0 +1,232 @@
+"""``robustlab report RESULTS_DIR``: results.json, the runs and the adversarial sets -> one page.
+
+The page is written atomically; its figures are also written as PNG files in a folder
+next to it (``<name>_figures/``), for papers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import robustlab
+from robustlab.attacks import AdversarialSet, load_set
+from robustlab.data import load_dataset
+from robustlab.io import RobustlabError, atomic_write, read_json
+from robustlab.models.base import predict
+from robustlab.report import figures
+from robustlab.report.html import (
+    esc,
+    image,
+    name_link,
+    page,
+    rate_cell,
+    spec_section,
+    table,
+    transfer_tables,
+)
+
+Record = dict[str, Any]
+
+
+def write_report(
+    results_dir: str | Path, out: str | Path | None = None, gallery_size: int = 6
+) -> Path:
+    """Build the report of ``results_dir``; return the path of the HTML file."""
+    results_dir = Path(results_dir)
+    if not (results_dir / "results.json").is_file():
+        raise RobustlabError(
+            f"{results_dir}: no results.json; run `robustlab run SPEC --out {results_dir}` first"
+        )
+    results = read_json(results_dir / "results.json")
+    out = Path(out) if out is not None else results_dir / "report.html"
+    pictures: dict[str, bytes] = {}
+    sections = _sections(results, results_dir, pictures, gallery_size)
+    title = (
+        f"robustlab report: {results['spec'].get('experiment', {}).get('name', results_dir.name)}"
+    )
+    with atomic_write(out, "w") as handle:
+        handle.write(page(title, sections))
+    figure_dir = out.parent / f"{out.stem}_figures"
+    for name, png in pictures.items():
+        with atomic_write(figure_dir / f"{name}.png") as handle:
+            handle.write(png)
+    return out
+
+
+def _sections(
+    results: dict[str, Any], results_dir: Path, pictures: dict[str, bytes], gallery_size: int
+) -> list[tuple[str, str]]:
+    records: list[Record] = results["records"]
+    command = results.get("command", "robustlab run SPEC")
+    spec = results["spec"]
+    sections = [("Run", _run_section(results))]
+    if any(r["protocol"] in ("transfer", "ensemble_transfer") for r in records):
+        sections.append(("Transfer attacks", transfer_tables(records, spec, command)))
+        maps = ""
+        for attack in dict.fromkeys(r["attack"] for r in records if r["protocol"] == "transfer"):
+            pictures[f"transfer_{attack}"] = figures.transfer_heatmap(records, attack)
+            maps += image(pictures[f"transfer_{attack}"], f"transfer matrix, {attack}")
+        sections.append(("Transfer matrices", maps))
+        trade = _tradeoff(records, spec)
+        if trade is not None:
+            pictures["keep_probability_tradeoff"] = trade
+            sections.append(
+                ("Keep-probability trade-off", image(trade, "clean accuracy vs defense rate"))
+            )
+    for kind, title, unit in (
+        ("noise", "Additive Gaussian noise", "σ (0-255)"),
+        ("shuffle", "Patch-shuffle shape probe", "k (k×k patches)"),
+    ):
+        for i, r in enumerate(r for r in records if r["protocol"] == kind):
+            pictures[f"{kind}_{i}"] = figures.accuracy_curves(r, unit, title)
+            sections.append(
+                (
+                    f"{title}" + (f" ({i + 1})" if i else ""),
+                    _curve_section(r, unit, command, pictures[f"{kind}_{i}"]),
+                )
+            )
+    sections += _simple_tables(records, command)
+    gallery = _gallery(results_dir, records, spec, gallery_size)
+    if gallery is not None:
+        pictures["gallery"] = gallery
+        sections.append(("Gallery: clean vs adversarial", image(gallery, "adversarial examples")))
+    sections.append(("Spec", spec_section(spec)))
+    return sections
+
+
+def _run_section(results: dict[str, Any]) -> str:
+    env = results.get("environment", {})
+    rows = [[f"<td>{esc(k)}</td>", f"<td>{esc(v)}</td>"] for k, v in env.items()]
+    return (
+        f"<p>Produced by <code>{esc(results.get('command', 'robustlab run SPEC'))}</code>"
+        f' (spec: <a href="#spec">{esc(results.get("spec_path") or "below")}</a>). Rates are shown '
+        "with Wilson 95% intervals and the number of images they rest on.</p>"
+        + table(["environment", ""], rows)
+    )
+
+
+def _curve_section(record: Record, unit: str, command: str, png: bytes) -> str:
+    levels = list(next(iter(record["curves"].values())))
+    rows = [
+        [f"<td>{name_link('models', model)}</td>"]
+        + [rate_cell(row[level], record.get("protocol_index"), command) for level in levels]
+        for model, row in record["curves"].items()
+    ]
+    return table(["model", *[f"{unit.split()[0]}={level}" for level in levels]], rows) + image(
+        png, unit
+    )
+
+
+def _simple_tables(records: list[Record], command: str) -> list[tuple[str, str]]:
+    sections = []
+    white = [r for r in records if r["protocol"] == "whitebox"]
+    if white:
+        rows = [
+            [
+                f"<td>{name_link('models', r['target'])}</td>",
+                f"<td>{name_link('attacks', r['attack'])}</td>",
+                rate_cell(r["accuracy"], r.get("protocol_index"), command),
+            ]
+            for r in white
+        ]
+        sections.append(("White-box accuracy", table(["model", "attack", "accuracy"], rows)))
+    decision = [r for r in records if r["protocol"] == "decision"]
+    if decision:
+        rows = [
+            [
+                f"<td>{name_link('models', r['target'])}</td>",
+                f'<td class="num"><a href="#spec-protocols-{r.get("protocol_index")}" '
+                f'title="{esc(command)}">{r["score"]["score"]:.2e}</a></td>',
+                f'<td class="num">{r["score"]["n"]}</td>',
+                f'<td class="num">{r["score"]["failed"]}</td>',
+                f'<td class="num">{r["score"]["median_queries"]}</td>',
+            ]
+            for r in decision
+        ]
+        headers = ["model", "S(M) = median ‖δ‖²/N", "n", "failed", "median queries"]
+        sections.append(("Decision-based attack (Boundary)", table(headers, rows)))
+    return sections
+
+
+def _tradeoff(records: list[Record], spec: dict[str, Any]) -> bytes | None:
+    """Clean accuracy vs defense rate of standard and defective models (one source, attack)."""
+    cells = [r for r in records if r["protocol"] == "transfer"]
+    if not cells:
+        return None
+    source, attack = cells[0]["source"], cells[0]["attack"]
+    points = []
+    for r in cells:
+        if r["source"] != source or r["attack"] != attack or not r["defense_rate"]["n"]:
+            continue
+        entry = spec.get("models", {}).get(r["target"], {}) or {}
+        defect = entry.get("defect")
+        if defect is None and entry:
+            continue  # a baseline, not part of the keep-probability curve
+        label = f"p={defect.split(':')[1]} {defect.split(':')[0]}" if defect else "standard (p=1)"
+        points.append((label, r["clean_accuracy"]["rate"], r["defense_rate"]["rate"]))
+    return figures.tradeoff(points, attack) if len(points) >= 2 else None
+
+
+def _gallery(
+    results_dir: Path, records: list[Record], spec: dict[str, Any], size: int
+) -> bytes | None:
+    """Examples that fooled the source, as two targets (standard, defective) see them."""
+    adv_set = _pick_set(results_dir)
+    models = {
+        t: m for t in _gallery_targets(records, spec) if (m := _load(results_dir, t)) is not None
+    }
+    if adv_set is None or not models:
+        return None
+    fooled = np.flatnonzero(adv_set.fooled_source)[:size]
+    if not len(fooled):
+        return None
+    meta = robustlab.runs.read_meta(adv_set.config["sources"][0])
+    classes = meta["dataset"]["classes"]
+    data = load_dataset(
+        adv_set.config["dataset"], adv_set.config["split"], meta["dataset"].get("data_dir")
+    )
+    clean = data.images[adv_set.indices[fooled]]
+    adversarial = np.round(adv_set.pixels()[fooled].numpy() * 255).astype(np.uint8)
+    predictions: dict[str, Sequence[tuple[str, str]]] = {
+        name: _predictions(model, clean, adversarial, classes) for name, model in models.items()
+    }
+    labels = [classes[int(y)] for y in adv_set.labels[fooled]]
+    return figures.gallery(clean, adversarial, labels, predictions)
+
+
+def _pick_set(results_dir: Path) -> AdversarialSet | None:
+    """The first single-source PGD set of the results directory, else any single-source set."""
+    sets = [load_set(p) for p in sorted((results_dir / "advs").glob("*.npz"))]
+    sets = [s for s in sets if len(s.config.get("sources", [])) == 1]
+    sets.sort(key=lambda s: s.config["attack"] != "pgd")
+    return sets[0] if sets else None
+
+
+def _gallery_targets(records: list[Record], spec: dict[str, Any]) -> list[str]:
+    preferred = [t for t in ("standard", "defective") if t in spec.get("models", {})]
+    if len(preferred) == 2:
+        return preferred
+    return list(dict.fromkeys(r["target"] for r in records if r["protocol"] == "transfer"))[:2]
+
+
+def _predictions(
+    model: nn.Module, clean: np.ndarray, adversarial: np.ndarray, classes: Sequence[str]
+) -> list[tuple[str, str]]:
+    """(clean prediction, adversarial prediction) class names for each example."""
+    before = predict(model, torch.from_numpy(clean).float() / 255)
+    after = predict(model, torch.from_numpy(adversarial).float() / 255)
+    return [(classes[int(b)], classes[int(a)]) for b, a in zip(before, after, strict=True)]
+
+
+def _load(results_dir: Path, name: str) -> nn.Module | None:
+    """The newest run of model ``name`` in the results directory."""
+    runs = sorted(
+        (results_dir / "runs").glob(f"{name}-*/meta.json"), key=lambda p: p.stat().st_mtime
+    )
+    return robustlab.load(runs[-1].parent) if runs else None

@@ -1,0 +1,83 @@
+"""The HTML report: self-contained, every link resolves, figures drawn, renders in Chromium."""
+
+import base64
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from robustlab.cli import main
+from robustlab.experiments.executor import run_spec
+from robustlab.experiments.spec import load_spec
+from robustlab.io import RobustlabError
+from robustlab.report import write_report
+from robustlab.report.figures import is_blank
+
+TINY = Path(__file__).parent / "specs" / "tiny.toml"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    results = tmp_path_factory.mktemp("results")
+    run_spec(load_spec(TINY), results, device="cpu", quiet=True)
+    return write_report(results)
+
+
+def test_report_is_self_contained_and_links_resolve(report: Path) -> None:
+    page = report.read_text()
+    assert "<table>" in page and page.count('src="data:image/png;base64,') >= 5
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched from elsewhere
+    ids = set(re.findall(r'id="([^"]+)"', page))
+    targets = set(re.findall(r'href="#([^"]+)"', page))
+    assert targets and targets <= ids, f"dangling links: {sorted(targets - ids)[:5]}"
+    assert "spec-protocols-0" in targets and "spec-attacks-pgd16" in targets
+    assert "robustlab run" in page and "[" in page  # the command and intervals are shown
+
+
+def test_figures_are_written_and_not_blank(report: Path) -> None:
+    pngs = sorted((report.parent / "report_figures").glob("*.png"))
+    names = {p.stem for p in pngs}
+    assert {"transfer_fgsm16", "noise_0", "shuffle_0", "gallery"} <= names
+    assert not [p.name for p in pngs if is_blank(p.read_bytes())]
+    inline = re.findall(r'src="data:image/png;base64,([^"]+)"', report.read_text())
+    assert not any(is_blank(base64.b64decode(data)) for data in inline)
+
+
+def test_blank_detection() -> None:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), "white").save(buffer, format="PNG")
+    assert is_blank(buffer.getvalue())
+
+
+def test_report_errors_and_cli(tmp_path: Path, report: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(RobustlabError, match=r"no results\.json"):
+        write_report(tmp_path)
+    assert main(["report", str(report.parent), "--out", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").is_file() and (tmp_path / "r_figures" / "gallery.png").is_file()
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "no results.json" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+             "--v=0"]  # fmt: skip
+    url = report.resolve().as_uri()
+    shot = report.parent / "report_screenshot.png"
+    run = subprocess.run([CHROMIUM, *flags, "--window-size=1200,1600", f"--screenshot={shot}", url],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert shot.is_file() and not is_blank(shot.read_bytes())
+    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True,
+                         timeout=120).stdout  # fmt: skip
+    assert dom.count("<table>") >= 4 and dom.count("<img ") >= 5
