@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import robustlab
 from robustlab import __version__
@@ -69,7 +70,12 @@ class Executor:
     def run(self) -> list[Record]:
         """All protocols, in spec order; writes results.json/.csv/.md and returns the records."""
         records: list[Record] = []
-        for index, protocol in enumerate(self.spec.protocols):
+        protocols = tqdm(
+            list(enumerate(self.spec.protocols)), desc="protocols", unit="protocol",
+            disable=True if self.quiet else None,
+        )  # fmt: skip
+        for index, protocol in protocols:
+            protocols.set_postfix_str(protocol.get("name", protocol["type"])[:40])
             cells = getattr(self, "_" + protocol["type"])(protocol)
             # where each number came from, for the report's links (not part of the cached cell)
             records += [{**cell, "protocol_index": index} for cell in cells]
