@@ -12,17 +12,22 @@ from robustlab.models import available, build
 
 
 def main() -> None:
-    columns = ["architecture", "blocks", "masked layers for `bottom` (32×32×3 input)",
-               "mask shapes", "masked neurons"]  # fmt: skip
+    columns = ["architecture", "blocks (paper)", "`bottom`", "masked layers (32×32×3 input)",
+               "masked neurons"]  # fmt: skip
     print("| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|")
     for arch in available():
         model = build(arch, defect=DefectSpec(0.1, "bottom"))
         found = masks(model)
-        names = ", ".join(f"`{n}`" for n, _ in found)
-        shapes = ", ".join("×".join(map(str, m.shape)) for _, m in found)
+        shown = found if len(found) <= 10 else [*found[:3], ("…", None), *found[-2:]]
+        names = ", ".join(
+            n if m is None else f"`{n}` {'×'.join(map(str, m.shape))}" for n, m in shown
+        )
         total = sum(int(m.numel()) for _, m in found)
-        print(f"| {arch} | 0–{len(model.blocks) - 1} | {names} | {shapes} | {total:,} |")
+        blocks = ",".join(map(str, model.bottom))
+        print(
+            f"| {arch} | 0–{model.num_blocks - 1} | {blocks} | {len(found)}: {names} | {total:,} |"
+        )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def test_spec_errors(text: str, message: str) -> None:
         DefectSpec.parse(text)
 
 
-def _blocks_of(names: list[str]) -> set[int]:
+def _modules_of(names: list[str]) -> set[int]:
     return {int(n.split(".")[1]) for n in names}
 
 
@@ -66,18 +66,29 @@ def _blocks_of(names: list[str]) -> set[int]:
 def test_bottom_and_top_placement(arch: str) -> None:
     model = build(arch, in_channels=1, image_size=28, defect=DefectSpec(0.5, "bottom"))
     names = [n for n, _ in masks(model)]
-    assert names and _blocks_of(names) <= {0, 1, 2}
-    # every BatchNorm of blocks 0-2 is masked, and nothing else
-    expected = model.block_layers([0, 1, 2])
-    assert names == expected
+    bottom_modules = {i for b in model.bottom for i in model.stages[b]}
+    assert names and _modules_of(names) <= bottom_modules
+    # every BatchNorm of the bottom blocks is masked, and nothing else
+    assert names == model.block_layers(model.bottom)
     top = build(arch, in_channels=1, image_size=28, defect=DefectSpec(0.5, "top"))
-    k = len(top.blocks)
-    assert _blocks_of([n for n, _ in masks(top)]) <= {k - 3, k - 2, k - 1}
+    above = {i for b in range(max(top.bottom) + 1, top.num_blocks) for i in top.stages[b]}
+    assert _modules_of([n for n, _ in masks(top)]) <= (above or set(top.stages[-1]))
+
+
+def test_resnet18_bottom_is_the_papers_ten_layers() -> None:
+    # the released code's "012" masks: stem, stage 1 (4 layers), stage 2 (5, with the shortcut)
+    shapes = [tuple(m.shape) for _, m in masks(build("resnet18", defect=DefectSpec(0.1)))]
+    assert shapes == [(64, 32, 32)] * 5 + [(128, 16, 16)] * 5
+    top = [n for n, _ in masks(build("resnet18", defect=DefectSpec(0.1, "top")))]
+    assert {n.split(".")[1] for n in top} == {"5", "6", "7", "8"}  # stages 3 and 4 ("34")
+    vgg = build("vgg19", defect=DefectSpec(0.1))
+    assert vgg.bottom == (0, 1) and len(masks(vgg)) == 4  # "vgg_drop_01": four convs
 
 
 def test_projection_shortcut_inside_defective_block_is_masked() -> None:
-    model = build("resnet18", defect=DefectSpec(0.5, (3,)))
+    model = build("resnet18", defect=DefectSpec(0.5, (2,)))  # stage 2 = modules 3 and 4
     assert "blocks.3.shortcut.bn" in dict(masks(model))
+    assert all(n.split(".")[1] in ("3", "4") for n in dict(masks(model)))
 
 
 def test_masked_outputs_are_zero_in_train_and_eval() -> None:
@@ -112,6 +123,14 @@ def test_widen_multiplies_defective_block_channels() -> None:
     assert wide.blocks[0].unit.conv.out_channels == 2 * plain.blocks[0].unit.conv.out_channels
     assert wide.blocks[3].unit1.conv.out_channels == plain.blocks[3].unit1.conv.out_channels
     assert wide(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    deep = build("resnet18", defect=DefectSpec(0.5, widen=2))  # every module of stages 1-2
+    assert [deep.blocks[i].unit2.conv.out_channels for i in (1, 2, 3, 4, 5)] == [
+        128,
+        128,
+        256,
+        256,
+        256,
+    ]
 
 
 def test_make_defective_on_a_user_model() -> None:

@@ -26,10 +26,12 @@ def test_registry_lists_the_papers_architectures() -> None:
         build("resnet1000")
 
 
-def test_block_zero_is_the_stem_and_resnet18_has_nine_blocks() -> None:
+def test_block_zero_is_the_stem_and_resnet18_has_five_blocks() -> None:
     model = build("resnet18")
-    assert len(model.blocks) == 9
+    assert model.num_blocks == 5 and len(model.blocks) == 9  # stem + 4 stages of 2
+    assert model.stages == [[0], [1, 2], [3, 4], [5, 6], [7, 8]]
     assert model.blocks[0].unit.conv.in_channels == 3
+    assert build("densenet121").num_blocks == 5 and build("vgg19").num_blocks == 5
 
 
 def test_normalization_is_inside_the_model() -> None:
@@ -41,6 +43,8 @@ def test_normalization_is_inside_the_model() -> None:
 def test_regularizers_act_only_in_training() -> None:
     model = build("resnet8", regularizer="dropblock", regularizer_block=2, regularizer_keep=0.5)
     assert isinstance(model.regularizers["2"], DropBlock2d)
+    deep = build("resnet18", regularizer="dropout2d")  # after block 3 = stage 3's last module
+    assert list(deep.regularizers) == ["6"]
     x = torch.rand(4, 3, 32, 32)
     model.eval()
     assert torch.equal(model(x), model(x))

@@ -1,8 +1,11 @@
-"""The shape every zoo model shares: normalisation, numbered blocks, a head.
+"""The shape every zoo model shares: normalisation, a flat list of modules, a head.
 
-Block 0 is the stem; blocks 1..K follow the order of the paper's appendix C, so
-``bottom`` means blocks 0-2 for every architecture. Defects and regularisers are
-placed by block index, which is why the blocks are a flat list.
+Defects, widening and regularisers are placed by *block* in the paper's numbering
+(its appendix C and released code): block 0 is the stem and blocks 1..K are the
+stages, so ``bottom`` (blocks 0-2) of ResNet-18 is the stem and stages 1-2, ten
+masked layers in all. ``BlockNet.stages`` maps each block to the indices of its
+modules in ``BlockNet.layers``; for nets with one module per stage (ResNet-8/10,
+LeNet) the two numberings coincide.
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ class Normalize(nn.Module):
 class BlockNet(nn.Module):
     """A classifier ``head(blocks[K](...blocks[0](normalize(encode(x)))))``.
 
-    ``regularizers`` maps a block index (as a string) to a module applied to that
-    block's output during training, e.g. spatial dropout after block 3.
+    ``blocks`` holds the modules in order (a residual block, a dense layer, a conv);
+    ``stages[b]`` lists the indices of the modules that make up the paper's block ``b``
+    (default: one module per block). ``regularizers`` maps a module index (as a string)
+    to a module applied to its output during training, e.g. spatial dropout after
+    block 3 (see :meth:`add_regularizer`).
     """
 
     def __init__(
@@ -43,13 +49,30 @@ class BlockNet(nn.Module):
         head: nn.Module,
         mean: Sequence[float],
         std: Sequence[float],
+        stages: Sequence[Sequence[int]] | None = None,
+        bottom: Sequence[int] = (0, 1, 2),
     ) -> None:
         super().__init__()
         self.encode: nn.Module = nn.Identity()  # an input encoding, e.g. thermometer bits
         self.normalize = Normalize(mean, std)
         self.blocks = nn.ModuleList(blocks)
+        self.stages = (
+            [list(s) for s in stages] if stages is not None else [[i] for i in range(len(blocks))]
+        )
+        self.bottom = tuple(b for b in bottom if b < len(self.stages))
         self.regularizers = nn.ModuleDict()
         self.head = head
+
+    @property
+    def num_blocks(self) -> int:
+        """Blocks in the paper's numbering (0 = stem)."""
+        return len(self.stages)
+
+    def add_regularizer(self, block: int, module: nn.Module) -> None:
+        """Apply ``module`` to the output of paper block ``block`` during training."""
+        if not 0 <= block < self.num_blocks:
+            raise ValueError(f"regularizer block {block} is not in 0..{self.num_blocks - 1}")
+        self.regularizers[str(self.stages[block][-1])] = module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(self.encode(x))
@@ -63,14 +86,14 @@ class BlockNet(nn.Module):
 
     def defect_layers(self, blocks: str | Sequence[int]) -> list[str]:
         """The layers a defect on ``blocks`` masks: every BatchNorm inside those blocks."""
-        return self.block_layers(resolve_blocks(blocks, len(self.blocks)))
+        return self.block_layers(resolve_blocks(blocks, self.num_blocks, self.bottom))
 
     def block_layers(
         self, indices: Sequence[int], kind: type[nn.Module] = nn.BatchNorm2d
     ) -> list[str]:
         """Names (as in ``named_modules``) of the ``kind`` layers inside the given blocks."""
         names = []
-        for index in indices:
+        for index in (i for block in indices for i in self.stages[block]):
             prefix = f"blocks.{index}."
             names += [
                 prefix + n for n, m in self.blocks[index].named_modules() if isinstance(m, kind)
@@ -78,12 +101,18 @@ class BlockNet(nn.Module):
         return names
 
 
-def resolve_blocks(blocks: str | Sequence[int], num_blocks: int) -> tuple[int, ...]:
-    """Block indices for ``"bottom"`` (0-2), ``"top"`` (the last three), ``"all"`` or a list."""
+def resolve_blocks(
+    blocks: str | Sequence[int], num_blocks: int, bottom: Sequence[int] = (0, 1, 2)
+) -> tuple[int, ...]:
+    """Block indices for ``"bottom"`` (the architecture's: 0-2, or 0-1 for VGG and WRN as in
+    the paper's code), ``"top"`` (every block above the bottom ones, as the paper's "34" of
+    ResNet-18; the last block when nothing is above), ``"all"`` or a list."""
+    low = tuple(b for b in bottom if b < num_blocks)
     if blocks == "bottom":
-        return tuple(range(min(3, num_blocks)))
+        return low
     if blocks == "top":
-        return tuple(range(max(0, num_blocks - 3), num_blocks))
+        above = tuple(range(max(low) + 1, num_blocks))
+        return above or (num_blocks - 1,)
     if blocks == "all":
         return tuple(range(num_blocks))
     if isinstance(blocks, str):

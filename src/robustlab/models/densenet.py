@@ -1,5 +1,5 @@
-"""DenseNet-BC (Huang et al.), CIFAR stem. Blocks: 0 = stem, then every dense layer and
-transition in order (DenseNet-121: 6 + 1 + 12 + 1 + 24 + 1 + 16 = 61 of them)."""
+"""DenseNet-BC (Huang et al.), CIFAR stem. Blocks (the paper's numbering): 0 = stem, then
+one per dense block with the transition that follows it (DenseNet-121: 1-4)."""
 
 from __future__ import annotations
 
@@ -54,15 +54,20 @@ def densenet(
     """Assemble DenseNet-BC with compression 0.5; widening multiplies a layer's growth rate."""
     cin = widths(0, 2 * growth)
     blocks: list[nn.Module] = [nn.Conv2d(in_channels, cin, 3, 1, 1, bias=False)]
+    stages = [[0]]
     for stage, count in enumerate(stage_layers):
+        rate = widths(stage + 1, growth)
+        stages.append([])
         for _ in range(count):
-            blocks.append(DenseLayer(cin, widths(len(blocks), growth)))
-            cin += widths(len(blocks) - 1, growth)
+            stages[-1].append(len(blocks))
+            blocks.append(DenseLayer(cin, rate))
+            cin += rate
         if stage < len(stage_layers) - 1:
+            stages[-1].append(len(blocks))
             blocks.append(Transition(cin, cin // 2))
             cin //= 2
     head = nn.Sequential(
         nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(cin, num_classes),
     )  # fmt: skip
-    return BlockNet(blocks, head, mean, std)
+    return BlockNet(blocks, head, mean, std, stages)

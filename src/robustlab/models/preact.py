@@ -1,8 +1,8 @@
 """Pre-activation residual nets: SENet-18 (Hu et al.) and the wide ResNet WRN-32-4.
 
 A pre-activation block computes BN-ReLU-conv twice and adds its input; its
-BatchNorm outputs are what a defect masks. Blocks: 0 = stem conv, then one per
-residual block.
+BatchNorm outputs are what a defect masks. Blocks (the paper's numbering): 0 = stem
+conv, then one per stage.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def preact_resnet(
     stem_width: int,
     *,
     se: bool,
+    bottom: Sequence[int] = (0, 1, 2),
     num_classes: int,
     in_channels: int,
     mean: Sequence[float],
@@ -71,13 +72,16 @@ def preact_resnet(
     """Assemble a pre-activation ResNet; the head adds the final BN-ReLU before pooling."""
     cin = widths(0, stem_width)
     blocks: list[nn.Module] = [nn.Conv2d(in_channels, cin, 3, 1, 1, bias=False)]
+    stages = [[0]]
     for stage, (count, planes) in enumerate(zip(stage_blocks, stage_widths, strict=True)):
+        cout = widths(stage + 1, planes)
+        stages.append([])
         for i in range(count):
-            cout = widths(len(blocks), planes)
+            stages[-1].append(len(blocks))
             blocks.append(PreActBlock(cin, cout, 2 if stage > 0 and i == 0 else 1, se=se))
             cin = cout
     head = nn.Sequential(
         nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(cin, num_classes),
     )  # fmt: skip
-    return BlockNet(blocks, head, mean, std)
+    return BlockNet(blocks, head, mean, std, stages, bottom)

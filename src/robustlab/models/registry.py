@@ -38,7 +38,7 @@ _ARCHS: dict[str, Builder] = {
         (2, 2, 2, 2), (width, 2 * width, 4 * width, 8 * width), width, se=True, **kw
     ),
     "wrn32_4": lambda width=16, image_size=32, **kw: preact_resnet(
-        (5, 5, 5), (16 * 4, 32 * 4, 64 * 4), width, se=False, **kw
+        (5, 5, 5), (16 * 4, 32 * 4, 64 * 4), width, se=False, bottom=(0, 1), **kw
     ),
     "densenet121": lambda growth=32, image_size=32, **kw: densenet((6, 12, 24, 16), growth, **kw),
     "vgg19": lambda image_size=32, **kw: vgg(VGG19, image_size=image_size, **kw),
@@ -83,19 +83,13 @@ def build(
     if thermometer:
         mean, std = None, None  # the dataset's statistics do not describe bits
     if defect is not None and defect.widen > 1:
-        num_blocks = len(
-            _construct(arch, num_classes, net_channels, image_size, mean, std, Widths(), kw).blocks
-        )
-        widths = Widths(resolve_blocks(defect.blocks, num_blocks), defect.widen)
+        plain = _construct(arch, num_classes, net_channels, image_size, mean, std, Widths(), kw)
+        widths = Widths(resolve_blocks(defect.blocks, plain.num_blocks, plain.bottom), defect.widen)
     model = _construct(arch, num_classes, net_channels, image_size, mean, std, widths, kw)
     if thermometer:
         model.encode = ThermometerEncoding(thermometer)
     if regularizer is not None:
-        if not 0 <= regularizer_block < len(model.blocks):
-            raise ValueError(
-                f"regularizer block {regularizer_block} is not in 0..{len(model.blocks) - 1}"
-            )
-        model.regularizers[str(regularizer_block)] = make_regularizer(regularizer, regularizer_keep)
+        model.add_regularizer(regularizer_block, make_regularizer(regularizer, regularizer_keep))
     if defect is not None:
         example = torch.zeros(1, in_channels, image_size, image_size)
         make_defective(model, defect, example_input=example)

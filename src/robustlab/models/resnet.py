@@ -1,6 +1,7 @@
 """ResNets, CIFAR style (3×3 stem, no max-pool), post-activation as in He et al. 2016.
 
-Blocks: 0 = stem, then one index per residual block in order (ResNet-18: 1-8).
+Blocks (the paper's numbering): 0 = stem, then one per stage (ResNet-18: 1-4, two
+residual blocks each).
 """
 
 from __future__ import annotations
@@ -67,11 +68,13 @@ def resnet(
     """Assemble a CIFAR-style ResNet; stage ``s`` > 0 starts with stride 2."""
     stem_width = widths(0, stage_widths[0])
     blocks: list[nn.Module] = [conv_block(in_channels, stem_width)]
+    stages = [[0]]
     cin = stem_width
     for stage, (count, planes) in enumerate(zip(stage_blocks, stage_widths, strict=True)):
+        width = widths(stage + 1, planes)
+        stages.append([])
         for i in range(count):
-            stride = 2 if stage > 0 and i == 0 else 1
-            unit = block(cin, widths(len(blocks), planes), stride)
-            cin = widths(len(blocks), planes) * block.expansion
-            blocks.append(unit)
-    return BlockNet(blocks, pooled_linear(cin, num_classes), mean, std)
+            stages[-1].append(len(blocks))
+            blocks.append(block(cin, width, 2 if stage > 0 and i == 0 else 1))
+            cin = width * block.expansion
+    return BlockNet(blocks, pooled_linear(cin, num_classes), mean, std, stages)

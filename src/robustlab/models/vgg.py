@@ -1,7 +1,8 @@
 """VGG with BatchNorm and a single linear layer on top (as in the paper's VGG-19).
 
-Blocks: one per conv (VGG-19: 16); a max-pool joins the block of the conv before it,
-and is left out where the feature map is already 1×1 (small inputs such as 28×28).
+Blocks (the paper's numbering): one per stage, the convs between two max-pools (VGG-19:
+0-4). A max-pool joins the module of the conv before it, and is left out where the
+feature map is already 1×1 (small inputs such as 28×28).
 """
 
 from __future__ import annotations
@@ -28,14 +29,19 @@ def vgg(
 ) -> BlockNet:
     """Assemble a VGG from a config of channel counts and ``"M"`` (max-pool)."""
     blocks: list[nn.Sequential] = []
+    stages: list[list[int]] = [[]]
     cin, size = in_channels, image_size
     for item in config:
         if item == "M":
             if size >= 2:
                 blocks[-1].add_module("pool", nn.MaxPool2d(2))
                 size //= 2
+            stages.append([])
             continue
-        cout = widths(len(blocks), int(item))
+        cout = widths(len(stages) - 1, int(item))
+        stages[-1].append(len(blocks))
         blocks.append(conv_block(cin, cout))
         cin = cout
-    return BlockNet(blocks, pooled_linear(cin, num_classes), mean, std)
+    stages = [s for s in stages if s]
+    # the paper's VGG is defective in blocks 0-1 ("vgg_drop_01")
+    return BlockNet(blocks, pooled_linear(cin, num_classes), mean, std, stages, bottom=(0, 1))
