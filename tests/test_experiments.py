@@ -128,3 +128,10 @@ def test_demo_spec_for_both_datasets() -> None:
 def test_shipped_specs_are_valid(path: Path) -> None:
     spec = load_spec(path)
     assert spec.protocols and spec.models
+
+
+def test_curve_levels_are_numeric_order() -> None:
+    from robustlab.experiments.executor import curve_levels
+
+    record = {"curves": {"m": {"12.0": {}, "2.0": {}, "32.0": {}, "4.0": {}}}}
+    assert curve_levels(record) == ["2.0", "4.0", "12.0", "32.0"]

@@ -280,6 +280,12 @@ class Executor:
         return [d.name for m in models for d in self.run_dirs(m)]
 
 
+def curve_levels(record: Record) -> list[str]:
+    """The levels (σ, k) of a curve record in numeric order: JSON files keep keys as sorted
+    strings, so "12.0" would otherwise come before "2.0"."""
+    return sorted(next(iter(record["curves"].values())), key=float)
+
+
 def _rates(table: dict[str, dict[Any, Any]]) -> dict[str, dict[str, Any]]:
     return {
         name: {str(k): rate.to_dict() for k, rate in row.items()} for name, row in table.items()
@@ -369,7 +375,7 @@ def markdown(records: list[Record]) -> str:
         ("shuffle", "Patch shuffle", "k"),
     ):
         for r in (r for r in records if r["protocol"] == kind):
-            levels = list(next(iter(r["curves"].values())))
+            levels = curve_levels(r)
             lines += [
                 f"## {title}: accuracy on images every model gets right",
                 "",

@@ -17,6 +17,7 @@ from torch import nn
 import robustlab
 from robustlab.attacks import AdversarialSet, load_set
 from robustlab.data import load_dataset
+from robustlab.experiments.executor import curve_levels
 from robustlab.io import RobustlabError, atomic_write, read_json
 from robustlab.models.base import predict
 from robustlab.report import figures
@@ -112,7 +113,7 @@ def _run_section(results: dict[str, Any]) -> str:
 
 
 def _curve_section(record: Record, unit: str, command: str, png: bytes) -> str:
-    levels = list(next(iter(record["curves"].values())))
+    levels = curve_levels(record)
     rows = [
         [f"<td>{name_link('models', model)}</td>"]
         + [rate_cell(row[level], record.get("protocol_index"), command) for level in levels]

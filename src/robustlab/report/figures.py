@@ -66,10 +66,11 @@ def accuracy_curves(record: Record, unit: str, title: str) -> bytes:
     """Accuracy per level (σ or k) for each model, with Wilson 95 % intervals as error bars."""
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for model, row in record["curves"].items():
-        levels = [float(level) for level in row]
-        rates = [100 * r["rate"] for r in row.values()]
-        low = [100 * (r["rate"] - r["low"]) for r in row.values()]
-        high = [100 * (r["high"] - r["rate"]) for r in row.values()]
+        ordered = sorted(row.items(), key=lambda item: float(item[0]))
+        levels = [float(level) for level, _ in ordered]
+        rates = [100 * r["rate"] for _, r in ordered]
+        low = [100 * (r["rate"] - r["low"]) for _, r in ordered]
+        high = [100 * (r["high"] - r["rate"]) for _, r in ordered]
         ax.errorbar(levels, rates, yerr=[low, high], marker="o", capsize=3, label=model)
     ax.set_xlabel(unit)
     ax.set_ylabel("accuracy (%)")
