@@ -1,0 +1,193 @@
+r"""Convolutional dictionary learning and dictionary files.
+
+Learning alternates, for ``iterations`` rounds, over a fixed set of training
+images (their high-pass parts, see :mod:`.tikhonov`):
+
+1. sparse coding: a few CBPDN ADMM iterations, warm-started from the previous round;
+2. dictionary update: accelerated projected gradient (FISTA) steps on
+   :math:`\tfrac12 \sum_k \|\sum_m d_m * x_{k,m} - s_k\|_2^2`, the projection being
+   sporco's constraint set: support P × P, zero mean per channel, unit norm per filter.
+
+The step size is ``1/L`` with :math:`L = \max_f \lambda_{\max}(\hat X(f)^H \hat X(f))`,
+the Lipschitz constant of the data term's gradient over all frequencies.
+
+A dictionary file is safetensors (``filters``: M × C × P × P) whose JSON
+metadata records how it was learned (λ, sizes, training images, seed, command).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustlab.defenses.csc.cbpdn import (
+    CBPDNOptions,
+    CBPDNState,
+    FourierDictionary,
+    cbpdn,
+    objective,
+)
+from robustlab.defenses.csc.stratified import ClusterModel
+from robustlab.io import RobustlabError, load_tensors, save_tensors
+
+DICTIONARY_FILE = "dictionary.safetensors"
+DICTIONARY_FORMAT = "robustlab-csc-dictionary/1"
+
+
+@dataclass(frozen=True)
+class LearnOptions:
+    """Settings of :func:`learn_dictionary`."""
+
+    iterations: int = 50
+    coding_steps: int = 10  # ADMM iterations per round
+    dictionary_steps: int = 5  # FISTA steps per round
+    seed: int = 0
+
+
+@dataclass
+class LearnedDictionary:
+    filters: torch.Tensor  # (M, C, P, P)
+    lmbda: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+    history: list[float] = field(default_factory=list)  # mean objective per round
+
+
+def project_filters(full: torch.Tensor, size: int) -> torch.Tensor:
+    """Constraint set of the dictionary update: crop to P × P, zero mean per channel, unit norm."""
+    filters = full[..., :size, :size]
+    filters = filters - filters.mean(dim=(-2, -1), keepdim=True)
+    norms: torch.Tensor = filters.flatten(1).norm(dim=1)
+    return filters / norms.clamp_min(1e-12).view(-1, 1, 1, 1)
+
+
+def random_dictionary(
+    n_filters: int, channels: int, size: int, seed: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Gaussian filters projected onto the constraint set, reproducible from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return project_filters(
+        torch.randn(n_filters, channels, size, size, generator=generator, dtype=dtype), size
+    )
+
+
+def learn_dictionary(
+    signals: torch.Tensor,
+    n_filters: int,
+    size: int,
+    lmbda: float,
+    options: LearnOptions | None = None,
+) -> LearnedDictionary:
+    """Learn M = ``n_filters`` filters of ``size`` × ``size`` from ``signals`` (K, C, H, W).
+
+    ``signals`` are what the dictionary must represent: for the purifier, the
+    high-pass parts of training images.
+    """
+    options = options or LearnOptions()
+    filters = random_dictionary(n_filters, signals.shape[1], size, options.seed, signals.dtype).to(
+        signals.device
+    )
+    coding = CBPDNOptions(max_iter=options.coding_steps, rel_tol=0.0)
+    state: CBPDNState | None = None
+    history: list[float] = []
+    for _ in range(options.iterations):
+        result = cbpdn(filters, signals, lmbda, coding, state)
+        state = result.state
+        filters = _update_filters(filters, result.coefficients, signals, options.dictionary_steps)
+        fourier = FourierDictionary(filters, tuple(signals.shape[-2:]))  # type: ignore[arg-type]
+        history.append(float(objective(fourier, result.coefficients, signals, lmbda).mean()))
+    return LearnedDictionary(filters, lmbda, history=history)
+
+
+def _update_filters(
+    filters: torch.Tensor, coefficients: torch.Tensor, signals: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """FISTA on the data term over the constraint set, coefficients fixed."""
+    size_hw = tuple(signals.shape[-2:])
+    coef_freq = torch.fft.rfft2(coefficients)  # (K, M, H, Wf)
+    signal_freq = torch.fft.rfft2(signals)  # (K, C, H, Wf)
+    gram = torch.einsum("kmhw,knhw->hwmn", coef_freq.conj(), coef_freq)
+    lipschitz = float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
+    size = filters.shape[-1]
+    current, momentum_point, t = filters, filters, 1.0
+    for _ in range(steps):
+        dict_freq = torch.fft.rfft2(momentum_point, s=size_hw)
+        residual = torch.einsum("mchw,kmhw->kchw", dict_freq, coef_freq) - signal_freq
+        gradient = torch.fft.irfft2(
+            torch.einsum("kmhw,kchw->mchw", coef_freq.conj(), residual), s=size_hw
+        )
+        stepped = momentum_point - gradient[..., :size, :size] / lipschitz
+        following = project_filters(stepped, size)
+        t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
+        momentum_point = following + ((t - 1.0) / t_next) * (following - current)
+        current, t = following, t_next
+    return current
+
+
+@dataclass
+class StratifiedDictionary:
+    """One dictionary per image cluster, and the model that assigns the clusters."""
+
+    clusters: ClusterModel
+    members: list[LearnedDictionary]
+
+    @property
+    def lmbda(self) -> float:
+        return self.members[0].lmbda
+
+
+def save_dictionary(
+    directory: str | Path, learned: LearnedDictionary | StratifiedDictionary, **metadata: Any
+) -> Path:
+    """Write ``directory/dictionary.safetensors`` (atomically) with its metadata.
+
+    A stratified dictionary stores ``filters.<k>`` per cluster and the cluster
+    model's tensors beside them.
+    """
+    members = learned.members if isinstance(learned, StratifiedDictionary) else [learned]
+    first = members[0].filters
+    meta: dict[str, Any] = {
+        "format": DICTIONARY_FORMAT,
+        "filters": first.shape[0],
+        "channels": first.shape[1],
+        "size": first.shape[-1],
+        "lmbda": learned.lmbda,
+        "history": [m.history for m in members],
+        **members[0].metadata,
+        **metadata,
+    }
+    tensors: dict[str, torch.Tensor]
+    if isinstance(learned, StratifiedDictionary):
+        meta["clusters"] = len(members)
+        tensors = {f"filters.{k}": m.filters.float() for k, m in enumerate(members)}
+        tensors.update(learned.clusters.tensors())
+    else:
+        tensors = {"filters": first.float()}
+    path = Path(directory) / DICTIONARY_FILE
+    save_tensors(path, tensors, meta)
+    return path
+
+
+def load_dictionary(path: str | Path) -> LearnedDictionary | StratifiedDictionary:
+    """Read a dictionary written by :func:`save_dictionary` (a folder or the file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / DICTIONARY_FILE
+    if not path.is_file():
+        raise RobustlabError(f"{path}: no dictionary here; learn one with `robustlab csc learn`")
+    tensors, meta = load_tensors(path)
+    if meta.get("format") != DICTIONARY_FORMAT:
+        raise RobustlabError(
+            f"{path}: not a robustlab CSC dictionary (format {meta.get('format')!r})"
+        )
+    lmbda = float(meta["lmbda"])
+    history = meta.get("history") or [[]]
+    if "clusters" not in meta:
+        return LearnedDictionary(tensors["filters"], lmbda, meta, list(history[0]))
+    members = [
+        LearnedDictionary(tensors[f"filters.{k}"], lmbda, meta, list(history[k]))
+        for k in range(int(meta["clusters"]))
+    ]
+    return StratifiedDictionary(ClusterModel.from_tensors(tensors, int(meta["channels"])), members)

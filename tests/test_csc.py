@@ -1,0 +1,202 @@
+"""CSC purification: the solver against sporco, dictionary learning, the purifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robustlab.defenses.csc import (
+    CBPDNOptions,
+    CSCPurifier,
+    LearnedDictionary,
+    LearnOptions,
+    StratifiedDictionary,
+    cbpdn,
+    fit_clusters,
+    learn_dictionary,
+    load_dictionary,
+    objective,
+    reconstruct,
+    save_dictionary,
+    tikhonov_split,
+)
+from robustlab.defenses.csc.cbpdn import FourierDictionary
+from robustlab.defenses.csc.dictionary import random_dictionary
+from robustlab.defenses.csc.tikhonov import symmetric_pad
+from robustlab.io import RobustlabError
+
+sporco_cbpdn = pytest.importorskip("sporco.admm.cbpdn")
+sporco_signal = pytest.importorskip("sporco.signal")
+
+
+def _problem(channels: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A unit-norm random dictionary (sporco layout P, P, C, M) and the high-pass of an image."""
+    rng = np.random.default_rng(seed)
+    dictionary = rng.standard_normal((5, 5, channels, 12))
+    dictionary /= np.sqrt((dictionary**2).sum(axis=(0, 1, 2), keepdims=True))
+    image = rng.random((16, 16, channels))
+    _, high = sporco_signal.tikhonov_filter(image, 5.0, 16)
+    return dictionary, high
+
+
+def _to_torch(dictionary: np.ndarray, high: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    filters = torch.from_numpy(dictionary.transpose(3, 2, 0, 1).copy())
+    return filters, torch.from_numpy(high.transpose(2, 0, 1).copy())[None]
+
+
+@pytest.mark.parametrize("pad", [3, 16, 40])
+def test_symmetric_pad_matches_numpy(pad: int) -> None:
+    image = np.arange(5 * 7, dtype=np.float64).reshape(5, 7)
+    ours = symmetric_pad(torch.from_numpy(image), pad).numpy()
+    np.testing.assert_array_equal(ours, np.pad(image, pad, mode="symmetric"))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_tikhonov_split_matches_sporco(channels: int) -> None:
+    image = np.random.default_rng(1).random((28, 20, channels)).astype(np.float32)
+    low_ref, high_ref = sporco_signal.tikhonov_filter(image, 5.0, 16)
+    low, high = tikhonov_split(torch.from_numpy(image).permute(2, 0, 1)[None], 5.0, 16)
+    np.testing.assert_allclose(low[0].permute(1, 2, 0).numpy(), low_ref, atol=1e-5)
+    np.testing.assert_allclose(high[0].permute(1, 2, 0).numpy(), high_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("iterations", [3, 25])
+def test_cbpdn_objective_matches_sporco(channels: int, iterations: int) -> None:
+    dictionary, high = _problem(channels)
+    options = {"Verbose": False, "MaxMainIter": iterations, "RelStopTol": 0.0}
+    reference = sporco_cbpdn.ConvBPDN(dictionary, high, 0.1, sporco_cbpdn.ConvBPDN.Options(options))
+    code_ref = reference.solve().squeeze(axis=(2, 3)).transpose(2, 0, 1)[None]
+    filters, signal = _to_torch(dictionary, high)
+    ours = cbpdn(filters, signal, 0.1, CBPDNOptions(max_iter=iterations, rel_tol=0.0))
+    fourier = FourierDictionary(filters, (16, 16))
+    expected = objective(fourier, torch.from_numpy(code_ref.copy()), signal, 0.1).item()
+    assert objective(fourier, ours.coefficients, signal, 0.1).item() == pytest.approx(
+        expected, rel=0.01
+    )
+    assert ours.state.rho.item() == pytest.approx(reference.rho, rel=1e-6)
+
+
+def test_cbpdn_stops_when_sporco_stops() -> None:
+    dictionary, high = _problem(3, seed=2)
+    options = {"Verbose": False, "MaxMainIter": 500, "RelStopTol": 5e-3}
+    reference = sporco_cbpdn.ConvBPDN(dictionary, high, 0.2, sporco_cbpdn.ConvBPDN.Options(options))
+    reference.solve()
+    filters, signal = _to_torch(dictionary, high)
+    ours = cbpdn(filters, signal, 0.2, CBPDNOptions(max_iter=500, rel_tol=5e-3))
+    assert ours.iterations.item() == reference.k
+
+
+def test_cbpdn_recovers_a_known_sparse_code() -> None:
+    filters = random_dictionary(8, 1, 5, seed=3, dtype=torch.float64)
+    code = torch.zeros(1, 8, 24, 24, dtype=torch.float64)
+    spikes = [(0, 3, 4), (2, 12, 15), (5, 20, 6), (7, 8, 19)]
+    for m, i, j in spikes:
+        code[0, m, i, j] = 2.0
+    fourier = FourierDictionary(filters, (24, 24))
+    signal = reconstruct(fourier, code)
+    # A fixed ρ: sporco's residual balancing (ρ scaled by up to 1000 per step) stalls on
+    # noise-free synthetic signals like this one, in sporco as here.
+    options = CBPDNOptions(max_iter=500, rel_tol=1e-4, auto_rho=False, rho=1.0)
+    found = cbpdn(fourier, signal, 0.01, options).coefficients
+    assert (found - code).norm() / code.norm() < 0.02
+    assert (reconstruct(fourier, found) - signal).norm() / signal.norm() < 0.02
+    largest = found.abs().flatten().topk(len(spikes)).indices
+    expected = {np.ravel_multi_index((0, m, i, j), code.shape) for m, i, j in spikes}
+    assert set(largest.tolist()) == expected
+
+
+def test_cbpdn_results_do_not_depend_on_the_batch() -> None:
+    filters = random_dictionary(6, 3, 4, seed=0)
+    images = torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    options = CBPDNOptions(max_iter=60)
+    batched = cbpdn(filters, images, 0.1, options)
+    alone = cbpdn(filters, images[1:2], 0.1, options)
+    torch.testing.assert_close(batched.coefficients[1:2], alone.coefficients)
+    assert batched.iterations[1] == alone.iterations[0]
+
+
+def test_cbpdn_rejects_mismatched_channels() -> None:
+    with pytest.raises(ValueError, match="3-channel dictionary"):
+        cbpdn(random_dictionary(4, 3, 3, seed=0), torch.rand(1, 1, 8, 8), 0.1)
+
+
+def _textures(n: int = 24, channels: int = 1, size: int = 16) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(5)
+    grid = torch.arange(size, dtype=torch.float32)
+    freq = torch.rand(n, 1, 1, 1, generator=generator) * 0.8 + 0.2
+    stripes = 0.5 + 0.4 * torch.sin(freq * grid.view(1, 1, 1, -1) + grid.view(1, 1, -1, 1) * 0.3)
+    return stripes.expand(n, channels, size, size).contiguous()
+
+
+def test_dictionary_learning_lowers_the_objective_and_keeps_constraints() -> None:
+    _, high = tikhonov_split(_textures())
+    options = LearnOptions(iterations=8, seed=1)
+    learned = learn_dictionary(high, 6, 5, 0.05, options)
+    assert learned.history[-1] < 0.9 * learned.history[0]
+    means = learned.filters.mean(dim=(-2, -1))
+    torch.testing.assert_close(means, torch.zeros_like(means), atol=1e-6, rtol=0)
+    norms = learned.filters.flatten(1).norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    again = learn_dictionary(high, 6, 5, 0.05, options)
+    torch.testing.assert_close(learned.filters, again.filters, rtol=0, atol=0)
+
+
+def test_dictionary_file_round_trip(tmp_path: Path) -> None:
+    learned = LearnedDictionary(random_dictionary(4, 3, 5, seed=0), 0.2, history=[3.0, 2.0])
+    save_dictionary(tmp_path / "d", learned, images=10, command="robustlab csc learn")
+    loaded = load_dictionary(tmp_path / "d")
+    assert isinstance(loaded, LearnedDictionary)
+    torch.testing.assert_close(loaded.filters, learned.filters)
+    assert loaded.lmbda == 0.2 and loaded.history == [3.0, 2.0]
+    assert loaded.metadata["images"] == 10 and loaded.metadata["size"] == 5
+    with pytest.raises(RobustlabError, match="robustlab csc learn"):
+        load_dictionary(tmp_path / "missing")
+
+
+def test_stratified_dictionary_round_trip_and_purifier(tmp_path: Path) -> None:
+    images = torch.cat([_textures(12), 1 - _textures(12)])
+    clusters = fit_clusters(images, clusters=2, components=8, epochs=1, seed=0)
+    members = [
+        LearnedDictionary(random_dictionary(4, 1, 5, seed=k), 0.1, history=[float(k)])
+        for k in range(2)
+    ]
+    save_dictionary(tmp_path / "s", StratifiedDictionary(clusters, members))
+    loaded = load_dictionary(tmp_path / "s")
+    assert isinstance(loaded, StratifiedDictionary)
+    torch.testing.assert_close(loaded.clusters.assign(images), clusters.assign(images))
+    torch.testing.assert_close(loaded.members[1].filters, members[1].filters)
+    purifier = CSCPurifier(loaded, options=CBPDNOptions(max_iter=20))
+    out = purifier(images[:4])
+    assert out.shape == images[:4].shape and out.min() >= 0 and out.max() <= 1
+
+
+def test_purifier_output_range_determinism_and_errors() -> None:
+    images = _textures(5, channels=3)
+    purifier = CSCPurifier(random_dictionary(8, 3, 5, seed=0), lmbda=0.05)
+    out = purifier(images)
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+    torch.testing.assert_close(purifier(images), out, rtol=0, atol=0)
+    assert (out - images).abs().mean() < 0.1  # a reconstruction, not noise
+    rescaled = CSCPurifier(random_dictionary(8, 3, 5, seed=0), lmbda=0.05, rescale="max")(images)
+    torch.testing.assert_close(rescaled.flatten(1).amax(1), torch.ones(5))
+    with pytest.raises(RobustlabError, match="channel"):
+        purifier(torch.rand(2, 1, 16, 16))
+    with pytest.raises(RobustlabError, match="lmbda must be positive"):
+        CSCPurifier(random_dictionary(8, 3, 5, seed=0), lmbda=0.0)
+
+
+def test_purifier_gradients_bpda_identity_and_unrolled() -> None:
+    images = _textures(2, channels=1).requires_grad_(True)
+    weights = torch.randn_like(images)
+    filters = random_dictionary(6, 1, 5, seed=0)
+    bpda = CSCPurifier(filters, lmbda=0.05, bpda=True, options=CBPDNOptions(max_iter=15))
+    (grad,) = torch.autograd.grad((bpda(images) * weights).sum(), images)
+    torch.testing.assert_close(grad, weights)
+    unrolled = CSCPurifier(filters, lmbda=0.05, options=CBPDNOptions(max_iter=15))
+    (grad,) = torch.autograd.grad((unrolled(images) * weights).sum(), images)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert not torch.allclose(grad, weights)
