@@ -262,6 +262,84 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_csc_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("csc", help="convolutional sparse coding: learn dictionaries")
+    csc = p.add_subparsers(dest="csc_command", required=True)
+    learn = csc.add_parser(
+        "learn",
+        help="learn a convolutional dictionary from a dataset's training images",
+        description="Alternates CBPDN sparse coding and projected-gradient dictionary updates "
+        "on the high-pass parts of seeded training images; writes OUT/dictionary.safetensors.",
+    )
+    _add_data_args(learn)
+    learn.add_argument("--filters", type=int, default=64, help="number of filters M (default 64)")
+    learn.add_argument("--size", type=int, default=8, help="filter size P (default 8)")
+    learn.add_argument("--lmbda", type=float, default=0.2, help="sparsity weight λ (default 0.2)")
+    learn.add_argument("--images", type=int, default=256, help="training images (default 256)")
+    learn.add_argument("--iterations", type=int, default=50, help="learning rounds (default 50)")
+    learn.add_argument(
+        "--clusters", type=int, default=1, help="k > 1: stratified, one dictionary per cluster"
+    )
+    learn.add_argument("--seed", type=int, default=0)
+    learn.add_argument("--device", default="auto")
+    learn.add_argument("--out", required=True, help="dictionary folder, e.g. dicts/NAME")
+    learn.add_argument("--force", action="store_true", help="replace an existing dictionary")
+    learn.set_defaults(handler=_csc_learn)
+
+
+def _csc_learn(args: argparse.Namespace) -> int:
+    from robustlab.defenses.csc import LearnOptions
+    from robustlab.experiments.csc import learn_csc_dictionary
+    from robustlab.experiments.jobs import resolve_device
+
+    command = " ".join(["robustlab", *sys.argv[1:]]) if sys.argv[1:] else "robustlab csc learn"
+    path = learn_csc_dictionary(
+        args.dataset, args.out, args.filters, args.size, args.lmbda, args.images,
+        LearnOptions(iterations=args.iterations, seed=args.seed), args.clusters,
+        args.data_dir, args.download, resolve_device(args.device), args.force, command,
+    )  # fmt: skip
+    print(f"dictionary: {path}")
+    return 0
+
+
+def _add_purify_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "purify",
+        help="reconstruct every image of a folder with a CSC dictionary (folder to folder)",
+        description="Writes each image of IN_DIR to OUT_DIR under the same relative name. "
+        "Existing outputs are skipped (resumable); inputs are never written.",
+    )
+    p.add_argument("in_dir", metavar="IN_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--dict", required=True, help="dictionary folder (robustlab csc learn)")
+    p.add_argument("--lmbda", type=float, help="sparsity weight λ (default: the dictionary's)")
+    p.add_argument("--size", type=int, help="resize images to SIZE × SIZE first")
+    p.add_argument("--max-iter", type=int, default=200, help="ADMM iterations (default 200)")
+    p.add_argument("--rel-tol", type=float, default=5e-3, help="stopping tolerance (5e-3)")
+    p.add_argument(
+        "--rescale", choices=["clip", "max"], default="clip",
+        help="clip to [0, 1] (default) or divide by the image maximum like the released code",
+    )  # fmt: skip
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_purify)
+
+
+def _purify(args: argparse.Namespace) -> int:
+    from robustlab.defenses.csc import CBPDNOptions, CSCPurifier
+    from robustlab.experiments.csc import purify_folder
+    from robustlab.experiments.jobs import resolve_device
+
+    options = CBPDNOptions(max_iter=args.max_iter, rel_tol=args.rel_tol)
+    purifier = CSCPurifier(args.dict, args.lmbda, options, rescale=args.rescale)
+    done, skipped = purify_folder(
+        args.in_dir, args.out_dir, purifier, args.size,
+        device=resolve_device(args.device), quiet=args.quiet,
+    )  # fmt: skip
+    print(f"purified {done} images into {args.out_dir} ({skipped} already there)")
+    return 0
+
+
 def _add_list_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("list", help="list architectures, datasets and attacks")
     p.set_defaults(handler=_list)
@@ -284,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (_add_train_parser, _add_eval_clean_parser, _add_attack_parser, _add_run_parser,
-                _add_report_parser, _add_demo_parser, _add_list_parser)  # fmt: skip
+                _add_report_parser, _add_demo_parser, _add_csc_parser, _add_purify_parser,
+                _add_list_parser)  # fmt: skip
     for add in commands:
         add(sub)
     return parser

@@ -129,7 +129,8 @@ def fit_clusters(
     """Train the autoencoder on ``images`` and fit PCA + k-means on their latent codes."""
     autoencoder = train_autoencoder(images, epochs=epochs, seed=seed)
     with torch.no_grad():
-        latent = torch.cat([autoencoder.encode(chunk) for chunk in torch.split(images, 256)]).numpy()
+        codes = [autoencoder.encode(chunk) for chunk in torch.split(images, 256)]
+    latent = torch.cat(codes).numpy()
     components = min(components, *latent.shape)
     pca = PCA(n_components=components, random_state=seed).fit(latent)
     reduced = pca.transform(latent)

@@ -1,0 +1,166 @@
+"""Library functions behind ``robustlab csc learn`` and ``robustlab purify``."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from robustlab.data import load_dataset, sample
+from robustlab.data.readers import IMAGE_SUFFIXES, decode_image
+from robustlab.defenses.csc import (
+    CSCPurifier,
+    LearnedDictionary,
+    LearnOptions,
+    StratifiedDictionary,
+    fit_clusters,
+    learn_dictionary,
+    save_dictionary,
+    tikhonov_split,
+)
+from robustlab.defenses.csc.dictionary import DICTIONARY_FILE
+from robustlab.io import RobustlabError, atomic_write, prepare_output
+from robustlab.seeding import derive_seed
+
+
+def learn_csc_dictionary(
+    dataset: str,
+    out: str | Path,
+    filters: int = 64,
+    size: int = 8,
+    lmbda: float = 0.2,
+    images: int = 256,
+    options: LearnOptions | None = None,
+    clusters: int = 1,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    device: torch.device | str = "cpu",
+    force: bool = False,
+    command: str = "",
+) -> Path:
+    """Learn a dictionary (one per cluster if ``clusters`` > 1) from training images.
+
+    ``images`` training images are drawn with the options' seed; each cluster's
+    dictionary is learned from the high-pass parts of its members.
+    """
+    if lmbda <= 0 or filters < 1 or size < 2:
+        raise RobustlabError("need lmbda > 0, filters >= 1 and size >= 2 (paper: 64 filters, 8)")
+    if clusters < 1 or clusters > images:
+        raise RobustlabError(f"--clusters {clusters} must lie between 1 and --images {images}")
+    prepare_output(Path(out) / DICTIONARY_FILE, force)
+    options = options or LearnOptions()
+    data = sample(load_dataset(dataset, "train", data_dir, download), images, options.seed)
+    pixels, _ = data.tensors()
+    meta = {
+        "dataset": dataset,
+        "images": len(data),
+        "seed": options.seed,
+        "iterations": options.iterations,
+        "command": command,
+    }
+    if clusters == 1:
+        learned = _learn(pixels, filters, size, lmbda, options, device)
+        return save_dictionary(out, learned, **meta)
+    model = fit_clusters(pixels, clusters=clusters, seed=options.seed)
+    assignment = model.assign(pixels)
+    members = []
+    for k in range(clusters):
+        own = pixels[assignment == k]
+        if len(own) == 0:
+            raise RobustlabError(f"cluster {k} is empty; use fewer --clusters or more --images")
+        seeded = LearnOptions(
+            options.iterations,
+            options.coding_steps,
+            options.dictionary_steps,
+            derive_seed(options.seed, "cluster", k),
+        )
+        members.append(_learn(own, filters, size, lmbda, seeded, device))
+    sizes = [int((assignment == k).sum()) for k in range(clusters)]
+    return save_dictionary(out, StratifiedDictionary(model, members), cluster_sizes=sizes, **meta)
+
+
+def _learn(
+    pixels: torch.Tensor,
+    filters: int,
+    size: int,
+    lmbda: float,
+    options: LearnOptions,
+    device: torch.device | str,
+) -> LearnedDictionary:
+    _, high = tikhonov_split(pixels.to(device))
+    learned = learn_dictionary(high, filters, size, lmbda, options)
+    learned.filters = learned.filters.cpu()
+    return learned
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively), as sorted relative paths."""
+    if not folder.is_dir():
+        raise RobustlabError(f"{folder}: no such folder; give the folder of images to purify")
+    found = [
+        p.relative_to(folder)
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    ]
+    return sorted(found)
+
+
+def purify_folder(
+    in_dir: str | Path,
+    out_dir: str | Path,
+    purifier: CSCPurifier,
+    size: int | None = None,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    quiet: bool = False,
+) -> tuple[int, int]:
+    """Purify every image of ``in_dir`` into ``out_dir`` under the same relative name.
+
+    Images already in ``out_dir`` are skipped, so an interrupted run resumes;
+    every file is written atomically; inputs are never written. ``size``
+    resizes images to ``size`` × ``size`` first (bilinear), as the method's
+    reconstruction script does. Returns (purified, skipped).
+    """
+    source, target = Path(in_dir).resolve(), Path(out_dir).resolve()
+    if target == source or source in target.parents:
+        raise RobustlabError(f"{out_dir}: must not be inside {in_dir}; choose another OUT_DIR")
+    names = image_files(source)
+    if not names:
+        raise RobustlabError(f"{in_dir}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    todo = [n for n in names if not (target / n).exists()]
+    purifier = purifier.to(device)
+    bar = tqdm(total=len(todo), desc="purify", unit="img", disable=True if quiet else None)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        pixels = torch.stack([_read(source / n, purifier.channels, size) for n in chunk])
+        with torch.no_grad():
+            cleaned = purifier(pixels.to(device)).cpu()
+        for name, image in zip(chunk, cleaned, strict=True):
+            _write(target / name, image)
+        bar.update(len(chunk))
+    bar.close()
+    return len(todo), len(names) - len(todo)
+
+
+def _read(path: Path, channels: int, size: int | None) -> torch.Tensor:
+    pixels = decode_image(path.read_bytes(), str(path), channels)
+    image = torch.from_numpy(pixels.copy()).float() / 255
+    if size is not None and image.shape[-2:] != (size, size):
+        image = torch.nn.functional.interpolate(
+            image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )[0].clamp(0, 1)
+    return image
+
+
+def _write(path: Path, image: torch.Tensor) -> None:
+    pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    buffer = io.BytesIO()
+    suffix = path.suffix.lower()
+    kind = Image.registered_extensions().get(suffix, "PNG")
+    picture.save(buffer, format=kind, **({"quality": 95} if kind == "JPEG" else {}))
+    with atomic_write(path, "wb") as handle:
+        handle.write(buffer.getvalue())

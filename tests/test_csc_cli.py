@@ -1,0 +1,88 @@
+"""`robustlab csc learn` and `robustlab purify` from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from robustlab.cli import main
+from robustlab.defenses.csc import LearnedDictionary, StratifiedDictionary, load_dictionary
+
+
+@pytest.fixture(scope="module")
+def dictionary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dicts") / "digits"
+    args = ["csc", "learn", "--dataset", "digits", "--filters", "4", "--size", "3"]
+    args += ["--lmbda", "0.1", "--images", "24", "--iterations", "3", "--out", str(out)]
+    assert main([*args, "--device", "cpu"]) == 0
+    return out
+
+
+def test_learn_writes_a_dictionary_with_its_provenance(dictionary: Path) -> None:
+    learned = load_dictionary(dictionary)
+    assert isinstance(learned, LearnedDictionary)
+    assert tuple(learned.filters.shape) == (4, 1, 3, 3)
+    meta = learned.metadata
+    assert meta["dataset"] == "digits" and meta["images"] == 24 and meta["seed"] == 0
+    assert meta["lmbda"] == 0.1 and len(meta["history"][0]) == 3
+    assert "csc" in meta["command"] or "robustlab" in meta["command"]
+
+
+def test_learn_refuses_to_overwrite(dictionary: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["csc", "learn", "--dataset", "digits", "--images", "8", "--out", str(dictionary)]
+    assert main(args) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_learn_stratified(tmp_path: Path) -> None:
+    args = ["csc", "learn", "--dataset", "digits", "--filters", "3", "--size", "3"]
+    args += ["--images", "30", "--iterations", "1", "--clusters", "2", "--out", str(tmp_path)]
+    assert main([*args, "--device", "cpu"]) == 0
+    learned = load_dictionary(tmp_path)
+    assert isinstance(learned, StratifiedDictionary) and len(learned.members) == 2
+    assert sum(learned.members[0].metadata["cluster_sizes"]) == 30
+
+
+def _write_images(folder: Path, count: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        path = folder / ("sub" if i % 2 else "") / f"img{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (10, 12), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_purify_folder_to_folder_resumes_and_keeps_inputs(
+    dictionary: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    inputs = _write_images(tmp_path / "in", 5)
+    before = {p: p.read_bytes() for p in inputs}
+    out = tmp_path / "out"
+    args = ["purify", str(tmp_path / "in"), str(out), "--dict", str(dictionary), "--size", "8"]
+    assert main([*args, "--device", "cpu", "--quiet"]) == 0
+    assert "purified 5 images" in capsys.readouterr().out
+    written = sorted(p.relative_to(out) for p in out.rglob("*.png"))
+    assert written == sorted(p.relative_to(tmp_path / "in") for p in inputs)
+    assert Image.open(out / "sub" / "img1.png").size == (8, 8)
+    assert all(p.read_bytes() == data for p, data in before.items())
+    (out / "img0.png").unlink()
+    assert main([*args, "--device", "cpu", "--quiet"]) == 0
+    assert "purified 1 images into" in capsys.readouterr().out
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_purify_refuses_output_inside_input(
+    dictionary: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _write_images(tmp_path / "in", 1)
+    args = ["purify", str(tmp_path / "in"), str(tmp_path / "in" / "x"), "--dict", str(dictionary)]
+    assert main(args) == 2
+    assert "must not be inside" in capsys.readouterr().err
+    missing = ["purify", str(tmp_path / "nope"), str(tmp_path / "o"), "--dict", str(dictionary)]
+    assert main(missing) == 2
+    assert "no such folder" in capsys.readouterr().err
