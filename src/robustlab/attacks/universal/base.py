@@ -1,0 +1,94 @@
+"""Universal perturbations: one image-agnostic perturbation for every input.
+
+A universal attack is built with its parameters and called on a set of images
+(or on none, for data-free attacks): ``attack(images) -> UniversalPerturbation``.
+Like the per-example attacks it freezes the model for the call and draws all
+randomness from a generator seeded with ``seed``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from robustlab.io import RobustlabError, load_tensors, save_tensors
+from robustlab.models.base import frozen, predict
+
+Norm = Literal["linf", "l2"]
+PERTURBATION_FORMAT = "robustlab-universal/1"
+
+
+def project(delta: torch.Tensor, xi: float, norm: Norm) -> torch.Tensor:
+    """Project onto the ℓ∞ or ℓ2 ball of radius ``xi`` (the whole tensor is one vector)."""
+    if norm == "linf":
+        return delta.clamp(-xi, xi)
+    length = delta.norm()
+    return delta * (xi / length) if length > xi else delta
+
+
+def apply(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Images plus the perturbation, kept in the pixel range [0, 1]."""
+    return (images + delta.to(images)).clamp(0.0, 1.0)
+
+
+def fooling_rate(model: nn.Module, images: torch.Tensor, delta: torch.Tensor) -> float:
+    """Fraction of images whose predicted class changes when ``delta`` is added."""
+    if len(images) == 0:
+        return 0.0
+    changed = predict(model, images) != predict(model, apply(images, delta))
+    return float(changed.float().mean())
+
+
+@dataclass
+class UniversalPerturbation:
+    """A perturbation (C, H, W) in pixel units, with the attack config that made it."""
+
+    delta: torch.Tensor
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        meta = {"format": PERTURBATION_FORMAT, **self.config}
+        save_tensors(path, {"delta": self.delta.float()}, meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> UniversalPerturbation:
+        tensors, meta = load_tensors(path)
+        if meta.get("format") != PERTURBATION_FORMAT or "delta" not in tensors:
+            raise RobustlabError(f"{path}: not a robustlab universal perturbation file")
+        meta.pop("format")
+        return cls(tensors["delta"], meta)
+
+
+class UniversalAttack(ABC):
+    """Base: subclasses set ``name`` and implement :meth:`_generate`."""
+
+    name: ClassVar[str]
+    needs_images: ClassVar[bool] = True
+
+    def __init__(
+        self, model: nn.Module, xi: float = 10 / 255, norm: Norm = "linf", *, seed: int = 0
+    ):
+        if xi <= 0:
+            raise ValueError(f"xi must be positive, got {xi}")
+        if norm not in ("linf", "l2"):
+            raise ValueError(f"norm {norm!r} must be 'linf' or 'l2'")
+        self.model, self.xi, self.norm, self.seed = model, float(xi), norm, int(seed)
+
+    def __call__(self, images: torch.Tensor) -> UniversalPerturbation:
+        if self.needs_images and (images.ndim != 4 or len(images) == 0):
+            raise ValueError(f"{self.name} needs a batch of images (N, C, H, W)")
+        generator = torch.Generator(device=images.device).manual_seed(self.seed)
+        with frozen(self.model):
+            delta = self._generate(images.detach(), generator)
+        return UniversalPerturbation(delta.detach().cpu(), self.params())
+
+    @abstractmethod
+    def _generate(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
+    def params(self) -> dict[str, Any]:
+        return {"attack": self.name, **{k: v for k, v in vars(self).items() if k != "model"}}

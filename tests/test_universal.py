@@ -1,0 +1,122 @@
+"""Universal attacks: norm bounds, fooling rate, DeepFool on a linear model, files, seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from robustlab.attacks.universal import (
+    UAP,
+    UniversalPerturbation,
+    build_universal,
+    deepfool,
+    fooling_rate,
+    project,
+)
+from robustlab.data import load_dataset, sample
+from robustlab.experiments.jobs import model_config_for
+from robustlab.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, torch.Tensor]:
+    train_data = sample(load_dataset("digits", "train"), 400)
+    config = model_config_for(train_data, "lenet", width=8)
+    run = tmp_path_factory.mktemp("runs") / "digits"
+    train(
+        config,
+        train_data,
+        load_dataset("digits", "test"),
+        TrainConfig(epochs=3, batch_size=32, lr=0.05, pad=0),
+        run,
+        quiet=True,
+    )
+    from robustlab.runs import load
+
+    images, _ = sample(load_dataset("digits", "test"), 96).tensors()
+    return load(run), images
+
+
+def test_projection_bounds() -> None:
+    delta = torch.randn(3, 8, 8)
+    assert project(delta, 0.1, "linf").abs().max() <= 0.1
+    assert project(delta, 0.5, "l2").norm() == pytest.approx(0.5)
+    small = delta * 1e-3
+    torch.testing.assert_close(project(small, 0.5, "l2"), small)
+
+
+class _Threshold(nn.Module):
+    """Class 1 when the mean pixel exceeds 0.5."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = x.flatten(1).mean(1) - 0.5
+        return torch.stack([-score, score], 1)
+
+
+def test_fooling_rate_counts_changed_predictions() -> None:
+    images = torch.tensor([0.2, 0.45, 0.48, 0.7]).view(4, 1, 1, 1).expand(4, 1, 2, 2)
+    assert fooling_rate(_Threshold(), images, torch.full((1, 2, 2), 0.1)) == 0.5  # 0.45, 0.48 flip
+    assert fooling_rate(_Threshold(), images, torch.zeros(1, 2, 2)) == 0.0
+
+
+def test_deepfool_finds_the_distance_to_a_linear_boundary() -> None:
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)).eval()
+    x = torch.rand(5, 3, 2, 2) * 0.2 + 0.4
+    step = deepfool(linear, x, overshoot=0.02)
+    w = linear[1].weight.detach()
+    logits = linear(x).detach()
+    labels = logits.argmax(1)
+    gap = (logits[:, 0] - logits[:, 1]).abs()
+    distance = (gap + 1e-4) / (w[0] - w[1]).norm()  # DeepFool steps 1e-4 past the boundary
+    assert torch.allclose(step.flatten(1).norm(dim=1), 1.02 * distance, rtol=1e-4, atol=1e-6)
+    assert (linear(x + step).argmax(1) != labels).all()
+
+
+def test_uap_respects_the_norm_fools_and_is_seeded(digits_model) -> None:
+    model, images = digits_model
+    attack = UAP(model, xi=40 / 255, max_passes=3, batch_size=32, seed=1)
+    found = attack(images)
+    assert found.delta.shape == images.shape[1:]
+    assert found.delta.abs().max() <= 40 / 255 + 1e-6
+    assert fooling_rate(model, images, found.delta) > 0.2
+    torch.testing.assert_close(attack(images).delta, found.delta, rtol=0, atol=0)
+    assert found.config["attack"] == "uap" and found.config["xi"] == pytest.approx(40 / 255)
+
+
+@pytest.mark.parametrize("name", ["spgd", "fff", "gap"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_other_universal_attacks_stay_in_the_ball(digits_model, name: str, norm: str) -> None:
+    model, images = digits_model
+    xi = 30 / 255 if norm == "linf" else 1.0
+    params = {"epochs": 1} if name in ("spgd", "gap") else {"steps": 10}
+    attack = build_universal(name, model, xi=xi, norm=norm, seed=3, **params)
+    delta = attack(images).delta
+    size = delta.abs().max() if norm == "linf" else delta.norm()
+    assert 0 < size <= xi + 1e-5
+    torch.testing.assert_close(attack(images).delta, delta, rtol=0, atol=0)
+
+
+def test_spgd_fools_more_than_noise(digits_model) -> None:
+    model, images = digits_model
+    delta = build_universal("spgd", model, xi=40 / 255, epochs=3, step=4 / 255)(images).delta
+    noise = (torch.rand_like(delta) * 2 - 1).sign() * 40 / 255
+    assert fooling_rate(model, images, delta) > fooling_rate(model, images, noise)
+
+
+def test_perturbation_file_round_trip(tmp_path: Path) -> None:
+    saved = UniversalPerturbation(torch.rand(3, 4, 4), {"attack": "uap", "xi": 0.04})
+    saved.save(tmp_path / "p.safetensors")
+    loaded = UniversalPerturbation.load(tmp_path / "p.safetensors")
+    torch.testing.assert_close(loaded.delta, saved.delta)
+    assert loaded.config == saved.config
+
+
+def test_unknown_attack_and_bad_xi() -> None:
+    with pytest.raises(ValueError, match="unknown universal attack"):
+        build_universal("nope", nn.Identity())
+    with pytest.raises(ValueError, match="xi must be positive"):
+        build_universal("uap", nn.Identity(), xi=0)
