@@ -340,6 +340,110 @@ def _purify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layers(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give layer names, e.g. blocks.0.0,blocks.1.conv1")
+    return names
+
+
+def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("sfr", help="selective feature regeneration against universal attacks")
+    sfr = p.add_subparsers(dest="sfr_command", required=True)
+    layers = sfr.add_parser("layers", help="list a run's Conv2d layer names")
+    layers.add_argument("run")
+    layers.set_defaults(handler=_sfr_layers)
+    train = sfr.add_parser(
+        "train",
+        help="add feature regeneration units to a run and train them",
+        description="Computes --uaps universal perturbations against the run, then trains FRUs "
+        "(baseline frozen) on batches of clean + synthesised perturbed images.",
+    )
+    train.add_argument("run", help="run directory of the baseline model")
+    train.add_argument("--layers", type=_layers, required=True, help="comma-separated Conv2d names")
+    train.add_argument("--attack", default="uap", choices=["uap", "spgd", "fff", "gap"])
+    train.add_argument("--xi", type=float, default=10.0, help="ℓ∞ radius in 0-255 units (10)")
+    train.add_argument("--uaps", type=int, default=3, help="precomputed perturbations (3)")
+    train.add_argument("--attack-images", type=int, default=256, help="images per perturbation")
+    train.add_argument("--train-limit", type=int, default=5000, help="training images (5000)")
+    train.add_argument("--epochs", type=int, default=3)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--fraction", type=float, default=0.5, help="channels regenerated (0.5)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--out", required=True, help="SFR directory to write")
+    train.add_argument("--force", action="store_true")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(handler=_sfr_train)
+    ev = sfr.add_parser(
+        "eval",
+        help="fooling rate and restoration accuracy of baseline and defended model",
+        description="With --input IMAGE: classify one image, clean and perturbed, with the "
+        "defense on or off.",
+    )
+    ev.add_argument("sfr_dir", metavar="RUN_SFR")
+    ev.add_argument("--attack", default="uap", choices=["uap", "spgd", "fff", "gap"])
+    ev.add_argument("--xi", type=float, default=10.0, help="ℓ∞ radius in 0-255 units (10)")
+    ev.add_argument(
+        "--against", choices=["baseline", "defended"], default="baseline",
+        help="model the perturbation is computed on (defended: white-box secondary attack)",
+    )  # fmt: skip
+    ev.add_argument("--defense", choices=["on", "off"], default="on", help="for --input")
+    ev.add_argument("--input", help="an image file to classify")
+    ev.add_argument("--n", type=int, default=1000, help="test images (1000)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(handler=_sfr_eval)
+
+
+def _sfr_layers(args: argparse.Namespace) -> int:
+    from robustlab.defenses.regeneration import conv_layers
+    from robustlab.runs import load
+
+    model = load(args.run)
+    for name in conv_layers(model):
+        conv = model.get_submodule(name)
+        print(f"{name}\t{conv.in_channels}->{conv.out_channels}")  # type: ignore[union-attr]
+    return 0
+
+
+def _sfr_train(args: argparse.Namespace) -> int:
+    from robustlab.experiments.jobs import resolve_device
+    from robustlab.experiments.sfr import train_sfr
+
+    command = " ".join(["robustlab", *sys.argv[1:]])
+    meta = train_sfr(
+        args.run, args.out, args.layers, args.attack, args.xi / 255, args.uaps,
+        args.attack_images, args.train_limit, args.epochs, args.batch_size, args.lr,
+        args.fraction, args.seed, resolve_device(args.device), args.force, args.quiet, command,
+    )  # fmt: skip
+    losses = ", ".join(f"{h['loss']:.3f}" for h in meta["history"])
+    print(f"SFR: {args.out} (FRUs on {', '.join(args.layers)}; loss per epoch {losses})")
+    return 0
+
+
+def _sfr_eval(args: argparse.Namespace) -> int:
+    from robustlab.experiments.jobs import resolve_device
+    from robustlab.experiments.sfr import classify_image, evaluate_sfr
+
+    device = resolve_device(args.device)
+    if args.input:
+        print(classify_image(args.sfr_dir, args.input, args.attack, args.xi / 255,
+                             args.defense == "on", args.against, args.seed, device))  # fmt: skip
+        return 0
+    result = evaluate_sfr(args.sfr_dir, args.attack, args.xi / 255, args.against, args.n,
+                          seed=args.seed, device=device)  # fmt: skip
+    print(f"{args.attack} ξ={args.xi:g}/255 against the {args.against}, n={result['n']}")
+    print("| model | clean top-1 | perturbed top-1 | fooling rate | restoration accuracy |")
+    print("|---|---|---|---|---|")
+    for name in ("baseline", "defended"):
+        r = result[name]
+        print(f"| {name} | {100 * r['clean']:.1f}% | {100 * r['perturbed']:.1f}% | "
+              f"{100 * r['fooling_rate']:.1f}% | {r['restoration']:.3f} |")  # fmt: skip
+    return 0
+
+
 def _add_list_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("list", help="list architectures, datasets and attacks")
     p.set_defaults(handler=_list)
@@ -363,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (_add_train_parser, _add_eval_clean_parser, _add_attack_parser, _add_run_parser,
                 _add_report_parser, _add_demo_parser, _add_csc_parser, _add_purify_parser,
-                _add_list_parser)  # fmt: skip
+                _add_sfr_parser, _add_list_parser)  # fmt: skip
     for add in commands:
         add(sub)
     return parser

@@ -1,0 +1,268 @@
+"""Library functions behind ``robustlab sfr``: train FRUs on a run, evaluate them.
+
+An SFR directory holds ``base.safetensors`` (the undefended model's weights),
+``fru.safetensors`` (the regeneration units and their selected channels),
+``meta.json`` (model config, layers, training settings and history) and
+``perturbations/`` (every universal perturbation computed for it, reused).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from robustlab import __version__
+from robustlab.attacks.universal import UniversalPerturbation, apply, build_universal
+from robustlab.data import Dataset, batches, load_dataset, sample
+from robustlab.defenses.regeneration import (
+    add_regeneration,
+    fru_parameters,
+    fru_state,
+    fru_train_mode,
+    restoration_accuracy,
+)
+from robustlab.io import (
+    RobustlabError,
+    load_tensors,
+    prepare_output,
+    read_json,
+    save_tensors,
+    write_json,
+)
+from robustlab.models import ModelConfig
+from robustlab.models.base import predict
+from robustlab.runs import load, read_meta
+from robustlab.seeding import derive_seed
+
+SFR_FORMAT = "robustlab-sfr/1"
+
+
+def _train_split(meta: dict[str, Any], limit: int | None, seed: int) -> Dataset:
+    info = meta["dataset"]
+    return sample(load_dataset(info["name"], "train", info.get("data_dir")), limit, seed)
+
+
+def universal_perturbation(
+    cache: Path, model: nn.Module, attack: str, images: torch.Tensor, params: dict[str, Any]
+) -> UniversalPerturbation:
+    """Compute (or reuse from ``cache``) a universal perturbation against ``model``."""
+    if cache.exists():
+        return UniversalPerturbation.load(cache)
+    perturbation = build_universal(attack, model, **params)(images)
+    perturbation.save(cache)
+    return perturbation
+
+
+def synthesise(
+    perturbations: list[torch.Tensor], xi: float, generator: torch.Generator
+) -> torch.Tensor:
+    """A new perturbation: a random convex combination of the given ones, scaled to ℓ∞ = ξ."""
+    stack = torch.stack(perturbations)
+    # Dirichlet(1) weights, drawn from our generator (normalised exponentials)
+    weights = -torch.log(torch.rand(len(stack), generator=generator))
+    weights = weights / weights.sum()
+    mixed = (weights.view(-1, 1, 1, 1) * stack).sum(0)
+    return mixed * (xi / mixed.abs().max().clamp_min(1e-12))
+
+
+def train_sfr(
+    run: str | Path,
+    out: str | Path,
+    layers: list[str],
+    attack: str = "uap",
+    xi: float = 10 / 255,
+    uaps: int = 3,
+    attack_images: int = 256,
+    train_limit: int | None = 5000,
+    epochs: int = 3,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    fraction: float = 0.5,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    force: bool = False,
+    quiet: bool = False,
+    command: str = "",
+) -> dict[str, Any]:
+    """Train FRUs on ``layers`` of a run against ``attack`` perturbations; write ``out``."""
+    out = Path(out)
+    prepare_output(out / "meta.json", force)
+    base_meta = read_meta(run)
+    base = load(run, device)
+    data = _train_split(base_meta, train_limit, seed)
+    pixels, _ = data.tensors(device)
+    perturbations = []
+    for k in range(uaps):  # each from its own seeded subset of the training images
+        pick = torch.randperm(
+            len(pixels), generator=torch.Generator().manual_seed(derive_seed(seed, k))
+        )
+        params = {"xi": xi, "seed": derive_seed(seed, "uap", k)}
+        cache = out / "perturbations" / f"train-{attack}-{k}.safetensors"
+        found = universal_perturbation(
+            cache, base, attack, pixels[pick[:attack_images].to(device)], params
+        )
+        perturbations.append(found.delta.to(device))
+    defended = add_regeneration(base, layers, fraction).to(device)
+    optimiser = torch.optim.Adam(fru_parameters(defended), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(epochs):
+        fru_train_mode(defended)
+        start, total, seen = time.time(), 0.0, 0
+        stream = batches(
+            data, batch_size, shuffle=True, seed=derive_seed(seed, "epoch", epoch), device=device
+        )
+        for x, y in tqdm(
+            stream,
+            desc=f"sfr epoch {epoch + 1}/{epochs}",
+            disable=True if quiet else None,
+            leave=False,
+        ):
+            delta = synthesise(perturbations, xi, generator).to(device)
+            mixed = torch.cat([x, apply(x, delta)])
+            loss = F.cross_entropy(defended(mixed), torch.cat([y, y]))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+            total, seen = total + float(loss.detach()) * len(x), seen + len(x)
+        history.append(
+            {"epoch": epoch + 1, "loss": total / max(1, seen), "seconds": time.time() - start}
+        )
+    defended.eval()
+    save_tensors(out / "base.safetensors", base.state_dict())
+    save_tensors(out / "fru.safetensors", fru_state(defended))
+    meta = {
+        "format": SFR_FORMAT, "version": __version__, "model": base_meta["model"],
+        "dataset": base_meta["dataset"], "base_run": str(run), "layers": list(layers),
+        "fraction": fraction, "attack": attack, "xi": xi, "uaps": uaps, "epochs": epochs,
+        "train_limit": train_limit, "seed": seed, "history": history, "command": command,
+    }  # fmt: skip
+    write_json(out / "meta.json", meta)
+    return meta
+
+
+def load_sfr(
+    directory: str | Path, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    """(baseline, defended, metadata) of an SFR directory, both in eval mode."""
+    directory = Path(directory)
+    if not (directory / "meta.json").is_file():
+        raise RobustlabError(
+            f"{directory}: not an SFR directory; create one with robustlab sfr train"
+        )
+    meta = read_json(directory / "meta.json")
+    if meta.get("format") != SFR_FORMAT:
+        raise RobustlabError(f"{directory}/meta.json: unknown format {meta.get('format')!r}")
+    base = ModelConfig.from_dict(meta["model"]).build()
+    base.load_state_dict(load_tensors(directory / "base.safetensors")[0])
+    defended = add_regeneration(base, meta["layers"], meta["fraction"])
+    fru, _ = load_tensors(directory / "fru.safetensors")
+    missing = set(fru_state(defended)) - set(fru)
+    if missing:
+        raise RobustlabError(f"{directory}/fru.safetensors lacks {sorted(missing)[0]}; retrain")
+    defended.load_state_dict({**defended.state_dict(), **fru})
+    return base.to(device).eval(), defended.to(device).eval(), meta
+
+
+def _changed(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> float:
+    return float((predict(model, x) != predict(model, x_adv)).float().mean())
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((predict(model, x) == y.cpu()).float().mean())
+
+
+def evaluate_sfr(
+    directory: str | Path,
+    attack: str = "uap",
+    xi: float = 10 / 255,
+    against: str = "baseline",
+    n: int = 1000,
+    attack_images: int = 256,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Fooling rates, accuracies and restoration accuracy of baseline and defended model.
+
+    The perturbation is computed on training images against the baseline (or,
+    ``against="defended"``, against baseline + FRUs: the white-box secondary
+    attack) and evaluated on ``n`` seeded test images.
+    """
+    if against not in ("baseline", "defended"):
+        raise RobustlabError(f"--against {against!r} must be 'baseline' or 'defended'")
+    base, defended, meta = load_sfr(directory, device)
+    train = _train_split(meta, attack_images, derive_seed(seed, "eval-attack"))
+    test = sample(
+        load_dataset(meta["dataset"]["name"], "test", meta["dataset"].get("data_dir")), n, seed
+    )
+    x, y = test.tensors(device)
+    name = f"{attack}-xi{round(xi * 255, 2):g}-{against}-seed{seed}.safetensors"
+    target = base if against == "baseline" else defended
+    perturbation = universal_perturbation(
+        Path(directory) / "perturbations" / name,
+        target,
+        attack,
+        train.tensors(device)[0],
+        {"xi": xi, "seed": seed},
+    )
+    x_adv = apply(x, perturbation.delta.to(device))
+    base_clean, base_adv = _accuracy(base, x, y), _accuracy(base, x_adv, y)
+    def_clean, def_adv = _accuracy(defended, x, y), _accuracy(defended, x_adv, y)
+
+    def scores(model: nn.Module, clean: float, perturbed: float) -> dict[str, float]:
+        return {
+            "clean": clean,
+            "perturbed": perturbed,
+            "fooling_rate": _changed(model, x, x_adv),
+            "restoration": restoration_accuracy(clean, perturbed, base_clean),
+        }
+
+    return {
+        "attack": attack, "xi": xi, "against": against, "n": len(y),
+        "linf": float(perturbation.delta.abs().max()),
+        "baseline": scores(base, base_clean, base_adv),
+        "defended": scores(defended, def_clean, def_adv),
+    }  # fmt: skip
+
+
+def classify_image(
+    directory: str | Path,
+    image: str | Path,
+    attack: str = "uap",
+    xi: float = 10 / 255,
+    defense: bool = True,
+    against: str = "baseline",
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> str:
+    """Top-1 class of one image file, clean and with the universal perturbation added."""
+    from robustlab.data.readers import decode_image
+
+    base, defended, meta = load_sfr(directory, device)
+    model = defended if defense else base
+    config = meta["model"]
+    path = Path(image)
+    if not path.is_file():
+        raise RobustlabError(f"{image}: no such image file")
+    pixels = decode_image(path.read_bytes(), str(path), int(config["in_channels"]))
+    x = torch.from_numpy(pixels.copy()).float().div(255).unsqueeze(0).to(device)
+    size = int(config["image_size"])
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
+    train = _train_split(meta, 256, derive_seed(seed, "eval-attack"))
+    target = base if against == "baseline" else defended
+    name = f"{attack}-xi{round(xi * 255, 2):g}-{against}-seed{seed}.safetensors"
+    perturbation = universal_perturbation(
+        Path(directory) / "perturbations" / name, target, attack, train.tensors(device)[0],
+        {"xi": xi, "seed": seed},
+    )  # fmt: skip
+    classes = meta["dataset"].get("classes") or []
+    labels = [int(predict(model, x)[0]), int(predict(model, apply(x, perturbation.delta))[0])]
+    names = [classes[i] if i < len(classes) else str(i) for i in labels]
+    state = "on" if defense else "off"
+    return f"defense {state}: clean -> {names[0]}; {attack} ξ={255 * xi:g}/255 -> {names[1]}"

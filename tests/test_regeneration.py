@@ -1,0 +1,133 @@
+"""Selective feature regeneration: ranking, FRUs, frozen baseline, metric, CLI round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from robustlab.cli import main
+from robustlab.data import load_dataset, sample
+from robustlab.defenses.regeneration import (
+    FeatureRegenerationUnit,
+    RegeneratedConv,
+    add_regeneration,
+    conv_layers,
+    fru_parameters,
+    fru_train_mode,
+    restoration_accuracy,
+    susceptibility_ranking,
+)
+from robustlab.experiments.jobs import model_config_for
+from robustlab.experiments.sfr import load_sfr, synthesise
+from robustlab.io import RobustlabError
+from robustlab.training import TrainConfig, train
+
+
+def _user_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(6, 4, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+
+
+def test_ranking_is_by_weight_l1_norm_highest_first() -> None:
+    conv = nn.Conv2d(1, 4, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -5.0, 3.0, -2.0]).view(4, 1, 1, 1))
+    assert susceptibility_ranking(conv).tolist() == [1, 2, 3, 0]
+
+
+def test_fru_shapes_and_identity_at_init() -> None:
+    unit = FeatureRegenerationUnit(6, hidden=4).eval()
+    x = torch.randn(2, 6, 5, 5)
+    torch.testing.assert_close(unit(x), x)
+    model = _user_model()
+    defended = add_regeneration(model, ["0", "2"])
+    x = torch.rand(3, 1, 8, 8)
+    torch.testing.assert_close(defended(x), model(x))
+    wrapped = defended[0]
+    assert isinstance(wrapped, RegeneratedConv) and wrapped.selected.numel() == 3  # ⌊6/2⌋
+    assert wrapped.fru.body[0].in_channels == 3 and wrapped.fru.body[-1].out_channels == 3
+
+
+def test_only_frus_train_and_the_baseline_stays_fixed() -> None:
+    model = _user_model()
+    defended = add_regeneration(model, ["2"])
+    trainable = [p for p in defended.parameters() if p.requires_grad]
+    assert {id(p) for p in trainable} == {id(p) for p in fru_parameters(defended)}
+    frozen_before = {k: v.clone() for k, v in defended.state_dict().items() if ".fru." not in k}
+    optimiser = torch.optim.SGD(fru_parameters(defended), lr=0.5)
+    fru_train_mode(defended)
+    for _ in range(3):
+        loss = defended(torch.rand(4, 1, 8, 8)).pow(2).sum()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    for key, value in defended.state_dict().items():
+        if key in frozen_before:
+            torch.testing.assert_close(value, frozen_before[key], rtol=0, atol=0)
+    assert all(p.requires_grad for p in model.parameters())  # the original is untouched
+    untouched = _user_model()
+    torch.testing.assert_close(model[0].weight, untouched[0].weight)
+
+
+def test_bad_layer_names_are_clear_errors() -> None:
+    with pytest.raises(RobustlabError, match="not a Conv2d layer"):
+        add_regeneration(_user_model(), ["6"])
+    with pytest.raises(RobustlabError, match="at least one layer"):
+        add_regeneration(_user_model(), [])
+    assert conv_layers(_user_model()) == ["0", "2"]
+
+
+def test_restoration_accuracy_by_hand() -> None:
+    assert restoration_accuracy(0.9, 0.6, 0.9) == pytest.approx(1.5 / 1.8)
+    assert restoration_accuracy(0.8, 0.8, 0.8) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        restoration_accuracy(0.5, 0.5, 0.0)
+
+
+def test_synthesised_perturbations_have_norm_xi() -> None:
+    generator = torch.Generator().manual_seed(0)
+    parts = [torch.randn(1, 4, 4) for _ in range(3)]
+    mixed = synthesise(parts, 10 / 255, generator)
+    assert mixed.abs().max() == pytest.approx(10 / 255)
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    train_data = sample(load_dataset("digits", "train"), 300)
+    run = tmp_path_factory.mktemp("runs") / "base"
+    config = model_config_for(train_data, "lenet", width=8)
+    settings = TrainConfig(epochs=2, batch_size=32, lr=0.05, pad=0)
+    train(config, train_data, load_dataset("digits", "test"), settings, run, quiet=True)
+    return run
+
+
+def test_sfr_cli_train_eval_and_round_trip(
+    base_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["sfr", "layers", str(base_run)]) == 0
+    layers = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
+    out = tmp_path / "sfr"
+    args = ["sfr", "train", str(base_run), "--layers", ",".join(layers[:2]), "--uaps", "1"]
+    args += ["--attack-images", "32", "--train-limit", "96", "--epochs", "1", "--xi", "30"]
+    assert main([*args, "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    assert "loss per epoch" in capsys.readouterr().out
+    base, defended, meta = load_sfr(out)
+    assert meta["layers"] == layers[:2] and meta["xi"] == pytest.approx(30 / 255)
+    again = load_sfr(out)[1]
+    x = torch.rand(4, 1, 8, 8)
+    torch.testing.assert_close(defended(x), again(x))
+    assert not torch.allclose(defended(x), base(x))  # trained FRUs change the features
+    ev = ["sfr", "eval", str(out), "--attack", "fff", "--xi", "30", "--n", "64", "--device", "cpu"]
+    assert main(ev) == 0
+    table = capsys.readouterr().out
+    assert "| baseline |" in table and "| defended |" in table
+    assert list((out / "perturbations").glob("fff-*.safetensors"))
+    with pytest.raises(SystemExit):
+        main(["sfr", "train", str(base_run), "--layers", "", "--out", str(tmp_path / "x")])
