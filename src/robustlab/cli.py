@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -476,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
+    from robustlab import distributed
+
+    if distributed.init_from_env() and not distributed.is_main():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (one printer: rank 0)
     try:
         return handler(args)
     except (RobustlabError, ValueError) as err:

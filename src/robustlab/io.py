@@ -8,6 +8,7 @@ here unpickles: checkpoints and adversarial sets are safetensors plus JSON.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -20,6 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
+from robustlab import distributed
+
 
 class RobustlabError(Exception):
     """A user-facing error: its message is one line naming the problem and the fix."""
@@ -30,8 +33,15 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; rename it over ``path`` on success.
 
     The temporary file is fsynced before the rename, so after a crash the path
-    holds either its previous content or the complete new one.
+    holds either its previous content or the complete new one. Under
+    torch.distributed only rank 0 writes; the other ranks write into memory and
+    wait until rank 0's file is in place.
     """
+    if not distributed.is_main():
+        with io.BytesIO() if "b" in mode else io.StringIO() as sink:
+            yield sink
+        distributed.barrier()
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -46,6 +56,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    distributed.barrier()
 
 
 def _umask() -> int:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from robustlab import distributed
 from robustlab.attacks.pgd import PGD
 from robustlab.data import Augment, Dataset, batches
 from robustlab.evaluation.clean import accuracy
@@ -110,8 +111,10 @@ def train(
     }
     for key, value in (extra_meta or {}).items():
         meta[key] = {**meta[key], **value} if key == "dataset" else value
+    # Under torchrun: DDP averages the gradients of every process's share of each batch
+    trained = _data_parallel(model, device)
     for epoch in range(len(history), config.epochs):
-        stats = _train_epoch(model, optimizer, train_data, config, epoch, device, quiet)
+        stats = _train_epoch(trained, model, optimizer, train_data, config, epoch, device, quiet)
         stats["test_accuracy"] = accuracy(model, test_data, batch_size=512)
         history.append(stats)
         if not quiet:
@@ -158,7 +161,16 @@ def _check_same_settings(
         )
 
 
+def _data_parallel(model: nn.Module, device: str | torch.device) -> nn.Module:
+    if not distributed.is_distributed():
+        return model
+    device = torch.device(device)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
 def _train_epoch(
+    trained: nn.Module,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     data: Dataset,
@@ -185,12 +197,14 @@ def _train_epoch(
         disable=True if quiet else None,
         leave=False,
     )
+    share = slice(distributed.rank(), None, distributed.world_size())
     for step, (x, y) in enumerate(bar):
+        x, y = x[share], y[share]  # this process's rows of the global batch
         if config.adv_eps > 0:  # Madry et al.: train on PGD adversarials of the current model
             seed = derive_seed(config.seed, epoch, step)
             attack = PGD(model, config.adv_eps, config.adv_step, config.adv_steps, True, seed=seed)
             x = attack(x, y)  # the attack restores train mode after itself
-        logits = model(x)
+        logits = trained(x)
         loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -199,11 +213,12 @@ def _train_epoch(
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+    total_loss, right, count = distributed.sum_over_processes(total_loss, correct, seen)
     return {
         "epoch": epoch + 1,
         "lr": config.lr_at(epoch),
-        "train_loss": total_loss / max(1, seen),
-        "train_accuracy": correct / max(1, seen),
+        "train_loss": total_loss / max(1, count),
+        "train_accuracy": right / max(1, count),
         "seconds": round(time.perf_counter() - started, 2),
     }
 

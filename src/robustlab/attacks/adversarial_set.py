@@ -23,6 +23,7 @@ from robustlab import __version__
 from robustlab.attacks import distances
 from robustlab.attacks.registry import build
 from robustlab.data import Dataset
+from robustlab.distributed import map_batches
 from robustlab.io import RobustlabError, atomic_write
 from robustlab.models.base import model_device, predict
 from robustlab.seeding import derive_seed
@@ -122,20 +123,23 @@ def generate_set(
     device = model_device(source)
     subset = data.subset(indices)
     clean, labels = subset.tensors()
-    pieces: list[torch.Tensor] = []
-    queries: list[torch.Tensor] = []
     # disable=None: no bar when stderr is not a terminal (logs, CI), unless quiet
-    bar = tqdm(range(0, len(subset), batch_size), desc=attack, leave=False,
-               disable=True if quiet else None)  # fmt: skip
-    for start in bar:
-        x = clean[start : start + batch_size].to(device)
-        y = labels[start : start + batch_size].to(device)
+    bar = tqdm(total=len(subset), desc=attack, leave=False, disable=True if quiet else None)
+
+    def attack_batch(start: int, stop: int) -> torch.Tensor:
+        """One batch's adversarials, flattened, with the query counts (or -1) as a last column."""
+        x, y = clean[start:stop].to(device), labels[start:stop].to(device)
         goal = torch.full_like(y, target) if target is not None else None
         result = build(attack, source, seed=batch_seed(seed, start), **params).run(x, y, goal)
-        pieces.append(result.adv.cpu())
-        if result.queries is not None:
-            queries.append(result.queries.cpu())
-    adv = torch.cat(pieces) if pieces else clean.clone()
+        counts = result.queries if result.queries is not None else torch.full_like(y, -1)
+        bar.update(stop - start)
+        return torch.cat([result.adv.flatten(1).double(), counts.double().view(-1, 1)], 1).cpu()
+
+    packed = map_batches(len(subset), batch_size, attack_batch) if len(subset) else None
+    bar.close()
+    adv = packed[:, :-1].float().view_as(clean) if packed is not None else clean.clone()
+    counts = packed[:, -1].long() if packed is not None else torch.empty(0, dtype=torch.long)
+    queries = [counts] if len(counts) and bool((counts >= 0).all()) else []
     stored = (adv * 255).round().to(torch.uint8) if quantize else adv.float()
     stored_pixels = stored.float() / 255 if quantize else stored
     full_config = {
@@ -152,5 +156,5 @@ def generate_set(
         linf=distances.linf(clean, stored_pixels).numpy(),
         l2=distances.l2(clean, stored_pixels).numpy(),
         config=full_config,
-        queries=torch.cat(queries).numpy() if queries else None,
+        queries=queries[0].numpy() if queries else None,
     )

@@ -14,6 +14,7 @@ from robustlab.attacks import build as build_attack
 from robustlab.attacks.adversarial_set import generate_set, save_set
 from robustlab.data import Dataset, load_dataset, sample, sample_indices
 from robustlab.defenses.defective import DefectSpec
+from robustlab.distributed import local_device
 from robustlab.evaluation.clean import accuracy
 from robustlab.io import prepare_output
 from robustlab.models import ModelConfig
@@ -24,8 +25,8 @@ from robustlab.training import TrainConfig, train
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` is CUDA when available, else CPU; anything else is passed to torch."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return local_device(torch.device(name))
 
 
 def model_config_for(

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from robustlab.distributed import map_batches
+
 
 class Normalize(nn.Module):
     """(x - mean) / std per channel: the first layer, so every model takes pixels in [0, 1]."""
@@ -200,11 +202,17 @@ def model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Predicted labels (on the CPU) for pixels ``x``, computed on the model's device."""
+    """Predicted labels (on the CPU) for pixels ``x``, computed on the model's device.
+
+    Under torch.distributed the batches are shared among the processes.
+    """
+    if len(x) == 0:
+        return torch.empty(0, dtype=torch.long)
     device = model_device(model)
-    with eval_mode(model):
-        preds = [
-            model(x[i : i + batch_size].to(device)).argmax(1).cpu()
-            for i in range(0, len(x), batch_size)
-        ]
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+    def labels(start: int, stop: int) -> torch.Tensor:
+        found: torch.Tensor = model(x[start:stop].to(device)).argmax(1).cpu()
+        return found
+
+    with eval_mode(model), torch.no_grad():
+        return map_batches(len(x), batch_size, labels)
