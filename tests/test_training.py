@@ -1,3 +1,4 @@
+import math
 import os
 import signal
 import subprocess
@@ -205,3 +206,15 @@ def test_cli_baseline_flags_reach_the_run(tmp_path: Path, capsys: pytest.Capture
     with pytest.raises(SystemExit):
         main([*args[:-2], "--adv-train", "8:2", "--out", str(tmp_path / "bad")])
     assert "must be EPS:STEP:STEPS" in capsys.readouterr().err
+
+
+def test_fast_path_options_train_and_are_recorded(tmp_path: Path) -> None:
+    from robustlab.training import FastPath
+
+    data = sample(load_dataset("digits", "train"), 96)
+    config = model_config_for(data, "lenet", width=4)
+    fast = FastPath(channels_last=True, bf16=True)
+    meta = train(config, data, data, TrainConfig(epochs=1, batch_size=32, pad=0), tmp_path / "r",
+                 quiet=True, fast=fast)  # fmt: skip
+    assert meta["fast_path"] == {"channels_last": True, "bf16": True, "compile": False}
+    assert math.isfinite(meta["history"][0]["train_loss"])

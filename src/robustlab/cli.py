@@ -77,6 +77,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     p.add_argument("--pad", type=int, default=4, help="random-crop padding in pixels (0: no crop)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory (GPU)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for training (GPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--train-limit", type=int, help="train on a seeded random subset of N images")
     p.add_argument("--test-limit", type=int, help="test on a seeded random subset of N images")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order")
@@ -92,7 +95,7 @@ def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from robustlab.experiments.jobs import train_model
-    from robustlab.training import TrainConfig
+    from robustlab.training import FastPath, TrainConfig
 
     names = ("adv_eps", "adv_step", "adv_steps")
     adversarial = dict(zip(names, args.adv_train, strict=True)) if args.adv_train else {}
@@ -109,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
         options={"width": args.width} if args.width else None,
         data_dir=args.data_dir, download=args.download, train_limit=args.train_limit,
         test_limit=args.test_limit, resume=args.resume, force=args.force, device=args.device,
-        quiet=args.quiet,
+        quiet=args.quiet, fast=FastPath(args.channels_last, args.bf16, args.compile),
     )  # fmt: skip
     accuracy = meta["test_accuracy"]
     print(f"{args.out}: epoch {meta['epoch']}/{config.epochs}, test accuracy {accuracy:.4f}")

@@ -41,6 +41,13 @@ def augment(x: torch.Tensor, spec: Augment, generator: torch.Generator) -> torch
     return x
 
 
+def _to_device(tensor: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """Copy to ``device``; through pinned memory for CUDA, so the copy overlaps compute."""
+    if torch.device(device).type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def batches(
     data: Dataset,
     batch_size: int,
@@ -64,7 +71,7 @@ def batches(
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
-        x = images[idx].to(device, non_blocking=True).float().div_(255)
+        x = _to_device(images[idx], device).float().div_(255)
         if augmentation is not None:
             x = augment(x, augmentation, generator)
-        yield x, labels[idx].to(device, non_blocking=True)
+        yield x, _to_device(labels[idx], device)

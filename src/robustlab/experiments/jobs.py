@@ -19,7 +19,7 @@ from robustlab.evaluation.clean import accuracy
 from robustlab.io import prepare_output
 from robustlab.models import ModelConfig
 from robustlab.runs import load, read_meta
-from robustlab.training import TrainConfig, train
+from robustlab.training import FastPath, TrainConfig, train
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -63,6 +63,7 @@ def train_model(
     force: bool = False,
     device: str = "auto",
     quiet: bool = False,
+    fast: FastPath | None = None,
 ) -> dict[str, Any]:
     """Train ``arch`` on ``dataset`` into the run directory ``out``; return its metadata."""
     train_data = sample(
@@ -76,6 +77,7 @@ def train_model(
     return train(
         model_config, train_data, test_data, config, out, resume=resume, force=force,
         device=resolve_device(device), quiet=quiet, extra_meta={"dataset": dataset_meta},
+        fast=fast,
     )  # fmt: skip
 
 
