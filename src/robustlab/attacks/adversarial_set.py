@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from robustlab import __version__
 from robustlab.attacks import distances
+from robustlab.attacks.base import AttackResult
 from robustlab.attacks.registry import build
 from robustlab.data import Dataset
 from robustlab.distributed import map_batches
@@ -101,6 +102,44 @@ def batch_seed(seed: int, start: int) -> int:
     return derive_seed(seed, start)
 
 
+def attack_in_batches(
+    attack: str,
+    model: nn.Module,
+    params: dict[str, Any],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    quiet: bool = True,
+) -> AttackResult:
+    """Run ``attack`` batch by batch, each batch seeded by :func:`batch_seed`.
+
+    Under torch.distributed the batches are shared among the processes; the
+    result (adversarials on the CPU, query counts if any) is the same either way.
+    """
+    device = model_device(model)
+    # disable=None: no bar when stderr is not a terminal (logs, CI), unless quiet
+    bar = tqdm(total=len(x), desc=attack, leave=False, disable=True if quiet else None)
+
+    def one_batch(start: int, stop: int) -> torch.Tensor:
+        """Adversarials, flattened, with the query counts (or -1) as a last column."""
+        xb, yb = x[start:stop].to(device), y[start:stop].to(device)
+        goal = target[start:stop].to(device) if target is not None else None
+        result = build(attack, model, seed=batch_seed(seed, start), **params).run(xb, yb, goal)
+        counts = result.queries if result.queries is not None else torch.full_like(yb, -1)
+        bar.update(stop - start)
+        return torch.cat([result.adv.flatten(1).double(), counts.double().view(-1, 1)], 1).cpu()
+
+    if len(x) == 0:
+        return AttackResult(x.detach().cpu().clone())
+    packed = map_batches(len(x), batch_size, one_batch)
+    bar.close()
+    counts = packed[:, -1].long()
+    adv = packed[:, :-1].float().view(x.shape)
+    return AttackResult(adv, counts if bool((counts >= 0).all()) else None)
+
+
 def generate_set(
     source: nn.Module,
     data: Dataset,
@@ -120,26 +159,12 @@ def generate_set(
     Each batch is attacked with seed :func:`batch_seed` (seed, first index of the batch),
     so the set depends on ``seed`` and ``batch_size`` only.
     """
-    device = model_device(source)
     subset = data.subset(indices)
     clean, labels = subset.tensors()
-    # disable=None: no bar when stderr is not a terminal (logs, CI), unless quiet
-    bar = tqdm(total=len(subset), desc=attack, leave=False, disable=True if quiet else None)
-
-    def attack_batch(start: int, stop: int) -> torch.Tensor:
-        """One batch's adversarials, flattened, with the query counts (or -1) as a last column."""
-        x, y = clean[start:stop].to(device), labels[start:stop].to(device)
-        goal = torch.full_like(y, target) if target is not None else None
-        result = build(attack, source, seed=batch_seed(seed, start), **params).run(x, y, goal)
-        counts = result.queries if result.queries is not None else torch.full_like(y, -1)
-        bar.update(stop - start)
-        return torch.cat([result.adv.flatten(1).double(), counts.double().view(-1, 1)], 1).cpu()
-
-    packed = map_batches(len(subset), batch_size, attack_batch) if len(subset) else None
-    bar.close()
-    adv = packed[:, :-1].float().view_as(clean) if packed is not None else clean.clone()
-    counts = packed[:, -1].long() if packed is not None else torch.empty(0, dtype=torch.long)
-    queries = [counts] if len(counts) and bool((counts >= 0).all()) else []
+    goal = torch.full_like(labels, target) if target is not None else None
+    result = attack_in_batches(attack, source, params, clean, labels, goal, seed, batch_size, quiet)
+    adv = result.adv
+    queries = [result.queries] if result.queries is not None else []
     stored = (adv * 255).round().to(torch.uint8) if quantize else adv.float()
     stored_pixels = stored.float() / 255 if quantize else stored
     full_config = {

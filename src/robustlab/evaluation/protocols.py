@@ -13,9 +13,14 @@ import torch
 from torch import nn
 
 from robustlab.attacks import build as build_attack
+from robustlab.attacks.adversarial_set import attack_in_batches
 from robustlab.attacks.distances import mse
 from robustlab.evaluation.stats import Rate
 from robustlab.models.base import predict
+
+# Attacks inside protocols run in batches of this size, each seeded by its position, so
+# that torch.distributed can share them among processes with unchanged results.
+BATCH = 64
 
 
 def correct_by_all(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -35,7 +40,7 @@ def whitebox_accuracy(
     seed: int = 0,
 ) -> Rate:
     """Accuracy of ``model`` on adversarial examples computed against ``model`` itself."""
-    adv = build_attack(attack, model, seed=seed, **params)(x, y)
+    adv = attack_in_batches(attack, model, dict(params), x, y, seed=seed, batch_size=BATCH).adv
     return Rate(int((predict(model, adv) == y.cpu()).sum()), len(y))
 
 
@@ -106,7 +111,7 @@ def decision_score(
     """
     keep = predict(model, x) == y.cpu()
     x, y = x[keep], y[keep]
-    result = build_attack("boundary", model, seed=seed, **params).run(x, y)
+    result = attack_in_batches("boundary", model, dict(params), x, y, seed=seed, batch_size=BATCH)
     fooled = predict(model, result.adv) != y.cpu()
     distance = torch.where(fooled, mse(x.cpu(), result.adv.cpu()), torch.tensor(float("inf")))
     return {
