@@ -40,3 +40,18 @@ def image_folder(tmp_path: Path) -> Path:
     root = tmp_path / "folder"
     write_image_folder(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LeNet (width 8) trained for two epochs on 300 digits: a small real model to attack."""
+    from robustlab.data import load_dataset, sample
+    from robustlab.experiments.jobs import model_config_for
+    from robustlab.training import TrainConfig, train
+
+    train_data = sample(load_dataset("digits", "train"), 300)
+    run = tmp_path_factory.mktemp("runs") / "digits-lenet"
+    config = model_config_for(train_data, "lenet", width=8)
+    settings = TrainConfig(epochs=2, batch_size=32, lr=0.05, pad=0)
+    train(config, train_data, load_dataset("digits", "test"), settings, run, quiet=True)
+    return run

@@ -12,20 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from robustlab import distributed
 from robustlab.attacks.adversarial_set import generate_set, load_set, save_set
-from robustlab.data import load_dataset, sample
+from robustlab.data import load_dataset
 from robustlab.experiments.executor import run_spec
-from robustlab.experiments.jobs import model_config_for
 from robustlab.experiments.spec import load_spec
 from robustlab.models.base import predict
 from robustlab.runs import load, read_meta
-from robustlab.training import TrainConfig, train
 
 TINY = Path(__file__).parent / "specs" / "tiny.toml"
 
@@ -60,22 +57,12 @@ def _worker(rank: int, world: int, port: int, run: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    train_data = sample(load_dataset("digits", "train"), 300)
-    run = tmp_path_factory.mktemp("runs") / "lenet"
-    config = model_config_for(train_data, "lenet", width=8)
-    settings = TrainConfig(epochs=2, batch_size=32, lr=0.05, pad=0)
-    train(config, train_data, load_dataset("digits", "test"), settings, run, quiet=True)
-    return run
-
-
-def test_sharded_attack_set_equals_single_process(tiny_run: Path, tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(tiny_run), str(tmp_path)), nprocs=2)
+def test_sharded_attack_set_equals_single_process(digits_run: Path, tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(2, _free_port(), str(digits_run), str(tmp_path)), nprocs=2)
     sharded = load_set(tmp_path / "sharded.npz")
     data = load_dataset("digits", "test")
     params = {"eps": 16 / 255, "step": 4 / 255, "steps": 3, "random_start": True}
-    single = generate_set(load(tiny_run), data, torch.arange(45).numpy(), "pgd", params,
+    single = generate_set(load(digits_run), data, torch.arange(45).numpy(), "pgd", params,
                           seed=7, batch_size=8, quiet=True)  # fmt: skip
     assert (sharded.images == single.images).all()
     assert (sharded.adv_pred == single.adv_pred).all()

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from robustlab.cli import main
-from robustlab.data import load_dataset, sample
 from robustlab.defenses.regeneration import (
     FeatureRegenerationUnit,
     RegeneratedConv,
@@ -20,10 +19,8 @@ from robustlab.defenses.regeneration import (
     restoration_accuracy,
     susceptibility_ranking,
 )
-from robustlab.experiments.jobs import model_config_for
 from robustlab.experiments.sfr import load_sfr, synthesise
 from robustlab.io import RobustlabError
-from robustlab.training import TrainConfig, train
 
 
 def _user_model() -> nn.Module:
@@ -98,23 +95,13 @@ def test_synthesised_perturbations_have_norm_xi() -> None:
     assert mixed.abs().max() == pytest.approx(10 / 255)
 
 
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    train_data = sample(load_dataset("digits", "train"), 300)
-    run = tmp_path_factory.mktemp("runs") / "base"
-    config = model_config_for(train_data, "lenet", width=8)
-    settings = TrainConfig(epochs=2, batch_size=32, lr=0.05, pad=0)
-    train(config, train_data, load_dataset("digits", "test"), settings, run, quiet=True)
-    return run
-
-
 def test_sfr_cli_train_eval_and_round_trip(
-    base_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    assert main(["sfr", "layers", str(base_run)]) == 0
+    assert main(["sfr", "layers", str(digits_run)]) == 0
     layers = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
     out = tmp_path / "sfr"
-    args = ["sfr", "train", str(base_run), "--layers", ",".join(layers[:2]), "--uaps", "1"]
+    args = ["sfr", "train", str(digits_run), "--layers", ",".join(layers[:2]), "--uaps", "1"]
     args += ["--attack-images", "32", "--train-limit", "96", "--epochs", "1", "--xi", "30"]
     assert main([*args, "--out", str(out), "--device", "cpu", "--quiet"]) == 0
     assert "loss per epoch" in capsys.readouterr().out
@@ -130,4 +117,4 @@ def test_sfr_cli_train_eval_and_round_trip(
     assert "| baseline |" in table and "| defended |" in table
     assert list((out / "perturbations").glob("fff-*.safetensors"))
     with pytest.raises(SystemExit):
-        main(["sfr", "train", str(base_run), "--layers", "", "--out", str(tmp_path / "x")])
+        main(["sfr", "train", str(digits_run), "--layers", "", "--out", str(tmp_path / "x")])

@@ -17,27 +17,13 @@ from robustlab.attacks.universal import (
     project,
 )
 from robustlab.data import load_dataset, sample
-from robustlab.experiments.jobs import model_config_for
-from robustlab.training import TrainConfig, train
+from robustlab.runs import load
 
 
 @pytest.fixture(scope="module")
-def digits_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, torch.Tensor]:
-    train_data = sample(load_dataset("digits", "train"), 400)
-    config = model_config_for(train_data, "lenet", width=8)
-    run = tmp_path_factory.mktemp("runs") / "digits"
-    train(
-        config,
-        train_data,
-        load_dataset("digits", "test"),
-        TrainConfig(epochs=3, batch_size=32, lr=0.05, pad=0),
-        run,
-        quiet=True,
-    )
-    from robustlab.runs import load
-
+def digits_model(digits_run: Path) -> tuple[nn.Module, torch.Tensor]:
     images, _ = sample(load_dataset("digits", "test"), 96).tensors()
-    return load(run), images
+    return load(digits_run), images
 
 
 def test_projection_bounds() -> None:
