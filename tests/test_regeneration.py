@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from robustlab.cli import main
+from robustlab.data import load_dataset
 from robustlab.defenses.regeneration import (
     FeatureRegenerationUnit,
     RegeneratedConv,
@@ -116,5 +118,13 @@ def test_sfr_cli_train_eval_and_round_trip(
     table = capsys.readouterr().out
     assert "| baseline |" in table and "| defended |" in table
     assert list((out / "perturbations").glob("fff-*.safetensors"))
+    image = tmp_path / "digit.png"
+    pixels = load_dataset("digits", "test").images[0, 0]
+    Image.fromarray(pixels).resize((16, 16)).save(image)  # resized back to 8 × 8 on input
+    one = ["sfr", "eval", str(out), "--attack", "fff", "--xi", "30", "--input", str(image)]
+    for state in ("on", "off"):
+        assert main([*one, "--defense", state, "--device", "cpu"]) == 0
+        line = capsys.readouterr().out
+        assert line.startswith(f"defense {state}: clean -> ") and "fff ξ=30/255 -> " in line
     with pytest.raises(SystemExit):
         main(["sfr", "train", str(digits_run), "--layers", "", "--out", str(tmp_path / "x")])
