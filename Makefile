@@ -28,6 +28,9 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/defect_overhead.py
 	$(BIN)/python benchmarks/attacks.py
+	$(BIN)/python benchmarks/csc.py --dict dicts/cifar10-jpeg-64x8
+	$(BIN)/python benchmarks/universal.py --images 128
+	$(BIN)/python benchmarks/throughput.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .mypy_cache .ruff_cache
