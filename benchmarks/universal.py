@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,6 +49,24 @@ def art_uap(
     return elapsed, torch.from_numpy(np.asarray(attack.noise)[0]).float()
 
 
+def train_fallback() -> str:
+    """No foundation run here (a fresh clone): train a small one, 2 epochs, once."""
+    from robustlab.experiments.jobs import train_model
+    from robustlab.training import TrainConfig
+
+    run = "runs/bench-universal"
+    if not (Path(run) / "meta.json").exists():
+        print(f"training {run} (resnet8 width 16, Fashion-MNIST or digits, 2 epochs) first")
+        try:
+            dataset = "fashion-mnist"
+            load_dataset(dataset, "test")
+        except Exception:
+            dataset = "digits"
+        train_model(dataset=dataset, arch="resnet8", out=run, config=TrainConfig(epochs=2),
+                    options={"width": 16}, train_limit=10000, device="cpu", quiet=True)  # fmt: skip
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/foundation/fashion-mnist-standard")
@@ -55,6 +74,8 @@ def main() -> None:
     parser.add_argument("--xi", type=float, default=25.0, help="ℓ∞ radius, 0-255 units")
     parser.add_argument("--passes", type=int, default=5)
     args = parser.parse_args()
+    if not (Path(args.run) / "meta.json").exists():
+        args.run = train_fallback()
     model = load(args.run)
     meta = read_meta(args.run)
     test = load_dataset(meta["dataset"]["name"], "test")
