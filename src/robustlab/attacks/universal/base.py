@@ -36,6 +36,14 @@ def apply(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return (images + delta.to(images)).clamp(0.0, 1.0)
 
 
+def shuffled_batches(
+    count: int, batch_size: int, generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """Indices 0..count-1 in a seeded random order, cut into batches: one pass over the images."""
+    order = torch.randperm(count, generator=generator, device=device)
+    return torch.split(order, batch_size)
+
+
 def fooling_rate(model: nn.Module, images: torch.Tensor, delta: torch.Tensor) -> float:
     """Fraction of images whose predicted class changes when ``delta`` is added."""
     if len(images) == 0:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.attacks.universal.base import Norm, UniversalAttack, apply
+from robustlab.attacks.universal.base import Norm, UniversalAttack, apply, shuffled_batches
 from robustlab.models.base import predict
 
 
@@ -62,8 +62,7 @@ class GAP(UniversalAttack):
         clean = predict(self.model, images).to(images.device)
         net.train()
         for _ in range(self.epochs):
-            order = torch.randperm(len(images), generator=generator, device=images.device)
-            for batch in torch.split(order, self.batch_size):
+            for batch in shuffled_batches(len(images), self.batch_size, generator, images.device):
                 delta = self._scale(net(z))[0]
                 probs = F.softmax(self.model(apply(images[batch], delta)), dim=1)
                 still = probs.gather(1, clean[batch, None]).squeeze(1)

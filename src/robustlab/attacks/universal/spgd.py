@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robustlab.attacks.universal.base import Norm, UniversalAttack, apply, project
+from robustlab.attacks.universal.base import Norm, UniversalAttack, apply, project, shuffled_batches
 from robustlab.models.base import predict
 
 
@@ -37,8 +37,7 @@ class SPGD(UniversalAttack):
         v = torch.zeros_like(images[0])
         clean = predict(self.model, images).to(images.device)
         for _ in range(self.epochs):
-            order = torch.randperm(len(images), generator=generator, device=images.device)
-            for batch in torch.split(order, self.batch_size):
+            for batch in shuffled_batches(len(images), self.batch_size, generator, images.device):
                 v = v.detach().requires_grad_(True)
                 logits = self.model(apply(images[batch], v))
                 loss = F.cross_entropy(logits, clean[batch], reduction="none").clamp(max=self.clip)

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 import torch
 
-from robustlab.attacks.universal.base import Norm, UniversalAttack, apply, fooling_rate, project
+from robustlab.attacks.universal.base import (
+    Norm,
+    UniversalAttack,
+    apply,
+    fooling_rate,
+    project,
+    shuffled_batches,
+)
 from robustlab.attacks.universal.deepfool import deepfool
 from robustlab.models.base import predict
 
@@ -44,8 +51,7 @@ class UAP(UniversalAttack):
         v = torch.zeros_like(images[0])
         clean = predict(self.model, images).to(images.device)
         for _ in range(self.max_passes):
-            order = torch.randperm(len(images), generator=generator, device=images.device)
-            for batch in torch.split(order, self.batch_size):
+            for batch in shuffled_batches(len(images), self.batch_size, generator, images.device):
                 x = images[batch]
                 fooled = predict(self.model, apply(x, v)).to(x.device) != clean[batch]
                 if bool(fooled.all()):
