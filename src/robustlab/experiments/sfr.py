@@ -170,12 +170,27 @@ def load_sfr(
     return base.to(device).eval(), defended.to(device).eval(), meta
 
 
-def _changed(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> float:
-    return float((predict(model, x) != predict(model, x_adv)).float().mean())
-
-
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((predict(model, x) == y.cpu()).float().mean())
+def _evaluation_perturbation(
+    directory: str | Path,
+    meta: dict[str, Any],
+    models: dict[str, nn.Module],
+    attack: str,
+    xi: float,
+    against: str,
+    seed: int,
+    attack_images: int,
+    device: torch.device | str,
+) -> UniversalPerturbation:
+    """The perturbation evaluations use: computed on training images against ``models[against]``,
+    cached in the SFR directory's ``perturbations/``."""
+    if against not in models:
+        raise RobustlabError(f"--against {against!r} must be 'baseline' or 'defended'")
+    train = _train_split(meta, attack_images, derive_seed(seed, "eval-attack"))
+    name = f"{attack}-xi{round(xi * 255, 2):g}-{against}-seed{seed}.safetensors"
+    return universal_perturbation(
+        Path(directory) / "perturbations" / name, models[against], attack,
+        train.tensors(device)[0], {"xi": xi, "seed": seed},
+    )  # fmt: skip
 
 
 def evaluate_sfr(
@@ -194,40 +209,36 @@ def evaluate_sfr(
     ``against="defended"``, against baseline + FRUs: the white-box secondary
     attack) and evaluated on ``n`` seeded test images.
     """
-    if against not in ("baseline", "defended"):
-        raise RobustlabError(f"--against {against!r} must be 'baseline' or 'defended'")
     base, defended, meta = load_sfr(directory, device)
-    train = _train_split(meta, attack_images, derive_seed(seed, "eval-attack"))
+    models = {"baseline": base, "defended": defended}
+    perturbation = _evaluation_perturbation(
+        directory, meta, models, attack, xi, against, seed, attack_images, device
+    )
     test = sample(
         load_dataset(meta["dataset"]["name"], "test", meta["dataset"].get("data_dir")), n, seed
     )
     x, y = test.tensors(device)
-    name = f"{attack}-xi{round(xi * 255, 2):g}-{against}-seed{seed}.safetensors"
-    target = base if against == "baseline" else defended
-    perturbation = universal_perturbation(
-        Path(directory) / "perturbations" / name,
-        target,
-        attack,
-        train.tensors(device)[0],
-        {"xi": xi, "seed": seed},
-    )
     x_adv = apply(x, perturbation.delta.to(device))
-    base_clean, base_adv = _accuracy(base, x, y), _accuracy(base, x_adv, y)
-    def_clean, def_adv = _accuracy(defended, x, y), _accuracy(defended, x_adv, y)
+    labels = y.cpu()
+    predictions = {name: (predict(m, x), predict(m, x_adv)) for name, m in models.items()}
+    base_clean = float((predictions["baseline"][0] == labels).float().mean())
 
-    def scores(model: nn.Module, clean: float, perturbed: float) -> dict[str, float]:
+    def scores(name: str) -> dict[str, float]:
+        clean_pred, adv_pred = predictions[name]
+        clean = float((clean_pred == labels).float().mean())
+        perturbed = float((adv_pred == labels).float().mean())
         return {
             "clean": clean,
             "perturbed": perturbed,
-            "fooling_rate": _changed(model, x, x_adv),
+            "fooling_rate": float((clean_pred != adv_pred).float().mean()),
             "restoration": restoration_accuracy(clean, perturbed, base_clean),
         }
 
     return {
         "attack": attack, "xi": xi, "against": against, "n": len(y),
         "linf": float(perturbation.delta.abs().max()),
-        "baseline": scores(base, base_clean, base_adv),
-        "defended": scores(defended, def_clean, def_adv),
+        "baseline": scores("baseline"),
+        "defended": scores("defended"),
     }  # fmt: skip
 
 
@@ -254,13 +265,10 @@ def classify_image(
     x = torch.from_numpy(pixels.copy()).float().div(255).unsqueeze(0).to(device)
     size = int(config["image_size"])
     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
-    train = _train_split(meta, 256, derive_seed(seed, "eval-attack"))
-    target = base if against == "baseline" else defended
-    name = f"{attack}-xi{round(xi * 255, 2):g}-{against}-seed{seed}.safetensors"
-    perturbation = universal_perturbation(
-        Path(directory) / "perturbations" / name, target, attack, train.tensors(device)[0],
-        {"xi": xi, "seed": seed},
-    )  # fmt: skip
+    models = {"baseline": base, "defended": defended}
+    perturbation = _evaluation_perturbation(
+        directory, meta, models, attack, xi, against, seed, 256, device
+    )
     classes = meta["dataset"].get("classes") or []
     labels = [int(predict(model, x)[0]), int(predict(model, apply(x, perturbation.delta))[0])]
     names = [classes[i] if i < len(classes) else str(i) for i in labels]
