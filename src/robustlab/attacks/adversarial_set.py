@@ -164,7 +164,6 @@ def generate_set(
     goal = torch.full_like(labels, target) if target is not None else None
     result = attack_in_batches(attack, source, params, clean, labels, goal, seed, batch_size, quiet)
     adv = result.adv
-    queries = [result.queries] if result.queries is not None else []
     stored = (adv * 255).round().to(torch.uint8) if quantize else adv.float()
     stored_pixels = stored.float() / 255 if quantize else stored
     full_config = {
@@ -181,5 +180,5 @@ def generate_set(
         linf=distances.linf(clean, stored_pixels).numpy(),
         l2=distances.l2(clean, stored_pixels).numpy(),
         config=full_config,
-        queries=queries[0].numpy() if queries else None,
+        queries=result.queries.numpy() if result.queries is not None else None,
     )

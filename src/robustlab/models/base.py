@@ -214,5 +214,5 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
         found: torch.Tensor = model(x[start:stop].to(device)).argmax(1).cpu()
         return found
 
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model):
         return map_batches(len(x), batch_size, labels)
