@@ -126,6 +126,11 @@ class FourierDictionary:
         return solved.reshape(h, w, b, m).permute(2, 3, 0, 1)
 
 
+def image_size(images: torch.Tensor) -> tuple[int, int]:
+    """(H, W) of a batch of images."""
+    return int(images.shape[-2]), int(images.shape[-1])
+
+
 def reconstruct(dictionary: FourierDictionary, coefficients: torch.Tensor) -> torch.Tensor:
     """Σ_m d_m * x_m (circular convolution): (B, M, H, W) -> (B, C, H, W)."""
     spectrum = dictionary.synthesise(torch.fft.rfft2(coefficients))
@@ -165,7 +170,7 @@ def cbpdn(
     """
     options = options or CBPDNOptions()
     if not isinstance(dictionary, FourierDictionary):
-        dictionary = FourierDictionary(dictionary.to(signal), tuple(signal.shape[-2:]))  # type: ignore[arg-type]
+        dictionary = FourierDictionary(dictionary.to(signal), image_size(signal))
     _check_shapes(dictionary, signal)
     batch, size = signal.shape[0], dictionary.size
     n_filters = dictionary.freq.shape[0]

@@ -28,6 +28,7 @@ from robustlab.defenses.csc.cbpdn import (
     CBPDNState,
     FourierDictionary,
     cbpdn,
+    image_size,
     objective,
 )
 from robustlab.defenses.csc.stratified import ClusterModel
@@ -96,7 +97,7 @@ def learn_dictionary(
         result = cbpdn(filters, signals, lmbda, coding, state)
         state = result.state
         filters = _update_filters(filters, result.coefficients, signals, options.dictionary_steps)
-        fourier = FourierDictionary(filters, tuple(signals.shape[-2:]))  # type: ignore[arg-type]
+        fourier = FourierDictionary(filters, image_size(signals))
         history.append(float(objective(fourier, result.coefficients, signals, lmbda).mean()))
     return LearnedDictionary(filters, lmbda, history=history)
 
@@ -105,7 +106,7 @@ def _update_filters(
     filters: torch.Tensor, coefficients: torch.Tensor, signals: torch.Tensor, steps: int
 ) -> torch.Tensor:
     """FISTA on the data term over the constraint set, coefficients fixed."""
-    size_hw = tuple(signals.shape[-2:])
+    size_hw = image_size(signals)
     coef_freq = torch.fft.rfft2(coefficients)  # (K, M, H, Wf)
     signal_freq = torch.fft.rfft2(signals)  # (K, C, H, Wf)
     gram = torch.einsum("kmhw,knhw->hwmn", coef_freq.conj(), coef_freq)

@@ -18,7 +18,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from robustlab.defenses.csc.cbpdn import CBPDNOptions, FourierDictionary, cbpdn, reconstruct
+from robustlab.defenses.csc.cbpdn import (
+    CBPDNOptions,
+    FourierDictionary,
+    cbpdn,
+    image_size,
+    reconstruct,
+)
 from robustlab.defenses.csc.dictionary import (
     LearnedDictionary,
     StratifiedDictionary,
@@ -124,7 +130,7 @@ class CSCPurifier(nn.Module):
                 loaded.members[cluster] if isinstance(loaded, StratifiedDictionary) else loaded
             )
             filters = learned.filters.to(device=like.device, dtype=like.dtype)
-            self._fourier[key] = FourierDictionary(filters, (like.shape[-2], like.shape[-1]))
+            self._fourier[key] = FourierDictionary(filters, image_size(like))
         return self._fourier[key]
 
     def extra_repr(self) -> str:
