@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -71,12 +72,7 @@ def learn_csc_dictionary(
         own = pixels[assignment == k]
         if len(own) == 0:
             raise RobustlabError(f"cluster {k} is empty; use fewer --clusters or more --images")
-        seeded = LearnOptions(
-            options.iterations,
-            options.coding_steps,
-            options.dictionary_steps,
-            derive_seed(options.seed, "cluster", k),
-        )
+        seeded = replace(options, seed=derive_seed(options.seed, "cluster", k))
         members.append(_learn(own, filters, size, lmbda, seeded, device))
     sizes = [int((assignment == k).sum()) for k in range(clusters)]
     return save_dictionary(out, StratifiedDictionary(model, members), cluster_sizes=sizes, **meta)
