@@ -71,6 +71,47 @@ def synthesise(
     return mixed * (xi / mixed.abs().max().clamp_min(1e-12))
 
 
+def _train_frus(
+    defended: nn.Module,
+    data: Dataset,
+    perturbations: list[torch.Tensor],
+    xi: float,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device | str,
+    quiet: bool,
+) -> list[dict[str, Any]]:
+    """Adam on the FRUs; each batch: its clean images, and them with a synthesised perturbation."""
+    optimiser = torch.optim.Adam(fru_parameters(defended), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(epochs):
+        fru_train_mode(defended)
+        start, total, seen = time.time(), 0.0, 0
+        stream = batches(
+            data, batch_size, shuffle=True, seed=derive_seed(seed, "epoch", epoch), device=device
+        )
+        for x, y in tqdm(
+            stream,
+            desc=f"sfr epoch {epoch + 1}/{epochs}",
+            disable=True if quiet else None,
+            leave=False,
+        ):
+            delta = synthesise(perturbations, xi, generator).to(device)
+            mixed = torch.cat([x, apply(x, delta)])
+            loss = F.cross_entropy(defended(mixed), torch.cat([y, y]))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+            total, seen = total + float(loss.detach()) * len(x), seen + len(x)
+        history.append(
+            {"epoch": epoch + 1, "loss": total / max(1, seen), "seconds": time.time() - start}
+        )
+    return history
+
+
 def train_sfr(
     run: str | Path,
     out: str | Path,
@@ -109,31 +150,9 @@ def train_sfr(
         )
         perturbations.append(found.delta.to(device))
     defended = add_regeneration(base, layers, fraction).to(device)
-    optimiser = torch.optim.Adam(fru_parameters(defended), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(epochs):
-        fru_train_mode(defended)
-        start, total, seen = time.time(), 0.0, 0
-        stream = batches(
-            data, batch_size, shuffle=True, seed=derive_seed(seed, "epoch", epoch), device=device
-        )
-        for x, y in tqdm(
-            stream,
-            desc=f"sfr epoch {epoch + 1}/{epochs}",
-            disable=True if quiet else None,
-            leave=False,
-        ):
-            delta = synthesise(perturbations, xi, generator).to(device)
-            mixed = torch.cat([x, apply(x, delta)])
-            loss = F.cross_entropy(defended(mixed), torch.cat([y, y]))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimiser.step()
-            total, seen = total + float(loss.detach()) * len(x), seen + len(x)
-        history.append(
-            {"epoch": epoch + 1, "loss": total / max(1, seen), "seconds": time.time() - start}
-        )
+    history = _train_frus(
+        defended, data, perturbations, xi, epochs, batch_size, lr, seed, device, quiet
+    )
     defended.eval()
     save_tensors(out / "base.safetensors", base.state_dict())
     save_tensors(out / "fru.safetensors", fru_state(defended))
