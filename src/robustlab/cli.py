@@ -296,11 +296,10 @@ def _csc_learn(args: argparse.Namespace) -> int:
     from robustlab.experiments.csc import learn_csc_dictionary
     from robustlab.experiments.jobs import resolve_device
 
-    command = " ".join(["robustlab", *sys.argv[1:]]) if sys.argv[1:] else "robustlab csc learn"
     path = learn_csc_dictionary(
         args.dataset, args.out, args.filters, args.size, args.lmbda, args.images,
         LearnOptions(iterations=args.iterations, seed=args.seed), args.clusters,
-        args.data_dir, args.download, resolve_device(args.device), args.force, command,
+        args.data_dir, args.download, resolve_device(args.device), args.force, args.command_line,
     )  # fmt: skip
     print(f"dictionary: {path}")
     return 0
@@ -416,11 +415,11 @@ def _sfr_train(args: argparse.Namespace) -> int:
     from robustlab.experiments.jobs import resolve_device
     from robustlab.experiments.sfr import train_sfr
 
-    command = " ".join(["robustlab", *sys.argv[1:]])
     meta = train_sfr(
         args.run, args.out, args.layers, args.attack, args.xi / 255, args.uaps,
         args.attack_images, args.train_limit, args.epochs, args.batch_size, args.lr,
-        args.fraction, args.seed, resolve_device(args.device), args.force, args.quiet, command,
+        args.fraction, args.seed, resolve_device(args.device), args.force, args.quiet,
+        args.command_line,
     )  # fmt: skip
     losses = ", ".join(f"{h['loss']:.3f}" for h in meta["history"])
     print(f"SFR: {args.out} (FRUs on {', '.join(args.layers)}; loss per epoch {losses})")
@@ -478,7 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = " ".join(["robustlab", *argv])  # recorded in files the command writes
     handler: Handler = args.handler
     from robustlab import distributed
 
