@@ -22,7 +22,9 @@ Stopping uses sporco's relative residuals, :math:`r = \|x - y\| / \max(\|x\|, \|
 and :math:`s = \|y_{k-1} - y_k\| / \|u\|`, against ``rel_tol``; :math:`\rho` follows
 Wohlberg's adaptive residual balancing (2015) every iteration. Every image has
 its own :math:`\rho` and its own stopping test, so an image's result never depends
-on the other images in its batch. The loop is written without in-place updates:
+on the other images in its batch: the solver iterates a few images at a time
+(``CBPDNOptions.batch_size``) and replaces each converged image by a waiting one, so
+no work is spent on finished images. The loop is written without in-place updates:
 autograd can differentiate through it (memory grows with the iterations).
 """
 
@@ -51,12 +53,18 @@ class CBPDNOptions:
     rho_scaling: float = 1000.0  # the largest factor of one ρ update
     residual_ratio: float = 1.2
     residual_target: float | None = None  # None: 1 + 18.3^(log10 λ + 1)
+    # Images iterated at once (None: 16 on CPU, where small batches stay in cache; all on a
+    # GPU). A converged image leaves and a waiting one takes its place. Results do not
+    # depend on it.
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
         if not 0.0 < self.relax < 2.0:
             raise ValueError(f"relax must lie in (0, 2), got {self.relax}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
 
 
 @dataclass
@@ -111,16 +119,14 @@ class FourierDictionary:
         """D^H applied per frequency: (B, C, H, Wf) -> (B, M, H, Wf)."""
         return torch.einsum("mchw,bchw->bmhw", self.freq.conj(), signal_freq)
 
-    def solve(
-        self, data_term: torch.Tensor, target: torch.Tensor, rho: torch.Tensor
-    ) -> torch.Tensor:
-        """x̂ = (D^H D + ρ I)^{-1} (D^H ŝ + ρ target) per frequency and image.
+    def solve(self, target: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+        """(I + D^H D / ρ)^{-1} t̂ per frequency and image.
 
-        ``data_term`` (D^H ŝ) and ``target`` are (B, M, H, Wf); the result too.
+        With t̂ the DFT of y − u + D^T s / ρ this is the x-step's
+        (D^H D + ρ I)^{-1} (D^H ŝ + ρ (ŷ − û)). ``target`` is (B, M, H, Wf), the result too.
         """
         b, m, h, w = target.shape
-        scaled = torch.view_as_complex(torch.view_as_real(data_term) / rho.view(-1, 1, 1, 1, 1))
-        rhs = (scaled + target).permute(2, 3, 0, 1).reshape(h * w, b, m)  # rhs / ρ, by frequency
+        rhs = target.permute(2, 3, 0, 1).reshape(h * w, b, m)  # by frequency
         inner = (rhs @ self._to_eigen) / (self._eigenvalues + rho.view(1, -1, 1))
         solved = torch.baddbmm(rhs, inner, self._from_eigen, alpha=-1)
         return solved.reshape(h, w, b, m).permute(2, 3, 0, 1)
@@ -173,41 +179,98 @@ def cbpdn(
         dictionary = FourierDictionary(dictionary.to(signal), image_size(signal))
     _check_shapes(dictionary, signal)
     batch, size = signal.shape[0], dictionary.size
-    n_filters = dictionary.freq.shape[0]
-    data_term = dictionary.adjoint(torch.fft.rfft2(signal))
     if state is None:
-        zeros = signal.new_zeros(batch, n_filters, *size)
+        zeros = signal.new_zeros(batch, dictionary.freq.shape[0], *size)
         rho0 = options.rho if options.rho is not None else 50.0 * lmbda + 1.0
         state = CBPDNState(zeros, zeros, signal.new_full((batch,), rho0))
-    y, u, rho = state.y, state.u, state.rho
-    target = options.residual_target or (1.0 + 18.3 ** (math.log10(lmbda) + 1.0) if lmbda else 1.0)
-    active = torch.ones(batch, dtype=torch.bool, device=signal.device)
-    iterations = torch.zeros(batch, dtype=torch.long, device=signal.device)
+    # D^T s in the pixel domain: the x-step adds it before its FFT, one real pass
+    back = torch.fft.irfft2(dictionary.adjoint(torch.fft.rfft2(signal)), s=size)
+    images = _Images(
+        torch.arange(batch, device=signal.device),
+        state.y,
+        state.u,
+        state.rho,
+        back,
+        torch.zeros(batch, dtype=torch.long, device=signal.device),
+    )
+    capacity = options.batch_size or (batch if signal.is_cuda else _CPU_BATCH)
+    working, waiting = images.take(0, capacity), capacity
+    finished: list[_Images] = []
+    while len(working.index):
+        working, done = _step(dictionary, working, lmbda, options)
+        if bool(done.any()):
+            finished.append(working.select(done))
+            refill = images.take(waiting, int(done.sum()))
+            working, waiting = working.select(~done).join(refill), waiting + len(refill.index)
+    result = _Images.gather(finished, batch) if finished else images
+    return CBPDNResult(result.y, CBPDNState(result.y, result.u, result.rho), result.steps)
+
+
+_CPU_BATCH = 16  # on CPU small batches stay in cache: 16 images iterate fastest
+
+
+@dataclass
+class _Images:
+    """ADMM variables of a set of images, ``index`` their places in the input batch."""
+
+    index: torch.Tensor
+    y: torch.Tensor
+    u: torch.Tensor
+    rho: torch.Tensor
+    back: torch.Tensor  # D^T s
+    steps: torch.Tensor  # iterations run
+
+    def _fields(self) -> tuple[torch.Tensor, ...]:
+        return self.index, self.y, self.u, self.rho, self.back, self.steps
+
+    def take(self, start: int, count: int) -> _Images:
+        return _Images(*(field[start : start + count] for field in self._fields()))
+
+    def select(self, keep: torch.Tensor) -> _Images:
+        return _Images(*(field[keep] for field in self._fields()))
+
+    def join(self, other: _Images) -> _Images:
+        if not len(other.index):
+            return self
+        pairs = zip(self._fields(), other._fields(), strict=True)
+        return _Images(*(torch.cat(pair) for pair in pairs))
+
+    @staticmethod
+    def gather(parts: list[_Images], batch: int) -> _Images:
+        """Concatenate ``parts`` back into input order."""
+        columns = zip(*(part._fields() for part in parts), strict=True)
+        fields = [torch.cat(column) for column in columns]
+        order = torch.argsort(fields[0])
+        assert len(order) == batch, "every image finishes exactly once"
+        return _Images(*(field[order] for field in fields))
+
+
+def _step(
+    dictionary: FourierDictionary, images: _Images, lmbda: float, options: CBPDNOptions
+) -> tuple[_Images, torch.Tensor]:
+    """One ADMM iteration and ρ update of ``images``; also which of them have converged."""
+    y, u, r, s, r_norm, s_norm = _iteration(
+        dictionary, images.back, images.y, images.u, images.rho, lmbda, options.relax
+    )
+    rho = images.rho
+    if options.auto_rho:
+        target = options.residual_target or (
+            1.0 + 18.3 ** (math.log10(lmbda) + 1.0) if lmbda else 1.0
+        )
+        # sporco balances the residuals from the second iteration on
+        factor = torch.where(images.steps > 0, _rho_factor(r, s, target, options), 1.0)
+        rho, u = rho * factor, u / factor.view(-1, 1, 1, 1)
+    steps = images.steps + 1
     tolerance = math.sqrt(float(y[0].numel())) * options.abs_tol
-    for k in range(options.max_iter):
-        y_new, u_new, r, s, r_norm, s_norm = _iteration(
-            dictionary, data_term, y, u, rho, lmbda, options.relax
-        )
-        if bool(active.all()):
-            y, u = y_new, u_new
-        else:
-            keep = active.view(-1, 1, 1, 1)
-            y, u = torch.where(keep, y_new, y), torch.where(keep, u_new, u)
-        iterations = iterations + active.long()
-        if options.auto_rho and k > 0:
-            factor = torch.where(active, _rho_factor(r, s, target, options), 1.0)
-            rho, u = rho * factor, u / factor.view(-1, 1, 1, 1)
-        active = active & ~(
-            (r < tolerance / r_norm + options.rel_tol) & (s < tolerance / s_norm + options.rel_tol)
-        )
-        if not bool(active.any()):
-            break
-    return CBPDNResult(y, CBPDNState(y, u, rho), iterations)
+    primal_ok = r < tolerance / r_norm + options.rel_tol
+    converged = primal_ok & (s < tolerance / s_norm + options.rel_tol)
+    done = converged | (steps >= options.max_iter)
+    return _Images(images.index, y, u, rho, images.back, steps), done
 
 
 def _iteration(
     dictionary: FourierDictionary,
-    data_term: torch.Tensor,
+    back: torch.Tensor,
     y: torch.Tensor,
     u: torch.Tensor,
     rho: torch.Tensor,
@@ -215,9 +278,8 @@ def _iteration(
     relax: float,
 ) -> tuple[torch.Tensor, ...]:
     """One ADMM iteration: new (y, u), relative residuals (r, s) and their normalisers."""
-    x = torch.fft.irfft2(
-        dictionary.solve(data_term, torch.fft.rfft2(y - u), rho), s=dictionary.size
-    )
+    target = torch.fft.rfft2(torch.addcdiv(y - u, back, rho.view(-1, 1, 1, 1)))
+    x = torch.fft.irfft2(dictionary.solve(target, rho), s=dictionary.size)
     # v = relaxed x + u; soft thresholding splits v into y (shrunk) and u (the clipped rest)
     v = torch.lerp(y, x, relax) + u
     bound = (lmbda / rho).view(-1, 1, 1, 1)
