@@ -30,7 +30,9 @@ autograd can differentiate through it (memory grows with the iterations).
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +59,9 @@ class CBPDNOptions:
     # GPU). A converged image leaves and a waiting one takes its place. Results do not
     # depend on it.
     batch_size: int | None = None
+    # Fuse each iteration's element-wise work with torch.compile: about 2x faster on CPU;
+    # needs a C++ compiler (Triton on GPUs), and the first call compiles for ~20 s.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.max_iter < 1:
@@ -90,7 +95,9 @@ class FourierDictionary:
     eigen-decomposition :math:`D D^H = V \Lambda V^H` (C × C), Woodbury gives
     :math:`(D^H D + \rho I)^{-1} b = (b - D^H V (\Lambda + \rho)^{-1} V^H D b) / \rho`;
     ``_to_eigen`` (M × C) and ``_from_eigen`` (C × M) hold :math:`D^T \bar V` and
-    :math:`V^T \bar D`, acting on row vectors in the layout (F, B, M) with F = H × W/2+1.
+    :math:`V^T \bar D`, acting on row vectors in the layout (F, B, M) with F = H × W/2+1,
+    stored as real matrices on interleaved (re, im) pairs: a real batched matmul is about
+    twice as fast as a complex one on CPU.
     """
 
     def __init__(self, dictionary: torch.Tensor, size: tuple[int, int]) -> None:
@@ -107,9 +114,9 @@ class FourierDictionary:
         m, c = self.freq.shape[:2]
         by_freq = self.freq.permute(2, 3, 1, 0).reshape(-1, c, m)  # (F, C, M)
         eigenvalues, eigenvectors = torch.linalg.eigh(by_freq @ by_freq.mH)  # (F, C), (F, C, C)
-        self._eigenvalues = eigenvalues.unsqueeze(1)  # (F, 1, C)
-        self._to_eigen = by_freq.transpose(1, 2) @ eigenvectors.conj()  # (F, M, C)
-        self._from_eigen = eigenvectors.transpose(1, 2) @ by_freq.conj()  # (F, C, M)
+        self._eigenvalues = eigenvalues.repeat_interleave(2, dim=1).unsqueeze(1)  # (F, 1, 2C)
+        self._to_eigen = _real_matrix(by_freq.transpose(1, 2) @ eigenvectors.conj())
+        self._from_eigen = _real_matrix(eigenvectors.transpose(1, 2) @ by_freq.conj())
 
     def synthesise(self, coefficients_freq: torch.Tensor) -> torch.Tensor:
         """Σ_m d_m * x_m in the DFT domain: (B, M, H, Wf) -> (B, C, H, Wf)."""
@@ -119,17 +126,43 @@ class FourierDictionary:
         """D^H applied per frequency: (B, C, H, Wf) -> (B, M, H, Wf)."""
         return torch.einsum("mchw,bchw->bmhw", self.freq.conj(), signal_freq)
 
-    def solve(self, target: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-        """(I + D^H D / ρ)^{-1} t̂ per frequency and image.
+    def x_step(self, target: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+        r"""x = F⁻¹ (I + D^H D / ρ)⁻¹ F t per image: (B, M, H, W) -> (B, M, H, W).
 
-        With t̂ the DFT of y − u + D^T s / ρ this is the x-step's
-        (D^H D + ρ I)^{-1} (D^H ŝ + ρ (ŷ − û)). ``target`` is (B, M, H, Wf), the result too.
+        With t = y − u + D^T s / ρ this is ADMM's x-step,
+        :math:`(D^H D + \rho I)^{-1} (D^H \hat s + \rho (\hat y - \hat u))` back in pixels.
         """
         b, m, h, w = target.shape
-        rhs = target.permute(2, 3, 0, 1).reshape(h * w, b, m)  # by frequency
-        inner = (rhs @ self._to_eigen) / (self._eigenvalues + rho.view(1, -1, 1))
-        solved = torch.baddbmm(rhs, inner, self._from_eigen, alpha=-1)
-        return solved.reshape(h, w, b, m).permute(2, 3, 0, 1)
+        spectrum = torch.fft.rfft2(target)
+        # frequency-major and contiguous for the batched matmuls: (F, B, M) complex
+        rhs = spectrum.permute(2, 3, 0, 1).reshape(-1, b, m).contiguous()
+        rhs_real = torch.view_as_real(rhs).view(-1, b, 2 * m)
+        inner = torch.bmm(rhs_real, self._to_eigen) / (self._eigenvalues + rho.view(1, -1, 1))
+        if self._from_eigen.requires_grad:  # a dictionary being differentiated: out of place
+            solved = torch.baddbmm(rhs_real, inner, self._from_eigen, alpha=-1)
+        else:  # rhs_real is a fresh copy no backward pass reads: update it in place
+            solved = rhs_real.baddbmm_(inner, self._from_eigen, alpha=-1)
+        solved_freq = torch.view_as_complex(solved.view(h, -1, b, m, 2))
+        # inverse DFT over rows while frequency-major (outermost axis: fast), back to
+        # image-major, then over columns (innermost axis): about twice as fast as irfft2
+        half = torch.fft.ifft(solved_freq, dim=0).permute(2, 3, 0, 1).contiguous()
+        pixels: torch.Tensor = torch.fft.irfft(half, n=w, dim=-1)
+        return pixels
+
+
+def _real_matrix(matrix: torch.Tensor) -> torch.Tensor:
+    """The real (F, 2K, 2N) form of complex (F, K, N) matrices acting on row vectors.
+
+    Row vector z (K complex) as [Re z₀, Im z₀, Re z₁, ...] times the result gives z A
+    in the same interleaved form.
+    """
+    f, k, n = matrix.shape
+    real = matrix.real.new_empty(f, k, 2, n, 2)
+    real[:, :, 0, :, 0] = matrix.real
+    real[:, :, 0, :, 1] = matrix.imag
+    real[:, :, 1, :, 0] = -matrix.imag
+    real[:, :, 1, :, 1] = matrix.real
+    return real.view(f, 2 * k, 2 * n)
 
 
 def image_size(images: torch.Tensor) -> tuple[int, int]:
@@ -188,22 +221,44 @@ def cbpdn(
     images = _Images(
         torch.arange(batch, device=signal.device),
         state.y,
-        state.u,
+        state.u * state.rho.view(-1, 1, 1, 1),
         state.rho,
         back,
         torch.zeros(batch, dtype=torch.long, device=signal.device),
     )
-    capacity = options.batch_size or (batch if signal.is_cuda else _CPU_BATCH)
-    working, waiting = images.take(0, capacity), capacity
+    slots = min(options.batch_size or (batch if signal.is_cuda else _CPU_BATCH), batch)
+    working, waiting = images.take(0, slots), slots
+    live = torch.ones(slots, dtype=torch.bool, device=signal.device)  # rows not yet finished
     finished: list[_Images] = []
-    while len(working.index):
+    while bool(live.any()):
         working, done = _step(dictionary, working, lmbda, options)
-        if bool(done.any()):
-            finished.append(working.select(done))
-            refill = images.take(waiting, int(done.sum()))
-            working, waiting = working.select(~done).join(refill), waiting + len(refill.index)
+        newly = done & live
+        if not bool(newly.any()):
+            continue
+        # a finished row takes the next waiting image; with none left it runs on, ignored
+        finished.append(working.select(newly))
+        rows = newly.nonzero().squeeze(1)
+        count = min(len(rows), batch - waiting)
+        working = working.put(rows[:count], images.take(waiting, count))
+        live, waiting = live.index_fill(0, rows[count:], False), waiting + count
+        if waiting == batch:
+            working, live = _shrink(working, live)
     result = _Images.gather(finished, batch) if finished else images
-    return CBPDNResult(result.y, CBPDNState(result.y, result.u, result.rho), result.steps)
+    u = result.dual / result.rho.view(-1, 1, 1, 1)
+    return CBPDNResult(result.y, CBPDNState(result.y, u, result.rho), result.steps)
+
+
+def _shrink(working: _Images, live: torch.Tensor) -> tuple[_Images, torch.Tensor]:
+    """Drop finished rows once they are half of ``working``, keeping a power-of-two size.
+
+    Few distinct sizes keep ``torch.compile`` from recompiling for every size.
+    """
+    alive = int(live.sum())
+    if alive == 0 or 2 * alive > len(live):
+        return working, live
+    size = 1 << (alive - 1).bit_length()
+    keep = torch.argsort(live.to(torch.uint8), descending=True, stable=True)[:size]
+    return working.select(keep), live[keep]
 
 
 _CPU_BATCH = 16  # on CPU small batches stay in cache: 16 images iterate fastest
@@ -215,25 +270,34 @@ class _Images:
 
     index: torch.Tensor
     y: torch.Tensor
-    u: torch.Tensor
+    dual: torch.Tensor  # ρ u, the unscaled dual: unchanged when ρ changes, so never rescaled
     rho: torch.Tensor
     back: torch.Tensor  # D^T s
     steps: torch.Tensor  # iterations run
 
     def _fields(self) -> tuple[torch.Tensor, ...]:
-        return self.index, self.y, self.u, self.rho, self.back, self.steps
+        return self.index, self.y, self.dual, self.rho, self.back, self.steps
 
     def take(self, start: int, count: int) -> _Images:
-        return _Images(*(field[start : start + count] for field in self._fields()))
+        """A copy of images ``start`` to ``start + count``: the solver may update it in place."""
+        return _Images(*(field[start : start + count].clone() for field in self._fields()))
 
     def select(self, keep: torch.Tensor) -> _Images:
         return _Images(*(field[keep] for field in self._fields()))
 
-    def join(self, other: _Images) -> _Images:
-        if not len(other.index):
+    def put(self, rows: torch.Tensor, other: _Images) -> _Images:
+        """These images with ``rows`` replaced by ``other``.
+
+        In place unless autograd records: backward passes read the replaced values.
+        """
+        if not len(rows):
             return self
         pairs = zip(self._fields(), other._fields(), strict=True)
-        return _Images(*(torch.cat(pair) for pair in pairs))
+        if torch.is_grad_enabled() and any(field.requires_grad for field in self._fields()):
+            return _Images(*(field.index_copy(0, rows, new) for field, new in pairs))
+        for field, new in pairs:
+            field.index_copy_(0, rows, new)
+        return self
 
     @staticmethod
     def gather(parts: list[_Images], batch: int) -> _Images:
@@ -249,47 +313,62 @@ def _step(
     dictionary: FourierDictionary, images: _Images, lmbda: float, options: CBPDNOptions
 ) -> tuple[_Images, torch.Tensor]:
     """One ADMM iteration and ρ update of ``images``; also which of them have converged."""
-    y, u, r, s, r_norm, s_norm = _iteration(
-        dictionary, images.back, images.y, images.u, images.rho, lmbda, options.relax
+    target_fn, update_fn = _compiled() if options.compile else (_x_target, _update)
+    x = dictionary.x_step(target_fn(images.y, images.dual, images.back, images.rho), images.rho)
+    y, dual, rho, steps, done = update_fn(
+        x, images.y, images.dual, images.rho, images.steps, lmbda, options
     )
-    rho = images.rho
+    return _Images(images.index, y, dual, rho, images.back, steps), done
+
+
+def _x_target(
+    y: torch.Tensor, dual: torch.Tensor, back: torch.Tensor, rho: torch.Tensor
+) -> torch.Tensor:
+    """y − u + D^T s / ρ = y + (D^T s − ρ u) / ρ: the x-step's right-hand side, before its DFT."""
+    return torch.addcdiv(y, back - dual, rho.view(-1, 1, 1, 1))
+
+
+def _update(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dual: torch.Tensor,
+    rho: torch.Tensor,
+    steps: torch.Tensor,
+    lmbda: float,
+    options: CBPDNOptions,
+) -> tuple[torch.Tensor, ...]:
+    """Relaxation, y- and u-steps, residuals, ρ update and stopping test after an x-step.
+
+    Returns the new (y, ρ u, ρ, steps) and which images are done.
+    """
+    rho_ = rho.view(-1, 1, 1, 1)
+    # v = relaxed x + u; soft thresholding splits v into y (shrunk) and u (the clipped rest)
+    v = torch.lerp(y, x, options.relax).addcdiv_(dual, rho_)
+    bound = lmbda / rho_
+    u_new = torch.minimum(torch.maximum(v, -bound), bound)  # clamp with tensor bounds is slower
+    y_new = v - u_new
+    dual_new = u_new * rho_
+    r_norm = _nonzero(torch.maximum(_norm(x), _norm(y_new)))
+    s_norm = _nonzero(_norm(dual_new))
+    r = _norm(x - y_new) / r_norm
+    s = rho * _norm(y - y_new) / s_norm
     if options.auto_rho:
         target = options.residual_target or (
             1.0 + 18.3 ** (math.log10(lmbda) + 1.0) if lmbda else 1.0
         )
         # sporco balances the residuals from the second iteration on
-        factor = torch.where(images.steps > 0, _rho_factor(r, s, target, options), 1.0)
-        rho, u = rho * factor, u / factor.view(-1, 1, 1, 1)
-    steps = images.steps + 1
+        rho = rho * torch.where(steps > 0, _rho_factor(r, s, target, options), 1.0)
+    steps = steps + 1
     tolerance = math.sqrt(float(y[0].numel())) * options.abs_tol
     primal_ok = r < tolerance / r_norm + options.rel_tol
     converged = primal_ok & (s < tolerance / s_norm + options.rel_tol)
-    done = converged | (steps >= options.max_iter)
-    return _Images(images.index, y, u, rho, images.back, steps), done
+    return y_new, dual_new, rho, steps, converged | (steps >= options.max_iter)
 
 
-def _iteration(
-    dictionary: FourierDictionary,
-    back: torch.Tensor,
-    y: torch.Tensor,
-    u: torch.Tensor,
-    rho: torch.Tensor,
-    lmbda: float,
-    relax: float,
-) -> tuple[torch.Tensor, ...]:
-    """One ADMM iteration: new (y, u), relative residuals (r, s) and their normalisers."""
-    target = torch.fft.rfft2(torch.addcdiv(y - u, back, rho.view(-1, 1, 1, 1)))
-    x = torch.fft.irfft2(dictionary.solve(target, rho), s=dictionary.size)
-    # v = relaxed x + u; soft thresholding splits v into y (shrunk) and u (the clipped rest)
-    v = torch.lerp(y, x, relax) + u
-    bound = (lmbda / rho).view(-1, 1, 1, 1)
-    u_new = torch.clamp(v, -bound, bound)
-    y_new = v - u_new
-    r_norm = _nonzero(torch.maximum(_norm(x), _norm(y_new)))
-    s_norm = _nonzero(rho * _norm(u_new))
-    r = _norm(x - y_new) / r_norm
-    s = rho * _norm(y - y_new) / s_norm
-    return y_new, u_new, r, s, r_norm, s_norm
+@functools.cache
+def _compiled() -> tuple[Callable[..., torch.Tensor], Callable[..., tuple[torch.Tensor, ...]]]:
+    """_x_target and _update fused by torch.compile (dynamic shapes: the batch shrinks)."""
+    return torch.compile(_x_target, dynamic=True), torch.compile(_update, dynamic=True)
 
 
 def _rho_factor(
