@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,49 @@ def test_cbpdn_results_do_not_depend_on_the_batch() -> None:
     alone = cbpdn(filters, images[1:2], 0.1, options)
     torch.testing.assert_close(batched.coefficients[1:2], alone.coefficients)
     assert batched.iterations[1] == alone.iterations[0]
+
+
+def _mixed_images(count: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Images whose CBPDN runs stop after different numbers of iterations."""
+    generator = torch.Generator().manual_seed(4)
+    contrast = torch.linspace(0.2, 1.0, count, dtype=dtype).view(-1, 1, 1, 1)
+    return torch.rand(count, 3, 12, 12, generator=generator, dtype=dtype) * contrast
+
+
+def test_cbpdn_working_set_size_does_not_change_results() -> None:
+    filters = random_dictionary(6, 3, 4, seed=0)
+    images = _mixed_images(7)
+    reference = cbpdn(filters, images, 0.1, CBPDNOptions(max_iter=80, batch_size=7))
+    assert len(set(reference.iterations.tolist())) > 2  # converged rows get refilled
+    for size in (1, 3):
+        result = cbpdn(filters, images, 0.1, CBPDNOptions(max_iter=80, batch_size=size))
+        assert torch.equal(result.iterations, reference.iterations)
+        torch.testing.assert_close(result.coefficients, reference.coefficients)
+        torch.testing.assert_close(result.state.u, reference.state.u)
+        torch.testing.assert_close(result.state.rho, reference.state.rho)
+
+
+def test_cbpdn_gradient_through_refills_matches_finite_differences() -> None:
+    filters = random_dictionary(4, 3, 3, seed=1, dtype=torch.float64)
+    images = _mixed_images(3, torch.float64)[..., :8, :8].contiguous().requires_grad_(True)
+    options = CBPDNOptions(max_iter=12, rel_tol=0.05, batch_size=2)
+    iterations = cbpdn(filters, images, 0.1, options).iterations
+    assert len(set(iterations.tolist())) > 1 and iterations.max() < 12
+
+    def code(signal: torch.Tensor) -> torch.Tensor:
+        return cbpdn(filters, signal, 0.1, options).coefficients
+
+    assert torch.autograd.gradcheck(code, (images,), eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="torch.compile needs a C++ compiler")
+def test_cbpdn_compiled_equals_eager() -> None:
+    filters = random_dictionary(6, 3, 4, seed=0)
+    images = _mixed_images(5)
+    eager = cbpdn(filters, images, 0.1, CBPDNOptions(max_iter=60, batch_size=2))
+    fused = cbpdn(filters, images, 0.1, CBPDNOptions(max_iter=60, batch_size=2, compile=True))
+    assert torch.equal(fused.iterations, eager.iterations)
+    torch.testing.assert_close(fused.coefficients, eager.coefficients, atol=1e-5, rtol=1e-4)
 
 
 def test_cbpdn_rejects_mismatched_channels() -> None:

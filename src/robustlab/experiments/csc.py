@@ -109,7 +109,7 @@ def purify_folder(
     out_dir: str | Path,
     purifier: CSCPurifier,
     size: int | None = None,
-    batch_size: int = 64,
+    batch_size: int = 256,
     device: torch.device | str = "cpu",
     quiet: bool = False,
 ) -> tuple[int, int]:
