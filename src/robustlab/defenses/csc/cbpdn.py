@@ -24,8 +24,9 @@ Wohlberg's adaptive residual balancing (2015) every iteration. Every image has
 its own :math:`\rho` and its own stopping test, so an image's result never depends
 on the other images in its batch: the solver iterates a few images at a time
 (``CBPDNOptions.batch_size``) and replaces each converged image by a waiting one, so
-no work is spent on finished images. The loop is written without in-place updates:
-autograd can differentiate through it (memory grows with the iterations).
+no work is spent on finished images. In-place updates touch only values no backward
+pass reads, and rows are refilled out of place while autograd records, so autograd
+differentiates through the loop (memory grows with the iterations).
 """
 
 from __future__ import annotations
