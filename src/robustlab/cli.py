@@ -322,7 +322,7 @@ def _add_purify_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument(
         "--compile", action="store_true",
         help="fuse the solver's element-wise work with torch.compile (faster after a "
-        "compilation of ~10-20 s; needs a C++ compiler)",
+        "compilation of 8-20 s; needs a C++ compiler)",
     )  # fmt: skip
     p.add_argument(
         "--rescale", choices=["clip", "max"], default="clip",

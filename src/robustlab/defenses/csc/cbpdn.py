@@ -61,7 +61,7 @@ class CBPDNOptions:
     # do not depend on it.
     batch_size: int | None = None
     # Fuse each iteration's element-wise work with torch.compile: ~1.5x faster on CPU;
-    # needs a C++ compiler (Triton on GPUs), and the first call compiles for ~20 s.
+    # needs a C++ compiler (Triton on GPUs), and the first call compiles for 8-20 s.
     compile: bool = False
 
     def __post_init__(self) -> None:
