@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,6 +27,18 @@ from robustlab.models.base import predict
 from robustlab.runs import load, read_meta
 
 TINY = Path(__file__).parent / "specs" / "tiny.toml"
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Compute the single-process reference with one thread, as each worker does: kernels may
+    split float32 reductions by thread count, and the comparisons below are exact."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _free_port() -> int:
@@ -62,8 +76,9 @@ def test_sharded_attack_set_equals_single_process(digits_run: Path, tmp_path: Pa
     sharded = load_set(tmp_path / "sharded.npz")
     data = load_dataset("digits", "test")
     params = {"eps": 16 / 255, "step": 4 / 255, "steps": 3, "random_start": True}
-    single = generate_set(load(digits_run), data, torch.arange(45).numpy(), "pgd", params,
-                          seed=7, batch_size=8, quiet=True)  # fmt: skip
+    with one_thread():
+        single = generate_set(load(digits_run), data, torch.arange(45).numpy(), "pgd", params,
+                              seed=7, batch_size=8, quiet=True)  # fmt: skip
     assert (sharded.images == single.images).all()
     assert (sharded.adv_pred == single.adv_pred).all()
     assert (sharded.clean_pred == single.clean_pred).all()
@@ -117,7 +132,8 @@ def test_torchrun_training_writes_one_run_and_resumes_after_a_kill(tmp_path: Pat
 
 def test_spec_under_torchrun_gives_the_single_process_numbers(tmp_path: Path) -> None:
     single = tmp_path / "single"
-    records = run_spec(load_spec(TINY), single, device="cpu", quiet=True)
+    with one_thread():  # the torchrun workers run with OMP_NUM_THREADS=1
+        records = run_spec(load_spec(TINY), single, device="cpu", quiet=True)
     sharded = tmp_path / "sharded"
     shutil.copytree(single / "runs", sharded / "runs")  # same models; attacks and evals sharded
     done = subprocess.run(_torchrun("run", str(TINY), "--out", str(sharded), "--quiet",
