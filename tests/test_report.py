@@ -81,3 +81,28 @@ def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> No
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True,
                          timeout=120).stdout  # fmt: skip
     assert dom.count("<table>") >= 4 and dom.count("<img ") >= 5
+
+
+def test_report_of_a_spec_whose_data_lives_in_its_own_folder(
+    tmp_path: Path, idx_dir: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, _ = idx_dir  # MNIST-format files in a folder no default search looks at
+    spec = tmp_path / "custom.toml"
+    spec.write_text(
+        "[experiment]\ndataset = 'mnist'\nn = 12\n"
+        f"data_dir = '{folder.name}'\n"  # relative to the working directory
+        "[train]\narch = 'lenet'\nwidth = 4\nepochs = 1\npad = 0\nbatch_size = 20\n"
+        "[models.standard]\n[models.source]\nseed = 1\n"
+        "[attacks.fgsm16]\nattack = 'fgsm'\neps = 16\n"
+        "[[protocols]]\ntype = 'transfer'\nsources = ['source']\ntargets = ['standard']\n"
+        "attacks = ['fgsm16']\n"
+    )
+    monkeypatch.chdir(folder.parent)
+    out = tmp_path / "results"
+    assert (
+        main(["run", str(spec), "--out", str(out), "--report", "--quiet", "--device", "cpu"]) == 0
+    )
+    assert "<table>" in (out / "report.html").read_text()
+    monkeypatch.chdir(tmp_path.parent)  # later commands, from elsewhere, find the data too
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()

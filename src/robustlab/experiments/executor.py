@@ -137,6 +137,8 @@ class Executor:
             resume=True,
             device=self.device,
             quiet=self.quiet,
+            # absolute: the report and later commands reload the data from another folder
+            extra_meta={"dataset": {"data_dir": _absolute(self.spec.data_dir)}},
         )
 
     # adversarial sets and records -------------------------------------------------------------
@@ -156,7 +158,7 @@ class Executor:
                 params=params,
                 out=path,
                 dataset=self.spec.dataset,
-                data_dir=self.spec.data_dir,
+                data_dir=_absolute(self.spec.data_dir),
                 n=self.spec.n,
                 seed=self.spec.seed,
                 device=str(self.device),
@@ -278,6 +280,10 @@ class Executor:
     def _names(self, models: list[str]) -> list[str]:
         """Models as their run directories' names: a record is keyed by what was trained."""
         return [d.name for m in models for d in self.run_dirs(m)]
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path is not None else None
 
 
 def curve_levels(record: Record) -> list[str]:

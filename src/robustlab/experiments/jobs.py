@@ -130,12 +130,13 @@ def make_adversarial_set(
     build_attack(attack, nn.Identity(), **params)  # bad parameters fail before any work
     model, meta = load_sources(sources, resolve_device(device))
     name = dataset or meta["dataset"]["name"]
-    data = load_dataset(name, split, data_dir or meta["dataset"].get("data_dir"))
+    data_dir = data_dir or meta["dataset"].get("data_dir")
+    data = load_dataset(name, split, data_dir)
     indices = sample_indices(len(data), n, seed)
     adv_set = generate_set(
         model, data, indices, attack, params, seed=seed, batch_size=batch_size,
         quantize=quantize, target=target, quiet=quiet,
-        config={"sources": [str(s) for s in sources], "n": len(indices)},
+        config={"sources": [str(s) for s in sources], "n": len(indices), "data_dir": data_dir},
     )  # fmt: skip
     save_set(out, adv_set)
     return adv_set

@@ -189,9 +189,9 @@ def _gallery(
         return None
     meta = robustlab.runs.read_meta(adv_set.config["sources"][0])
     classes = meta["dataset"]["classes"]
-    data = load_dataset(
-        adv_set.config["dataset"], adv_set.config["split"], meta["dataset"].get("data_dir")
-    )
+    # the set records the folder its images came from (older sets: the source run does)
+    data_dir = adv_set.config.get("data_dir") or meta["dataset"].get("data_dir")
+    data = load_dataset(adv_set.config["dataset"], adv_set.config["split"], data_dir)
     clean = data.images[adv_set.indices[fooled]]
     adversarial = np.round(adv_set.pixels()[fooled].numpy() * 255).astype(np.uint8)
     predictions: dict[str, Sequence[tuple[str, str]]] = {
