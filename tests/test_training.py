@@ -218,3 +218,40 @@ def test_fast_path_options_train_and_are_recorded(tmp_path: Path) -> None:
                  quiet=True, fast=fast)  # fmt: skip
     assert meta["fast_path"] == {"channels_last": True, "bf16": True, "compile": False}
     assert math.isfinite(meta["history"][0]["train_loss"])
+
+
+def test_schedules_follow_their_definitions() -> None:
+    paper = TrainConfig(epochs=7, lr=0.1)
+    assert [round(paper.lr_at(e), 6) for e in range(7)] == [0.1] * 3 + [0.01] * 2 + [0.001] * 2
+    cycle = TrainConfig(epochs=10, lr=0.1, schedule="onecycle")
+    assert cycle.lr_at(0) == pytest.approx(0.1 / 25)  # torch OneCycleLR's div_factor
+    assert cycle.lr_at(3) == pytest.approx(0.1)  # the peak at 30 %
+    assert cycle.lr_at(9, 0.999) < 1e-4
+    rising = [cycle.lr_at(e, f) for e in range(3) for f in (0, 0.5)]
+    assert rising == sorted(rising)
+    falling = [cycle.lr_at(e, f) for e in range(3, 10) for f in (0, 0.5)]
+    assert falling == sorted(falling, reverse=True)
+    cosine = TrainConfig(epochs=10, lr=0.1, schedule="cosine")
+    assert cosine.lr_at(0, 0.5) == pytest.approx(0.05)  # half-way through a 1-epoch warm-up
+    assert cosine.lr_at(1) == pytest.approx(0.1) and cosine.lr_at(5, 0.5) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        TrainConfig(schedule="linear")
+
+
+def test_a_per_step_schedule_is_recorded_and_refuses_other_epochs_on_resume(
+    tmp_path: Path,
+) -> None:
+    train_data, test_data = _digits(256, 50)
+    config = model_config_for(train_data, "lenet", width=4)
+    recipe = TrainConfig(epochs=2, batch_size=64, lr=0.05, pad=0, schedule="onecycle")
+    meta = train(config, train_data, test_data, recipe, tmp_path / "r", quiet=True)
+    assert meta["train"]["schedule"] == "onecycle"
+    first = meta["history"][0]
+    assert first["lr"] == pytest.approx(0.05 / 25) and first["lr_end"] > first["lr"]
+    longer = TrainConfig(**{**recipe.to_dict(), "milestones": None, "epochs": 3})
+    with pytest.raises(RobustlabError, match="depends on the number of epochs"):
+        train(config, train_data, test_data, longer, tmp_path / "r", resume=True, quiet=True)
+    code = main(["train", "--dataset", "digits", "--arch", "lenet", "--width", "4", "--epochs",
+                 "1", "--pad", "0", "--train-limit", "128", "--schedule", "cosine",
+                 "--out", str(tmp_path / "c"), "--quiet", "--device", "cpu"])  # fmt: skip
+    assert code == 0 and robustlab.runs.read_meta(tmp_path / "c")["train"]["schedule"] == "cosine"

@@ -73,8 +73,14 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument(
-        "--milestones", type=_milestones, help="epochs where lr ×0.1 (default: 150/350, 250/350)"
-    )
+        "--schedule", choices=["paper", "cosine", "onecycle"], default="paper",
+        help="learning-rate schedule: the paper's step decay, cosine with warm-up, or one-cycle "
+        "(per step; these converge in a few epochs)",
+    )  # fmt: skip
+    p.add_argument(
+        "--milestones", type=_milestones,
+        help="paper schedule: epochs where lr ×0.1 (default: 150/350, 250/350 of --epochs)",
+    )  # fmt: skip
     p.add_argument("--pad", type=int, default=4, help="random-crop padding in pixels (0: no crop)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory (GPU)")
@@ -103,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, milestones=args.milestones,
         label_smoothing=args.label_smoothing, pad=args.pad, flip=not args.no_flip, seed=args.seed,
-        **adversarial,
+        schedule=args.schedule, **adversarial,
     )  # fmt: skip
     defect = replace(args.defect, seed=args.mask_seed) if args.defect is not None else None
     meta = train_model(

@@ -55,7 +55,7 @@ else:  # pragma: no cover
 
 MODEL_KEYS = {"arch", "width", "defect", "mask_seed", "regularizer", "thermometer", "train_limit"}
 TRAIN_KEYS = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma",
-              "label_smoothing", "pad", "flip", "seed", "adv_train"}  # fmt: skip
+              "label_smoothing", "pad", "flip", "seed", "adv_train", "schedule"}  # fmt: skip
 PROTOCOLS = {
     "transfer": {"sources", "targets", "attacks"},
     "ensemble_transfer": {"models", "attacks"},
