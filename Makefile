@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/robustlab demo --out results/demo
 
+# DEVICE=cuda runs the device-parametrized tests on the GPU (see tests/conftest.py)
+DEVICE ?= cpu
 test: setup
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --device $(DEVICE)
 
 bench: setup
 	$(BIN)/python benchmarks/defect_overhead.py

@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.files import cifar_batch, write_idx_dataset, write_image_folder
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--device",
+        default=os.environ.get("ROBUSTLAB_TEST_DEVICE", "cpu"),
+        help="device of the tests that take the `device` fixture: cpu (default), cuda, cuda:N "
+        "(or $ROBUSTLAB_TEST_DEVICE; `make test DEVICE=cuda`)",
+    )
+
+
+@pytest.fixture(scope="session")
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """The device under test. Tests that take it run their models and attacks there; tests
+    that do not are CPU-only by nature (file formats, data readers, gloo processes, CLI
+    parsing) or go through `--device auto`, which picks CUDA when there is one."""
+    return torch.device(request.config.getoption("--device"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    chosen = torch.device(config.getoption("--device"))
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--device {chosen} asked for, but torch sees no GPU")
 
 
 @pytest.fixture(autouse=True, scope="session")

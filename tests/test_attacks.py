@@ -33,19 +33,20 @@ def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    model = tiny_model()
-    x = torch.rand(24, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+def batch(device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model = tiny_model().to(device)
+    x = torch.rand(24, 1, 12, 12, generator=torch.Generator().manual_seed(1)).to(device)
     return model, x, model(x).argmax(1)
 
 
 @pytest.fixture(scope="module")
-def batch64() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def batch64(device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """The batch in float64, for comparisons with reference implementations: two code paths
     reduce in different orders, and in float32 a gradient near zero can change its sign
     between CPUs (one pixel in 28,800 moved by 2/255 on an EPYC); in float64 they agree."""
-    model = tiny_model(dtype=torch.float64)
-    x = torch.rand(24, 1, 12, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model = tiny_model(dtype=torch.float64).to(device)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(24, 1, 12, 12, generator=generator, dtype=torch.float64).to(device)
     return model, x, model(x).argmax(1)
 
 

@@ -110,13 +110,12 @@ def test_cbpdn_recovers_a_known_sparse_code() -> None:
     assert set(largest.tolist()) == expected
 
 
-def test_cbpdn_results_do_not_depend_on_the_batch() -> None:
+def test_cbpdn_results_do_not_depend_on_the_batch(device: torch.device) -> None:
     # float64: batched kernels reduce in another order than single-image ones, and in float32
     # that shows in the last bits on some CPUs (and can move a stopping decision)
-    filters = random_dictionary(6, 3, 4, seed=0, dtype=torch.float64)
-    images = torch.rand(
-        3, 3, 12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64
-    )
+    filters = random_dictionary(6, 3, 4, seed=0, dtype=torch.float64).to(device)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 12, 12, generator=generator, dtype=torch.float64).to(device)
     options = CBPDNOptions(max_iter=60)
     batched = cbpdn(filters, images, 0.1, options)
     alone = cbpdn(filters, images[1:2], 0.1, options)
@@ -131,11 +130,11 @@ def _mixed_images(count: int, dtype: torch.dtype = torch.float32) -> torch.Tenso
     return torch.rand(count, 3, 12, 12, generator=generator, dtype=dtype) * contrast
 
 
-def test_cbpdn_working_set_size_does_not_change_results() -> None:
+def test_cbpdn_working_set_size_does_not_change_results(device: torch.device) -> None:
     # float64: working sets of 1 and 7 images run batched kernels of different shapes whose
     # float32 reduction order differs between CPUs (ρ differed by 3.5e-6 relative on an EPYC)
-    filters = random_dictionary(6, 3, 4, seed=0, dtype=torch.float64)
-    images = _mixed_images(7, torch.float64)
+    filters = random_dictionary(6, 3, 4, seed=0, dtype=torch.float64).to(device)
+    images = _mixed_images(7, torch.float64).to(device)
     reference = cbpdn(filters, images, 0.1, CBPDNOptions(max_iter=80, batch_size=7))
     assert len(set(reference.iterations.tolist())) > 2  # converged rows get refilled
     for size in (1, 3):
@@ -225,23 +224,23 @@ def test_stratified_dictionary_round_trip_and_purifier(tmp_path: Path) -> None:
     assert out.shape == images[:4].shape and out.min() >= 0 and out.max() <= 1
 
 
-def test_purifier_output_range_determinism_and_errors() -> None:
-    images = _textures(5, channels=3)
+def test_purifier_output_range_determinism_and_errors(device: torch.device) -> None:
+    images = _textures(5, channels=3).to(device)
     purifier = CSCPurifier(random_dictionary(8, 3, 5, seed=0), lmbda=0.05)
     out = purifier(images)
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
     torch.testing.assert_close(purifier(images), out, rtol=0, atol=0)
     assert (out - images).abs().mean() < 0.1  # a reconstruction, not noise
     rescaled = CSCPurifier(random_dictionary(8, 3, 5, seed=0), lmbda=0.05, rescale="max")(images)
-    torch.testing.assert_close(rescaled.flatten(1).amax(1), torch.ones(5))
+    torch.testing.assert_close(rescaled.flatten(1).amax(1), torch.ones(5, device=device))
     with pytest.raises(RobustlabError, match="channel"):
-        purifier(torch.rand(2, 1, 16, 16))
+        purifier(torch.rand(2, 1, 16, 16, device=device))
     with pytest.raises(RobustlabError, match="lmbda must be positive"):
         CSCPurifier(random_dictionary(8, 3, 5, seed=0), lmbda=0.0)
 
 
-def test_purifier_gradients_bpda_identity_and_unrolled() -> None:
-    images = _textures(2, channels=1).requires_grad_(True)
+def test_purifier_gradients_bpda_identity_and_unrolled(device: torch.device) -> None:
+    images = _textures(2, channels=1).to(device).requires_grad_(True)
     weights = torch.randn_like(images)
     filters = random_dictionary(6, 1, 5, seed=0)
     bpda = CSCPurifier(filters, lmbda=0.05, bpda=True, options=CBPDNOptions(max_iter=15))

@@ -27,7 +27,7 @@ def _digits(n_train: int = 300, n_test: int = 100):
     )
 
 
-def test_one_epoch_on_a_slice_learns(tmp_path: Path) -> None:
+def test_one_epoch_on_a_slice_learns(tmp_path: Path, device: torch.device) -> None:
     train_data, test_data = _digits(600, 200)
     config = model_config_for(train_data, "lenet", DefectSpec(0.5), width=8)
     meta = train(
@@ -37,6 +37,7 @@ def test_one_epoch_on_a_slice_learns(tmp_path: Path) -> None:
         TrainConfig(epochs=3, batch_size=32, lr=0.05, pad=0, flip=False),
         tmp_path / "run",
         quiet=True,
+        device=device,
     )
     assert meta["complete"] and meta["epoch"] == 3
     assert meta["history"][-1]["train_loss"] < meta["history"][0]["train_loss"]
