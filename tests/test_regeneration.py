@@ -20,8 +20,9 @@ from robustlab.defenses.regeneration import (
     fru_train_mode,
     restoration_accuracy,
     susceptibility_ranking,
+    synthesise,
 )
-from robustlab.experiments.sfr import load_sfr, synthesise
+from robustlab.experiments.sfr import load_sfr
 from robustlab.io import RobustlabError
 
 

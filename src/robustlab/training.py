@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,13 @@ def train(
     quiet: bool = False,
     extra_meta: dict[str, Any] | None = None,
     fast: FastPath | None = None,
+    init: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Train a model into ``run_dir`` and return its metadata (with the per-epoch history)."""
+    """Train a model into ``run_dir`` and return its metadata (with the per-epoch history).
+
+    ``init``: start from these weights (a state dict of the same model) instead of a fresh
+    initialisation: fine-tuning, e.g. a classifier on purified images.
+    """
     fast = fast or FastPath()
     run_dir = Path(run_dir)
     start = _prepare_run_dir(run_dir, resume, force)
@@ -146,7 +152,10 @@ def train(
         if start.get("epoch", 0) >= config.epochs:
             return start
     torch.manual_seed(config.seed)
-    model = model_config.build().to(device)
+    model = model_config.build()
+    if init is not None:
+        model.load_state_dict(init)
+    model = model.to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum,
         weight_decay=config.weight_decay,

@@ -12,12 +12,23 @@ images with universally perturbed ones.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
-from robustlab.io import RobustlabError
+from robustlab.attacks.universal import UniversalPerturbation, apply, build_universal
+from robustlab.data import Dataset, batches, sample
+from robustlab.defenses.base import DONE_FILE, Defended, Defense, PrepareContext, Surface
+from robustlab.io import RobustlabError, load_tensors, read_json, save_tensors, write_json
+from robustlab.models.base import model_device
+from robustlab.seeding import derive_seed
 
 
 def susceptibility_ranking(conv: nn.Conv2d) -> torch.Tensor:
@@ -149,3 +160,188 @@ def restoration_accuracy(
     if baseline_clean <= 0:
         raise ValueError("baseline clean accuracy must be positive")
     return (clean_correct + perturbed_correct) / (2 * baseline_clean)
+
+
+def synthesise(
+    perturbations: list[torch.Tensor], xi: float, generator: torch.Generator
+) -> torch.Tensor:
+    """A new perturbation: a random convex combination of the given ones, scaled to ℓ∞ = ξ."""
+    stack = torch.stack(perturbations)
+    # Dirichlet(1) weights, drawn from our generator (normalised exponentials)
+    weights = -torch.log(torch.rand(len(stack), generator=generator))
+    weights = weights / weights.sum()
+    mixed = (weights.view(-1, 1, 1, 1) * stack).sum(0)
+    return mixed * (xi / mixed.abs().max().clamp_min(1e-12))
+
+
+def train_frus(
+    defended: nn.Module,
+    data: Dataset,
+    perturbations: list[torch.Tensor],
+    xi: float,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device | str,
+    quiet: bool,
+) -> list[dict[str, Any]]:
+    """Adam on the FRUs; each batch: its clean images, and them with a synthesised perturbation."""
+    optimiser = torch.optim.Adam(fru_parameters(defended), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(epochs):
+        fru_train_mode(defended)
+        start, total, seen = time.time(), 0.0, 0
+        stream = batches(
+            data, batch_size, shuffle=True, seed=derive_seed(seed, "epoch", epoch), device=device
+        )
+        for x, y in tqdm(
+            stream,
+            desc=f"sfr epoch {epoch + 1}/{epochs}",
+            disable=True if quiet else None,
+            leave=False,
+        ):
+            delta = synthesise(perturbations, xi, generator).to(device)
+            mixed = torch.cat([x, apply(x, delta)])
+            loss = F.cross_entropy(defended(mixed), torch.cat([y, y]))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+            total, seen = total + float(loss.detach()) * len(x), seen + len(x)
+        history.append(
+            {"epoch": epoch + 1, "loss": total / max(1, seen), "seconds": time.time() - start}
+        )
+    return history
+
+
+def auto_layers(model: nn.Module, count: int = 3) -> list[str]:
+    """The paper's kind of FRU layers: the first convolution of each of the first ``count``
+    stages. For zoo models a stage is a paper block (0 = stem); for any other model, a new
+    stage starts wherever a convolution changes the number of channels or the stride."""
+    from robustlab.models.base import BlockNet
+
+    if isinstance(model, BlockNet):
+        names = []
+        for stage in model.stages[:count]:
+            prefix = f"blocks.{stage[0]}."
+            block = model.blocks[stage[0]]
+            inner = [n for n, m in block.named_modules() if isinstance(m, nn.Conv2d)]
+            if inner:
+                names.append(prefix + inner[0])
+        return names
+    names, last = [], None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            shape = (module.out_channels, module.stride)
+            if shape != last:
+                names.append(name)
+                last = shape
+    return names[:count]
+
+
+def universal_perturbation(
+    cache: Path, model: nn.Module, attack: str, images: torch.Tensor, params: dict[str, Any]
+) -> UniversalPerturbation:
+    """Compute (or reuse from ``cache``) a universal perturbation against ``model``.
+
+    ``cache`` must be named by everything the perturbation depends on: the attack and its
+    parameters here are checked against the file's record on reuse.
+    """
+    if cache.exists():
+        found = UniversalPerturbation.load(cache)
+        recorded = {k: found.config.get(k) for k in ("attack", *params)}
+        if recorded == {"attack": attack, **params}:
+            return found
+    perturbation = build_universal(attack, model, **params)(images)
+    perturbation.save(cache)
+    return perturbation
+
+
+@dataclass(frozen=True, repr=False)
+class RegenerationDefense(Defense):
+    """Selective feature regeneration on a frozen base model (Borkar et al. 2020).
+
+    Parameters (spec: ``regenerate = { layers = "auto", fraction = 0.5, attack = "uap",
+    xi = 10, uaps = 5 }``, ξ in 0-255 units there, in [0, 1] here)
+    ----------
+    layers : Conv2d names, or ``("auto",)`` for :func:`auto_layers` (recorded when prepared).
+    fraction : share of each layer's channels regenerated (most susceptible first).
+    attack, xi, uaps : the universal attack, its ℓ∞ strength and how many perturbations are
+        computed against the base model and mixed into the training batches.
+    epochs, train_limit, batch_size, lr : the FRU training (Adam).
+    attack_images : training images each universal perturbation is computed on.
+    """
+
+    layers: tuple[str, ...] = ("auto",)
+    fraction: float = 0.5
+    attack: str = "uap"
+    xi: float = 10 / 255
+    uaps: int = 3
+    epochs: int = 3
+    train_limit: int = 5000
+    batch_size: int = 64
+    lr: float = 1e-3
+    attack_images: int = 256
+    name = "sfr"
+    kind = "regeneration"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction {self.fraction} must lie in (0, 1], e.g. 0.5")
+        if not 0 < self.xi <= 1:
+            raise ValueError(f"xi must be in (0, 255] in 0-255 units, got {self.xi * 255:g}")
+        if self.uaps < 1 or self.epochs < 1:
+            raise ValueError("uaps and epochs must be at least 1")
+        build_universal(self.attack, nn.Identity(), xi=self.xi)  # unknown attack: fail now
+
+    @property
+    def surface(self) -> Surface:
+        return Surface("differentiable")
+
+    def resolve_layers(self, base: nn.Module) -> list[str]:
+        layers = auto_layers(base) if self.layers == ("auto",) else list(self.layers)
+        known = set(conv_layers(base))
+        for name in layers:
+            if name not in known:
+                raise RobustlabError(
+                    f"regenerate layer {name!r} is not a Conv2d of the model; try one of "
+                    f"{', '.join(conv_layers(base)[:8])}"
+                )
+        return layers
+
+    def prepare(self, base: nn.Module, directory: Path, context: PrepareContext) -> None:
+        layers = self.resolve_layers(base)  # before any expensive work
+        data = sample(context.train, self.train_limit, context.seed)
+        pixels, _ = data.tensors(context.device)
+        perturbations = []
+        for k in range(self.uaps):  # each from its own seeded subset of the training images
+            pick = torch.randperm(
+                len(pixels), generator=torch.Generator().manual_seed(derive_seed(context.seed, k))
+            )[: self.attack_images]
+            params = {"xi": self.xi, "seed": derive_seed(context.seed, "uap", k)}
+            found = universal_perturbation(
+                directory / "perturbations" / f"train-{k}.safetensors", base, self.attack,
+                pixels[pick.to(context.device)], params,
+            )  # fmt: skip
+            perturbations.append(found.delta.to(context.device))
+        defended = add_regeneration(base, layers, self.fraction).to(context.device)
+        history = train_frus(
+            defended, data, perturbations, self.xi, epochs=self.epochs,
+            batch_size=self.batch_size, lr=self.lr, seed=context.seed, device=context.device,
+            quiet=context.quiet,
+        )  # fmt: skip
+        save_tensors(directory / "fru.safetensors", fru_state(defended.eval()))
+        write_json(directory / DONE_FILE, {**self.describe(), "chosen_layers": layers,
+                                           "history": history})  # fmt: skip
+
+    def wrap(self, base: nn.Module, directory: Path) -> Defended:
+        layers = read_json(directory / DONE_FILE)["chosen_layers"]
+        defended = add_regeneration(base, layers, self.fraction).to(model_device(base))
+        fru, _ = load_tensors(directory / "fru.safetensors")
+        missing = set(fru_state(defended)) - set(fru)
+        if missing:
+            raise RobustlabError(f"{directory}/fru.safetensors lacks {sorted(missing)[0]}; retrain")
+        defended.load_state_dict({**defended.state_dict(), **fru})
+        return Defended(defended, self.surface)

@@ -8,24 +8,22 @@ An SFR directory holds ``base.safetensors`` (the undefended model's weights),
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from robustlab import __version__
-from robustlab.attacks.universal import UniversalPerturbation, apply, build_universal
-from robustlab.data import Dataset, batches, load_dataset, sample
+from robustlab.attacks.universal import UniversalPerturbation, apply
+from robustlab.data import Dataset, load_dataset, sample
 from robustlab.defenses.regeneration import (
     add_regeneration,
-    fru_parameters,
     fru_state,
-    fru_train_mode,
     restoration_accuracy,
+    train_frus,
+    universal_perturbation,
 )
 from robustlab.io import (
     RobustlabError,
@@ -46,70 +44,6 @@ SFR_FORMAT = "robustlab-sfr/1"
 def _train_split(meta: dict[str, Any], limit: int | None, seed: int) -> Dataset:
     info = meta["dataset"]
     return sample(load_dataset(info["name"], "train", info.get("data_dir")), limit, seed)
-
-
-def universal_perturbation(
-    cache: Path, model: nn.Module, attack: str, images: torch.Tensor, params: dict[str, Any]
-) -> UniversalPerturbation:
-    """Compute (or reuse from ``cache``) a universal perturbation against ``model``."""
-    if cache.exists():
-        return UniversalPerturbation.load(cache)
-    perturbation = build_universal(attack, model, **params)(images)
-    perturbation.save(cache)
-    return perturbation
-
-
-def synthesise(
-    perturbations: list[torch.Tensor], xi: float, generator: torch.Generator
-) -> torch.Tensor:
-    """A new perturbation: a random convex combination of the given ones, scaled to ℓ∞ = ξ."""
-    stack = torch.stack(perturbations)
-    # Dirichlet(1) weights, drawn from our generator (normalised exponentials)
-    weights = -torch.log(torch.rand(len(stack), generator=generator))
-    weights = weights / weights.sum()
-    mixed = (weights.view(-1, 1, 1, 1) * stack).sum(0)
-    return mixed * (xi / mixed.abs().max().clamp_min(1e-12))
-
-
-def _train_frus(
-    defended: nn.Module,
-    data: Dataset,
-    perturbations: list[torch.Tensor],
-    xi: float,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    device: torch.device | str,
-    quiet: bool,
-) -> list[dict[str, Any]]:
-    """Adam on the FRUs; each batch: its clean images, and them with a synthesised perturbation."""
-    optimiser = torch.optim.Adam(fru_parameters(defended), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(epochs):
-        fru_train_mode(defended)
-        start, total, seen = time.time(), 0.0, 0
-        stream = batches(
-            data, batch_size, shuffle=True, seed=derive_seed(seed, "epoch", epoch), device=device
-        )
-        for x, y in tqdm(
-            stream,
-            desc=f"sfr epoch {epoch + 1}/{epochs}",
-            disable=True if quiet else None,
-            leave=False,
-        ):
-            delta = synthesise(perturbations, xi, generator).to(device)
-            mixed = torch.cat([x, apply(x, delta)])
-            loss = F.cross_entropy(defended(mixed), torch.cat([y, y]))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimiser.step()
-            total, seen = total + float(loss.detach()) * len(x), seen + len(x)
-        history.append(
-            {"epoch": epoch + 1, "loss": total / max(1, seen), "seconds": time.time() - start}
-        )
-    return history
 
 
 def train_sfr(
@@ -150,9 +84,10 @@ def train_sfr(
         )
         perturbations.append(found.delta.to(device))
     defended = add_regeneration(base, layers, fraction).to(device)
-    history = _train_frus(
-        defended, data, perturbations, xi, epochs, batch_size, lr, seed, device, quiet
-    )
+    history = train_frus(
+        defended, data, perturbations, xi, epochs=epochs, batch_size=batch_size, lr=lr,
+        seed=seed, device=device, quiet=quiet,
+    )  # fmt: skip
     defended.eval()
     save_tensors(out / "base.safetensors", base.state_dict())
     save_tensors(out / "fru.safetensors", fru_state(defended))

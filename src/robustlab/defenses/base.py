@@ -1,0 +1,179 @@
+"""The Defense contract: every defense that wraps a trained model, and how it is attacked.
+
+A defense is a frozen dataclass config. It
+
+- ``prepare``\\ s what it needs from the undefended model and the training data (fine-tune a
+  classifier, fit regeneration units) into a directory of its own, resumably: the directory
+  is complete once ``defense.json`` is in it, written last;
+- ``wrap``\\ s the base model into a :class:`Defended` module (pixels in [0, 1] in, logits
+  out, eval-mode behaviour fixed), loading what ``prepare`` wrote: safetensors and JSON,
+  never pickles;
+- declares its attack :class:`Surface`: exact gradients, BPDA (which part is replaced by the
+  identity in the backward pass) or randomized (EOT samples).
+
+Attacks know no defenses: :func:`attack_view` turns a :class:`Defended` module into the
+``nn.Module`` a white-box attacker differentiates, following its surface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from robustlab.data import Dataset
+from robustlab.io import read_json, write_json
+from robustlab.models import ModelConfig
+
+SurfaceKind = Literal["differentiable", "bpda", "randomized"]
+DONE_FILE = "defense.json"
+
+
+@dataclass(frozen=True)
+class Surface:
+    """How a white-box attacker gets gradients through a defense.
+
+    kind : ``differentiable`` (exact gradients), ``bpda`` (``part`` is approximated by the
+        identity in the backward pass, Athalye et al. 2018) or ``randomized`` (gradients are
+        averaged over ``eot_samples`` draws of the randomness: EOT).
+    part : what BPDA replaces, in words (recorded with every adaptive result).
+    """
+
+    kind: SurfaceKind = "differentiable"
+    part: str = ""
+    eot_samples: int = 1
+
+
+@dataclass(frozen=True)
+class PrepareContext:
+    """What ``prepare`` may use: the training and test splits, the base model's config (to
+    rebuild it for fine-tuning), the device, a seed, quietness."""
+
+    train: Dataset
+    test: Dataset
+    base_config: ModelConfig
+    device: torch.device
+    seed: int = 0
+    quiet: bool = True
+
+
+class Defense(ABC):
+    """Base of every defense config (subclasses are frozen dataclasses)."""
+
+    kind: ClassVar[str]  # "training" | "input" | "regeneration"
+    name: ClassVar[str]
+
+    @property
+    @abstractmethod
+    def surface(self) -> Surface: ...
+
+    def prepare(self, base: nn.Module, directory: Path, context: PrepareContext) -> None:
+        """Train or fit what the defense needs into ``directory`` (default: nothing)."""
+        write_json(directory / DONE_FILE, self.describe())
+
+    @abstractmethod
+    def wrap(self, base: nn.Module, directory: Path) -> Defended:
+        """The defended model, from the base model and what :meth:`prepare` wrote."""
+
+    def key(self) -> str:
+        """A short hash of the config: with the base model's identity, the cache key."""
+        text = json.dumps(self.describe(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def describe(self) -> dict[str, Any]:
+        fields = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {"defense": self.name, **fields}
+
+    def is_prepared(self, directory: Path) -> bool:
+        path = directory / DONE_FILE
+        return path.is_file() and read_json(path).get("defense") == self.name
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "defense")
+        return f"{type(self).__name__}({params})"
+
+
+class Defended(nn.Module):
+    """``classifier(transform(x))`` with the defense's surface; eval mode whatever is asked.
+
+    ``transform`` is an input transformation (or identity); ``classifier`` the (possibly
+    fine-tuned or regenerated) model. Parameters are frozen: a defended model is evaluated,
+    never trained further here.
+    """
+
+    def __init__(
+        self, classifier: nn.Module, surface: Surface, transform: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.transform = transform if transform is not None else nn.Identity()
+        self.classifier = classifier
+        self.surface = surface
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Defended:
+        super().train(False)  # eval-mode behaviour is fixed: BN statistics, no dropout
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.classifier(self.transform(x))
+        return out
+
+
+class StraightThrough(nn.Module):
+    """BPDA with the identity: the forward pass of ``inner``, the backward pass of ``x``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out: torch.Tensor = self.inner(x)
+        return x + (out - x).detach()
+
+
+class ExpectationOverTransformation(nn.Module):
+    """EOT: the mean of ``samples`` forward passes of a randomized model (its gradient is the
+    mean of the samples' gradients of the logits)."""
+
+    def __init__(self, model: nn.Module, samples: int) -> None:
+        super().__init__()
+        if samples < 1:
+            raise ValueError(f"EOT needs at least one sample, got {samples}")
+        self.model, self.samples = model, samples
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = torch.stack([self.model(x) for _ in range(self.samples)]).sum(0)
+        mean: torch.Tensor = total / self.samples
+        return mean
+
+
+def attack_view(model: nn.Module) -> nn.Module:
+    """What a white-box attacker differentiates: the model itself, its BPDA version (the
+    declared transform replaced by the identity in the backward pass) or its EOT average."""
+    if not isinstance(model, Defended):
+        return model
+    surface = model.surface
+    if surface.kind == "bpda":
+        view: nn.Module = Defended(model.classifier, surface, StraightThrough(model.transform))
+        return view
+    if surface.kind == "randomized":
+        return ExpectationOverTransformation(model, surface.eot_samples)
+    return model
+
+
+def added_parameters(defended: nn.Module, base: nn.Module) -> int:
+    """Parameters the defense adds to the base model (0 for transforms and fine-tuning)."""
+    extra = sum(p.numel() for p in defended.parameters()) - sum(
+        p.numel() for p in base.parameters()
+    )
+    return max(0, int(extra))
