@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck bench clean
+.PHONY: setup data demo test lint typecheck bench clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps torchattacks
 	touch $(STAMP)
 
-demo: setup
+# Fashion-MNIST from Debian where apt works; otherwise `robustlab demo` downloads the official
+# files and checks their MD5s; only when both fail does it fall back to digits, loudly.
+data:
+	@[ -d /usr/share/datasets/fashion-mnist ] || ! command -v apt-get >/dev/null \
+	  || apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+	  || echo "note: apt-get could not install dataset-fashion-mnist; the demo will download it"
+
+demo: setup data
 	$(BIN)/robustlab demo --out results/demo
 
 # DEVICE=cuda runs the device-parametrized tests on the GPU (see tests/conftest.py)

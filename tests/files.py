@@ -69,3 +69,11 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+TIMING = ("seconds", "command", "ms_per_image", "cost_ratio")
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    """Records less their wall-clock measurements, which differ between any two runs."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]

@@ -25,6 +25,7 @@ from robustlab.experiments.executor import run_spec
 from robustlab.experiments.spec import load_spec
 from robustlab.models.base import predict
 from robustlab.runs import load, read_meta
+from tests.files import without_timing
 
 TINY = Path(__file__).parent / "specs" / "tiny.toml"
 
@@ -141,5 +142,4 @@ def test_spec_under_torchrun_gives_the_single_process_numbers(tmp_path: Path) ->
                           env=ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     again = json.loads((sharded / "results.json").read_text())["records"]
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "command")} for r in rs]  # noqa: E731
-    assert strip(again) == strip(records)
+    assert without_timing(again) == without_timing(records)

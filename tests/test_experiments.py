@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from robustlab.experiments.executor import run_spec
 from robustlab.experiments.spec import load_spec, parse_spec
 from robustlab.io import RobustlabError
+from tests.files import without_timing
 
 TINY = Path(__file__).parent / "specs" / "tiny.toml"
 
@@ -77,7 +79,7 @@ def test_resume_after_kill_gives_identical_results(tmp_path: Path) -> None:
     assert not (out / "results.json").exists(), "the run finished before it could be killed"
     subprocess.run(command(out), env=env, check=True, stdout=subprocess.DEVNULL)
     resumed = json.loads((out / "results.json").read_text())["records"]
-    assert resumed == reference
+    assert without_timing(resumed) == without_timing(reference)
 
 
 @pytest.mark.parametrize(
@@ -131,7 +133,26 @@ def test_shipped_specs_are_valid(path: Path) -> None:
 
 
 def test_curve_levels_are_numeric_order() -> None:
-    from robustlab.experiments.executor import curve_levels
+    from robustlab.report.tables import curve_levels
 
     record = {"curves": {"m": {"12.0": {}, "2.0": {}, "32.0": {}, "4.0": {}}}}
     assert curve_levels(record) == ["2.0", "4.0", "12.0", "32.0"]
+
+
+def test_demo_falls_back_loudly_and_writes_its_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from robustlab.cli import main
+    from robustlab.experiments import demo
+
+    monkeypatch.setattr(demo, "fashion_mnist_problem", lambda download: "no network")
+    tiny = load_spec(Path(__file__).parent / "specs" / "tiny.toml")
+    monkeypatch.setattr(demo, "demo_spec", lambda dataset: tiny if dataset == "digits" else None)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--quiet", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert "WARNING: Fashion-MNIST is not available (no network)" in err
+    assert "apt-get install dataset-fashion-mnist" in err
+    assert "Do not read this table as a test of the defense" in out
+    assert re.search(r"fgsm16 +standard +\d+\.\d% \[[\d.]+, [\d.]+\] +defective", out)
+    assert f"report: {tmp_path / 'd' / 'report.html'}" in out
+    assert (tmp_path / "d" / "report.html").is_file()

@@ -227,8 +227,9 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _run(args: argparse.Namespace) -> int:
-    from robustlab.experiments.executor import markdown, run_spec
+    from robustlab.experiments.executor import run_spec
     from robustlab.experiments.spec import load_spec
+    from robustlab.report.tables import markdown
 
     command = f"robustlab run {args.spec} --out {args.out}"
     records = run_spec(load_spec(args.spec), args.out, args.device, args.quiet, command)
@@ -261,6 +262,11 @@ def _report(args: argparse.Namespace) -> int:
 def _add_demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help="train small standard and defective models and compare them")
     p.add_argument("--out", default="results/demo", help="results directory (resumable)")
+    p.add_argument(
+        "--no-download", action="store_true",
+        help="do not download Fashion-MNIST when it is not installed (fall back to digits)",
+    )  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_demo)
 
@@ -268,7 +274,9 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 def _demo(args: argparse.Namespace) -> int:
     from robustlab.experiments.demo import run_demo
 
-    print(run_demo(args.out, quiet=args.quiet))
+    print(
+        run_demo(args.out, quiet=args.quiet, device=args.device, download=not args.no_download)
+    )
     return 0
 
 

@@ -12,11 +12,10 @@ the final records are identical to those of an uninterrupted run:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import platform
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,20 +27,28 @@ from tqdm import tqdm
 import robustlab
 from robustlab import __version__
 from robustlab.attacks import AdversarialSet, Ensemble, load_set
+from robustlab.attacks.universal import UniversalPerturbation, build_universal
 from robustlab.data import load_dataset, sample, sample_indices
+from robustlab.defenses.base import PrepareContext, added_parameters, attack_view
+from robustlab.evaluation.adaptive import adaptive_attack
 from robustlab.evaluation.protocols import (
     decision_score,
     noise_curve,
     shuffle_probe,
     whitebox_accuracy,
 )
+from robustlab.evaluation.stats import Rate
 from robustlab.evaluation.transfer import transfer
+from robustlab.evaluation.universal import universal_scores
 from robustlab.experiments.jobs import make_adversarial_set, model_config_for, resolve_device
-from robustlab.experiments.spec import ModelEntry, Spec
+from robustlab.experiments.spec import ModelEntry, Spec, to_unit
 from robustlab.io import atomic_write, read_json, write_json
+from robustlab.models import ModelConfig
+from robustlab.models.base import eval_mode, model_device, predict
+from robustlab.report.tables import Record, markdown, write_csv
+from robustlab.runs import read_meta
+from robustlab.seeding import derive_seed
 from robustlab.training import train
-
-Record = dict[str, Any]
 
 
 def config_hash(data: Any) -> str:
@@ -79,13 +86,14 @@ class Executor:
             cells = getattr(self, "_" + protocol["type"])(protocol)
             # where each number came from, for the report's links (not part of the cached cell)
             records += [{**cell, "protocol_index": index} for cell in cells]
+        records += [self._summary(name) for name in self.compared_models()]
         command = self.command or f"robustlab run {self.spec.path or 'SPEC'} --out {self.out}"
         write_json(
             self.out / "results.json",
             {"spec": self.spec.source, "spec_path": self.spec.path, "command": command,
              "environment": environment(self.device), "records": records},
         )  # fmt: skip
-        _write_csv(self.out / "results.csv", records)
+        write_csv(self.out / "results.csv", records)
         with atomic_write(self.out / "results.md", "w") as handle:
             handle.write(markdown(records))
         return records
@@ -93,11 +101,23 @@ class Executor:
     # models ---------------------------------------------------------------------------------
 
     def run_dirs(self, name: str) -> list[Path]:
-        """The run directories behind a model entry (several for an ensemble)."""
+        """The run directories behind a trained entry (several for an ensemble)."""
         entry = self.spec.models[name]
         if entry.members:
             return [d for member in entry.members for d in self.run_dirs(member)]
+        if entry.base is not None:
+            raise ValueError(f"model {name!r} is defended: it has no run directory")
         return [self.out / "runs" / f"{name}-{self._train_key(entry)}"]
+
+    def identity(self, name: str) -> list[str]:
+        """What a model is, as names of what was made: run directories, and for a defended
+        model its defense directory (keyed by the defense config and the base's identity)."""
+        entry = self.spec.models[name]
+        if entry.base is not None:
+            assert entry.defense is not None
+            key = config_hash([entry.defense.describe(), self.identity(entry.base)])
+            return [f"{name}-{key}"]
+        return [d.name for d in self.run_dirs(name)]
 
     def _train_key(self, entry: ModelEntry) -> str:
         config = self._model_config(entry)
@@ -112,16 +132,40 @@ class Executor:
         )
 
     def model(self, name: str) -> nn.Module:
-        """Train the entry if its run is missing or unfinished, then load it (cached)."""
+        """Train the entry if its run is missing or unfinished (prepare its defense if it has
+        one), then load it (cached)."""
         if name not in self._models:
             entry = self.spec.models[name]
             if entry.members:
                 members = [self.model(m) for m in entry.members]
                 self._models[name] = Ensemble(members).eval()
+            elif entry.base is not None:
+                self._models[name] = self._defended(entry)
             else:
                 self._train(entry)
                 self._models[name] = robustlab.load(self.run_dirs(name)[0], self.device)
         return self._models[name]
+
+    def _defended(self, entry: ModelEntry) -> nn.Module:
+        assert entry.defense is not None and entry.base is not None
+        base = self.model(entry.base)
+        directory = self.out / "defenses" / self.identity(entry.name)[0]
+        if not entry.defense.is_prepared(directory):
+            run = self.run_dirs(entry.base)[0]
+            context = PrepareContext(
+                train=load_dataset(self.spec.dataset, "train", self.spec.data_dir),
+                test=load_dataset(self.spec.dataset, "test", self.spec.data_dir).subset(
+                    self.indices
+                ),
+                base_config=ModelConfig.from_dict(read_meta(run)["model"]),
+                device=self.device, seed=self.spec.seed, quiet=self.quiet,
+            )  # fmt: skip
+            entry.defense.prepare(base, directory, context)
+        return entry.defense.wrap(base, directory)
+
+    def base_of(self, name: str) -> str:
+        """The undefended model behind ``name`` (itself when it is not defended)."""
+        return self.spec.models[name].base or name
 
     def _train(self, entry: ModelEntry) -> None:
         run = self.run_dirs(entry.name)[0]
@@ -179,6 +223,26 @@ class Executor:
     def _key(self, *parts: Any) -> list[Any]:
         return [*parts, self.spec.n, self.spec.seed]
 
+    # the comparison's own cells: clean accuracy and cost of every evaluated model --------------
+
+    def compared_models(self) -> list[str]:
+        """Every model some protocol evaluates (not only as a transfer source), in spec order."""
+        keys = ("targets", "models")
+        named = {m for p in self.spec.protocols for k in keys for m in p.get(k, [])}
+        return [name for name in self.spec.models if name in named]
+
+    def _summary(self, name: str) -> Record:
+        def compute() -> Record:
+            model, base = self.model(name), self.model(self.base_of(name))
+            clean = Rate(int((predict(model, self.x) == self.y.cpu()).sum()), len(self.y))
+            ms = ms_per_image(model, self.x)
+            ratio = ms / ms_per_image(base, self.x) if base is not model else None
+            return {"protocol": "summary", "target": name, "clean_accuracy": clean.to_dict(),
+                    "ms_per_image": ms, "cost_ratio": ratio,
+                    "added_parameters": added_parameters(model, base)}  # fmt: skip
+
+        return self.record(self._key("summary", self._ids([name, self.base_of(name)])), compute)
+
     # protocols --------------------------------------------------------------------------------
 
     def _transfer(self, protocol: dict[str, Any]) -> Iterator[Record]:
@@ -200,7 +264,7 @@ class Executor:
         for attack in attacks:
             for target in targets:
                 key = self._key(
-                    kind, self._names(sources), self._names([target]), self.spec.attacks[attack]
+                    kind, self._ids(sources), self._ids([target]), self.spec.attacks[attack]
                 )
 
                 def compute(
@@ -232,7 +296,71 @@ class Executor:
                     return {"protocol": "whitebox", "target": name, "attack": attack,
                             "params": params, "accuracy": rate.to_dict()}  # fmt: skip
 
-                yield self.record(self._key("whitebox", self._names([name]), kind, params), compute)
+                yield self.record(self._key("whitebox", self._ids([name]), kind, params), compute)
+
+    def _adaptive(self, protocol: dict[str, Any]) -> Iterator[Record]:
+        for attack in protocol["attacks"]:
+            kind, params = self.spec.attacks[attack]
+            for name in protocol["models"]:
+
+                def compute(
+                    name: str = name, attack: str = attack, kind: str = kind, params: Any = params
+                ) -> Record:
+                    model, base = self.model(name), self.model(self.base_of(name))
+                    result = adaptive_attack(model, self.x, self.y, kind, params,
+                                             base=base, seed=self.spec.seed)  # fmt: skip
+                    return {"protocol": "adaptive", "target": name, "attack": attack,
+                            "params": params, **result.to_dict()}  # fmt: skip
+
+                key = self._key("adaptive", self._ids([name, self.base_of(name)]), kind, params)
+                yield self.record(key, compute)
+
+    def _universal(self, protocol: dict[str, Any]) -> Iterator[Record]:
+        attack_images = int(protocol.get("attack_images", 256))
+        options: dict[str, dict[str, Any]] = protocol.get("options", {})
+        for attack in protocol["attacks"]:
+            for xi in protocol.get("xis", [10]):
+                for against in protocol.get("against", ["base", "defended"]):
+                    for name in protocol["models"]:
+                        if against == "defended" and self.base_of(name) == name:
+                            continue  # an undefended model: the same as against its base
+
+                        def compute(
+                            name: str = name, attack: str = attack, xi: float = xi,
+                            against: str = against,
+                        ) -> Record:  # fmt: skip
+                            model, base = self.model(name), self.model(self.base_of(name))
+                            victim = name if against == "defended" else self.base_of(name)
+                            delta = self.universal_perturbation(
+                                victim, attack, xi, attack_images, options.get(attack, {})
+                            )
+                            scores = universal_scores(model, base, self.x, self.y, delta)
+                            return {"protocol": "universal", "target": name, "attack": attack,
+                                    "xi": xi, "against": against, **scores.to_dict()}  # fmt: skip
+
+                        key = self._key("universal", self._ids([name, self.base_of(name)]),
+                                        attack, xi, against, attack_images,
+                                        options.get(attack, {}))  # fmt: skip
+                        yield self.record(key, compute)
+
+    def universal_perturbation(
+        self, victim: str, attack: str, xi: float, attack_images: int, options: dict[str, Any]
+    ) -> torch.Tensor:
+        """δ of ``attack`` at strength ``xi`` (0-255) against ``victim``'s attack view, computed
+        once on seeded training images and cached by everything it depends on."""
+        key = config_hash([self._ids([victim]), attack, xi, attack_images, options, self.spec.seed])
+        path = self.out / "universal" / f"{attack}-{key}.safetensors"
+        if not path.is_file():
+            train_data = load_dataset(self.spec.dataset, "train", self.spec.data_dir)
+            subset = sample(train_data, attack_images, derive_seed(self.spec.seed, "uap"))
+            images, _ = subset.tensors()
+            params = to_unit({**options, "xi": xi})
+            view = attack_view(self.model(victim))
+            found = build_universal(attack, view, seed=self.spec.seed, **params)(
+                images.to(self.device)
+            )
+            found.save(path)
+        return UniversalPerturbation.load(path).delta
 
     def _decision(self, protocol: dict[str, Any]) -> Iterator[Record]:
         params: dict[str, Any] = {
@@ -253,7 +381,7 @@ class Executor:
                     "score": score,
                 }
 
-            yield self.record(self._key("decision", self._names([name]), params, n), compute)
+            yield self.record(self._key("decision", self._ids([name]), params, n), compute)
 
     def _noise(self, protocol: dict[str, Any]) -> Iterator[Record]:
         sigmas = [float(s) for s in protocol["sigmas"]]
@@ -275,21 +403,15 @@ class Executor:
                 "curves": _rates(probe(models, self.x, self.y, levels, self.spec.seed)),
             }
 
-        return self.record(self._key(kind, self._names(names), levels), compute)
+        return self.record(self._key(kind, self._ids(names), levels), compute)
 
-    def _names(self, models: list[str]) -> list[str]:
-        """Models as their run directories' names: a record is keyed by what was trained."""
-        return [d.name for m in models for d in self.run_dirs(m)]
+    def _ids(self, models: list[str]) -> list[str]:
+        """Models as what was made for them: a record is keyed by what was trained/prepared."""
+        return [i for m in models for i in self.identity(m)]
 
 
 def _absolute(path: str | None) -> str | None:
     return str(Path(path).resolve()) if path is not None else None
-
-
-def curve_levels(record: Record) -> list[str]:
-    """The levels (σ, k) of a curve record in numeric order: JSON files keep keys as sorted
-    strings, so "12.0" would otherwise come before "2.0"."""
-    return sorted(next(iter(record["curves"].values())), key=float)
 
 
 def _rates(table: dict[str, dict[Any, Any]]) -> dict[str, dict[str, Any]]:
@@ -298,102 +420,15 @@ def _rates(table: dict[str, dict[Any, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _rate_text(rate: dict[str, Any]) -> str:
-    if not rate["n"]:
-        return "n/a"
-    low, high = 100 * rate["low"], 100 * rate["high"]
-    return f"{100 * rate['rate']:.1f} [{low:.1f}, {high:.1f}] n={rate['n']}"
-
-
-def _write_csv(path: Path, records: list[Record]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(
-        ["protocol", "source", "target", "attack", "metric", "hits", "n", "rate", "low", "high"]
-    )
-    for r in records:
-        for metric, rate in _flat_rates(r):
-            writer.writerow(
-                [
-                    r["protocol"],
-                    r.get("source", ""),
-                    r.get("target", ""),
-                    r.get("attack", ""),
-                    metric,
-                    rate["hits"],
-                    rate["n"],
-                    rate["rate"],
-                    rate["low"],
-                    rate["high"],
-                ]
-            )
-    with atomic_write(path, "w") as handle:
-        handle.write(buffer.getvalue())
-
-
-def _flat_rates(record: Record) -> Iterator[tuple[str, dict[str, Any]]]:
-    for metric in ("defense_rate", "accuracy", "clean_accuracy"):
-        if metric in record:
-            yield metric, record[metric]
-    for model, row in record.get("curves", {}).items():
-        for level, rate in row.items():
-            yield f"{model}@{level}", rate
-
-
-def markdown(records: list[Record]) -> str:
-    """Tables a reviewer can read: one per protocol, rates with Wilson 95 % intervals."""
-    lines: list[str] = []
-    transfer_rows = [r for r in records if r["protocol"] in ("transfer", "ensemble_transfer")]
-    if transfer_rows:
-        lines += [
-            "## Transfer: success defense rate (filtered, appendix A.7) and unfiltered accuracy",
-            "",
-            "| source | target | attack | defense rate | accuracy | clean accuracy |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['source']} | {r['target']} | {r['attack']} | {_rate_text(r['defense_rate'])} | "
-            f"{_rate_text(r['accuracy'])} | {_rate_text(r['clean_accuracy'])} |"
-            for r in transfer_rows
-        ]
-        lines.append("")
-    white = [r for r in records if r["protocol"] == "whitebox"]
-    if white:
-        lines += ["## White-box accuracy", "", "| model | attack | accuracy |", "|---|---|---|"]
-        lines += [f"| {r['target']} | {r['attack']} | {_rate_text(r['accuracy'])} |" for r in white]
-        lines.append("")
-    decision = [r for r in records if r["protocol"] == "decision"]
-    if decision:
-        lines += [
-            "## Decision-based (Boundary): S(M) = median ‖δ‖²/N",
-            "",
-            "| model | S(M) | n | failed | median queries |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['target']} | {r['score']['score']:.2e} | {r['score']['n']} | "
-            f"{r['score']['failed']} | {r['score']['median_queries']} |"
-            for r in decision
-        ]
-        lines.append("")
-    for kind, title, unit in (
-        ("noise", "Additive Gaussian noise", "σ"),
-        ("shuffle", "Patch shuffle", "k"),
-    ):
-        for r in (r for r in records if r["protocol"] == kind):
-            levels = curve_levels(r)
-            lines += [
-                f"## {title}: accuracy on images every model gets right",
-                "",
-                "| model | " + " | ".join(f"{unit}={lv}" for lv in levels) + " |",
-                "|---|" + "---|" * len(levels),
-            ]
-            lines += [
-                f"| {m} | " + " | ".join(_rate_text(row[lv]) for lv in levels) + " |"
-                for m, row in r["curves"].items()
-            ]
-            lines.append("")
-    return "\n".join(lines)
+def ms_per_image(model: nn.Module, x: torch.Tensor, count: int = 64) -> float:
+    """Wall-clock milliseconds per image of a forward pass (batch of ``count``, after a
+    warm-up on two images): measured where the run runs, so only ratios travel."""
+    batch = x[:count].to(model_device(model))
+    with torch.no_grad(), eval_mode(model):
+        model(batch[:2])
+        start = time.perf_counter()
+        model(batch)
+        return 1000 * (time.perf_counter() - start) / max(1, len(batch))
 
 
 def run_spec(

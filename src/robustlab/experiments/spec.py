@@ -42,8 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.attacks import available as available_attacks
+from robustlab.attacks.universal import UNIVERSAL_ATTACKS, build_universal
 from robustlab.data import available as available_datasets
+from robustlab.defenses.base import Defense
 from robustlab.defenses.defective import DefectSpec
+from robustlab.defenses.registry import TABLES as DEFENSE_TABLES
+from robustlab.defenses.registry import defense_from_table
 from robustlab.io import RobustlabError
 from robustlab.models import available as available_archs
 from robustlab.training import TrainConfig
@@ -60,11 +64,21 @@ PROTOCOLS = {
     "transfer": {"sources", "targets", "attacks"},
     "ensemble_transfer": {"models", "attacks"},
     "whitebox": {"models", "attacks"},
+    "adaptive": {"models", "attacks"},
+    "universal": {"models", "attacks", "xis", "against", "attack_images", "options"},
     "decision": {"models", "steps", "candidates", "max_queries", "n"},
     "noise": {"models", "sigmas"},
     "shuffle": {"models", "ks"},
 }
-PIXEL_UNITS = ("eps", "step")  # converted from 0-255 to [0, 1]; sigma stays in 0-255
+PIXEL_UNITS = ("eps", "step", "xi")  # converted from 0-255 to [0, 1]; sigma stays in 0-255
+GRADIENT_ATTACKS = ("fgsm", "pgd", "mifgsm", "cw")
+
+
+def to_unit(params: dict[str, Any]) -> dict[str, Any]:
+    """Spec values in 0-255 pixel units (eps, step, xi) in the [0, 1] units of the library:
+    the one place where units are converted."""
+    return {k: (v / 255 if k in PIXEL_UNITS and isinstance(v, int | float) else v)
+            for k, v in params.items()}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,13 @@ class ModelEntry:
     train_limit: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     members: tuple[str, ...] = ()
+    base: str | None = None  # a defended entry: the defense wraps this trained model
+    defense: Defense | None = None
+
+    @property
+    def trained(self) -> bool:
+        """A model trained by the spec itself (not an ensemble, not a defended wrapper)."""
+        return not self.members and self.base is None
 
 
 @dataclass(frozen=True)
@@ -131,8 +152,12 @@ def parse_spec(raw: dict[str, Any], default_name: str = "experiment") -> Spec:
     }
     for entry in models.values():
         for member in entry.members:
-            if member not in models or models[member].members:
+            if member not in models or not models[member].trained:
                 raise ValueError(f"[models.{entry.name}] member {member!r} is not a trained model")
+        if entry.base is not None and (entry.base not in models or not models[entry.base].trained):
+            raise ValueError(
+                f"[models.{entry.name}] base {entry.base!r} is not a trained model of this spec"
+            )
     attacks = {name: _attack(name, entry) for name, entry in raw.get("attacks", {}).items()}
     protocols = [_protocol(i, p, models, attacks) for i, p in enumerate(raw.get("protocols", []))]
     return Spec(
@@ -151,6 +176,8 @@ def parse_spec(raw: dict[str, Any], default_name: str = "experiment") -> Spec:
 def _model(name: str, defaults: dict[str, Any], entry: dict[str, Any]) -> ModelEntry:
     if "members" in entry:
         return ModelEntry(name=name, members=tuple(entry["members"]))
+    if "base" in entry or any(table in entry for table in DEFENSE_TABLES):
+        return _defended(name, entry)
     merged = {**defaults, **entry}
     unknown = set(merged) - MODEL_KEYS - TRAIN_KEYS
     if unknown:
@@ -189,12 +216,33 @@ def _model(name: str, defaults: dict[str, Any], entry: dict[str, Any]) -> ModelE
     )
 
 
+def _defended(name: str, entry: dict[str, Any]) -> ModelEntry:
+    """``base = "standard"`` and one table: ``purify = {...}`` or ``regenerate = {...}``."""
+    where = f"[models.{name}]"
+    tables = [t for t in DEFENSE_TABLES if t in entry]
+    if "base" not in entry or len(tables) != 1:
+        raise ValueError(f"{where} a defended model needs base = \"<model>\" and one of "
+                         f"{' or '.join(DEFENSE_TABLES)} = {{...}}")  # fmt: skip
+    unknown = set(entry) - {"base", *tables}
+    if unknown:
+        raise ValueError(f"{where} unknown key {sorted(unknown)[0]!r} beside base and "
+                         f"{tables[0]}; training keys belong to the base model")  # fmt: skip
+    table = entry[tables[0]]
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} {tables[0]} must be a table, e.g. {tables[0]} = {{ ... }}")
+    try:
+        defense = defense_from_table(tables[0], to_unit(table))
+    except (ValueError, RobustlabError) as err:
+        raise ValueError(f"{where} {err}") from None
+    return ModelEntry(name=name, base=str(entry["base"]), defense=defense)
+
+
 def _attack(name: str, entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     attack = entry.get("attack")
     if attack not in available_attacks():
         raise ValueError(f"[attacks.{name}] attack {attack!r} is missing or unknown; "
                          f"use one of {', '.join(available_attacks())}")  # fmt: skip
-    params = {k: (v / 255 if k in PIXEL_UNITS else v) for k, v in entry.items() if k != "attack"}
+    params = to_unit({k: v for k, v in entry.items() if k != "attack"})
     from torch import nn
 
     from robustlab.attacks import build
@@ -204,6 +252,31 @@ def _attack(name: str, entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     except ValueError as err:
         raise ValueError(f"[attacks.{name}] {err}") from None
     return attack, params
+
+
+def _universal_protocol(where: str, entry: dict[str, Any]) -> None:
+    """attacks: universal attack names; xis: strengths in 0-255 (the first is the training
+    strength); against: "base", "defended" or both; options: per-attack parameters."""
+    from torch import nn
+
+    for attack in entry.get("attacks", []):
+        if attack not in UNIVERSAL_ATTACKS:
+            raise ValueError(f"{where}: unknown universal attack {attack!r}; use one of "
+                             f"{', '.join(UNIVERSAL_ATTACKS)}")  # fmt: skip
+    xis = entry.get("xis", [10])
+    if not xis or not all(isinstance(v, int | float) and 0 < v <= 255 for v in xis):
+        raise ValueError(f"{where}: xis must be strengths in 0-255 units, e.g. [10, 16]")
+    options = entry.get("options", {})
+    for attack, params in options.items():
+        if attack not in entry.get("attacks", []):
+            raise ValueError(f"{where}: options for {attack!r}, which attacks does not list")
+        try:
+            build_universal(attack, nn.Identity(), **to_unit(params))
+        except ValueError as err:
+            raise ValueError(f"{where}: options.{attack}: {err}") from None
+    against = entry.get("against", ["base", "defended"])
+    if not against or set(against) - {"base", "defended"}:
+        raise ValueError(f"{where}: against must list 'base' and/or 'defended'")
 
 
 def _protocol(
@@ -220,6 +293,9 @@ def _protocol(
         for model in entry.get(key, []):
             if model not in models:
                 raise ValueError(f"{where}: {key} names unknown model {model!r}")
+    if kind == "universal":
+        _universal_protocol(where, entry)
+        return dict(entry)
     for attack in entry.get("attacks", []):
         if attack not in attacks:
             raise ValueError(f"{where}: unknown attack {attack!r}; declare it under [attacks]")
@@ -227,4 +303,14 @@ def _protocol(
     missing = [k for k in sorted(required) if not entry.get(k)]
     if missing:
         raise ValueError(f"{where}: needs a non-empty {missing[0]!r} list")
+    for key in ("sources", "models") if kind in ("transfer", "ensemble_transfer") else ():
+        for model in entry.get(key, []):
+            if models[model].base is not None:
+                raise ValueError(f"{where}: {key} may not name defended model {model!r}: "
+                                 "adversarial sets are made on trained models")  # fmt: skip
+    if kind == "adaptive":
+        for attack in entry["attacks"]:
+            if attacks[attack][0] not in GRADIENT_ATTACKS:
+                raise ValueError(f"{where}: attack {attack!r} is not a gradient attack; use one "
+                                 f"of {', '.join(GRADIENT_ATTACKS)}")  # fmt: skip
     return dict(entry)

@@ -17,7 +17,6 @@ from torch import nn
 import robustlab
 from robustlab.attacks import AdversarialSet, load_set
 from robustlab.data import load_dataset
-from robustlab.experiments.executor import curve_levels
 from robustlab.io import RobustlabError, atomic_write, read_json
 from robustlab.models.base import predict
 from robustlab.report import figures
@@ -30,6 +29,12 @@ from robustlab.report.html import (
     spec_section,
     table,
     transfer_tables,
+)
+from robustlab.report.tables import (
+    COMPARISON_HEADERS,
+    ComparisonRow,
+    comparison_rows,
+    curve_levels,
 )
 
 Record = dict[str, Any]
@@ -66,7 +71,11 @@ def _sections(
     records: list[Record] = results["records"]
     command = results.get("command", "robustlab run SPEC")
     spec = results["spec"]
-    sections = [("Run", _run_section(results))]
+    sections = []
+    rows = comparison_rows(records)
+    if rows:
+        sections.append(("Comparison of defenses", _comparison_section(rows, command)))
+    sections.append(("Run", _run_section(results)))
     if any(r["protocol"] in ("transfer", "ensemble_transfer") for r in records):
         sections.append(("Transfer attacks", transfer_tables(records, spec, command)))
         maps = ""
@@ -99,6 +108,34 @@ def _sections(
         sections.append(("Gallery: clean vs adversarial", image(gallery, "adversarial examples")))
     sections.append(("Spec", spec_section(spec)))
     return sections
+
+
+def _comparison_section(rows: list[ComparisonRow], command: str) -> str:
+    """The table the report opens with: every model's worst case under each protocol."""
+
+    def cell(rate: Record | None) -> str:
+        return rate_cell(rate, None, command) if rate is not None else "<td>—</td>"
+
+    body = []
+    for row in rows:
+        cost = "—" if row.ms_per_image is None else f"{row.ms_per_image:.2f}"
+        if row.cost_ratio is not None:
+            cost += f" (×{row.cost_ratio:.1f})"
+        rates = (row.clean, row.transfer, row.whitebox, row.adaptive, row.universal)
+        decision = "—" if row.decision is None else f"{row.decision:.2e}"
+        cells = [f"<td>{name_link('models', row.model)}</td>", *(cell(r) for r in rates)]
+        cells += [f'<td class="num">{decision}</td>', cell(row.noise32)]
+        cells += [f'<td class="num">{cost}</td>', f'<td class="num">{row.added_parameters}</td>']
+        cells.append(f"<td>{esc(', '.join(row.flags) or '—')}</td>")
+        body.append(cells)
+    return (
+        "<p>Rows: models (defended or not); columns: the worst case over each protocol's "
+        "attacks, sources and strengths, with Wilson 95% intervals. <em>white-box</em> uses "
+        "plain gradients; <em>adaptive</em> goes through the whole defended model with BPDA "
+        "or EOT where the defense declares them, and its flags mark signs of gradient "
+        "masking. Universal restoration: (clean + perturbed top-1) / (2 × base clean top-1)."
+        "</p>" + table(COMPARISON_HEADERS, body)
+    )
 
 
 def _run_section(results: dict[str, Any]) -> str:

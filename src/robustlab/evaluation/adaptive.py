@@ -1,0 +1,170 @@
+"""The adaptive white-box protocol: attack the whole defended model, then check the attack.
+
+The attack differentiates :func:`~robustlab.defenses.base.attack_view` of the model: exact
+gradients where the defense is differentiable, BPDA where it declares a part that is not,
+EOT where it is randomized. Its adversarials are scored on the real defended model.
+
+Gradient masking (Athalye et al. 2018; Carlini et al. 2019, "On evaluating adversarial
+robustness") shows in the attack itself, so every record carries sanity checks:
+
+- ``zero_gradient_share``: examples whose input gradient (through the attack view) is all
+  zero: the attack has nothing to follow;
+- ``loss_rises``: the mean cross-entropy of the defended model is higher on the adversarials
+  than on the clean images;
+- black-box attacks beating the white-box one: the same attack made on the undefended base
+  model and transferred (``transfer_accuracy``), or random ±ε sign noise
+  (``noise_accuracy``), leaves *fewer* images correctly classified;
+- ``randomized``: two forward passes disagree; ``near_chance``: clean accuracy below 1.5×
+  chance.
+Any of the first three raises ``masking``: the robust accuracy is then an upper bound only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustlab.attacks.adversarial_set import attack_in_batches
+from robustlab.defenses.base import Defended, attack_view
+from robustlab.evaluation.stats import Rate
+from robustlab.models.base import frozen, model_device, predict
+
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class AdaptiveResult:
+    """One model under one adaptive attack, with the sanity checks (module docstring)."""
+
+    accuracy: Rate
+    clean_accuracy: Rate
+    surface: str
+    bpda_part: str
+    zero_gradient_share: float
+    loss_clean: float
+    loss_adversarial: float
+    transfer_accuracy: Rate | None
+    noise_accuracy: Rate
+    randomized: bool
+    near_chance: bool
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def loss_rises(self) -> bool:
+        return self.loss_adversarial > self.loss_clean
+
+    @property
+    def masking(self) -> bool:
+        return bool({"zero_gradients", "loss_not_rising", "black_box_beats_white_box"}
+                    & set(self.flags))  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        rates = ("accuracy", "clean_accuracy", "transfer_accuracy", "noise_accuracy")
+        data: dict[str, Any] = {
+            k: (getattr(self, k).to_dict() if getattr(self, k) is not None else None)
+            for k in rates
+        }
+        data.update(
+            surface=self.surface, bpda_part=self.bpda_part,
+            zero_gradient_share=self.zero_gradient_share, loss_clean=self.loss_clean,
+            loss_adversarial=self.loss_adversarial, loss_rises=self.loss_rises,
+            randomized=self.randomized, near_chance=self.near_chance, flags=list(self.flags),
+            masking=self.masking,
+        )  # fmt: skip
+        return data
+
+
+def adaptive_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: str,
+    params: Mapping[str, Any],
+    *,
+    base: nn.Module | None = None,
+    seed: int = 0,
+) -> AdaptiveResult:
+    """Attack ``model`` through its attack view; score and sanity-check the result.
+
+    ``base``: the undefended model, whose adversarials are transferred as a black-box check
+    (None for an undefended model).
+    """
+    view = attack_view(model)
+    adv = attack_in_batches(attack, view, dict(params), x, y, seed=seed, batch_size=BATCH).adv
+    labels = y.cpu()
+    accuracy = Rate(int((predict(model, adv) == labels).sum()), len(y))
+    clean_pred = predict(model, x)
+    clean = Rate(int((clean_pred == labels).sum()), len(y))
+    transfer = None
+    if base is not None and base is not model:
+        moved = attack_in_batches(attack, base, dict(params), x, y, seed=seed, batch_size=BATCH)
+        transfer = Rate(int((predict(model, moved.adv) == labels).sum()), len(y))
+    noise = Rate(int((predict(model, sign_noise(x, params, seed)) == labels).sum()), len(y))
+    zero = zero_gradient_share(view, x, y)
+    loss_clean, loss_adv = mean_loss(model, x, y), mean_loss(model, adv, y)
+    randomized = not torch.equal(clean_pred, predict(model, x))
+    with torch.no_grad():
+        classes = int(model(x[:1].to(model_device(model))).shape[1]) if len(x) else 1
+    near_chance = clean.value < 1.5 / classes
+    flags = []
+    if zero > 0.5:
+        flags.append("zero_gradients")
+    if loss_adv <= loss_clean:
+        flags.append("loss_not_rising")
+    if min(r.hits for r in (transfer, noise) if r is not None) < accuracy.hits:
+        flags.append("black_box_beats_white_box")
+    if randomized:
+        flags.append("random_predictions")
+    if near_chance:
+        flags.append("near_chance")
+    surface = model.surface if isinstance(model, Defended) else None
+    return AdaptiveResult(
+        accuracy=accuracy, clean_accuracy=clean,
+        surface=surface.kind if surface else "differentiable",
+        bpda_part=surface.part if surface else "", zero_gradient_share=zero,
+        loss_clean=loss_clean, loss_adversarial=loss_adv, transfer_accuracy=transfer,
+        noise_accuracy=noise, randomized=randomized, near_chance=near_chance, flags=flags,
+    )  # fmt: skip
+
+
+def sign_noise(x: torch.Tensor, params: Mapping[str, Any], seed: int) -> torch.Tensor:
+    """x ± ε per pixel with random signs (ε of the attack): the black-box floor of ℓ∞ attacks."""
+    eps = float(params.get("eps", 8 / 255))
+    generator = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, x.shape, generator=generator).to(x) * 2 - 1
+    return (x + eps * signs).clamp(0, 1)
+
+
+def zero_gradient_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of examples whose cross-entropy gradient with respect to the input is all zero."""
+    if len(x) == 0:
+        return 0.0
+    device = model_device(model)
+    zero = 0
+    with frozen(model):
+        for start in range(0, len(x), BATCH):
+            xb = x[start : start + BATCH].to(device).requires_grad_(True)
+            loss = F.cross_entropy(model(xb), y[start : start + BATCH].to(device), reduction="sum")
+            (grad,) = torch.autograd.grad(loss, xb)
+            zero += int((grad.flatten(1).abs().amax(1) == 0).sum())
+    return zero / len(x)
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy of ``model`` in eval mode."""
+    if len(x) == 0:
+        return 0.0
+    device = model_device(model)
+    total = 0.0
+    with frozen(model):
+        for start in range(0, len(x), BATCH):
+            logits = model(x[start : start + BATCH].to(device))
+            target = y[start : start + BATCH].to(device)
+            total += float(F.cross_entropy(logits, target, reduction="sum"))
+    return total / len(x)

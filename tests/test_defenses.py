@@ -1,0 +1,219 @@
+"""The Defense contract: every defense kind through every protocol, BPDA/EOT mechanics, the
+gradient-masking flags, defended entries in specs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from robustlab.defenses.base import (
+    Defended,
+    ExpectationOverTransformation,
+    Surface,
+    attack_view,
+)
+from robustlab.defenses.csc.dictionary import LearnedDictionary, random_dictionary, save_dictionary
+from robustlab.defenses.regeneration import auto_layers
+from robustlab.defenses.registry import defense_from_table
+from robustlab.defenses.transforms import BitDepthReduction, JPEGCompression, Median
+from robustlab.evaluation.adaptive import adaptive_attack
+from robustlab.experiments.executor import run_spec
+from robustlab.experiments.spec import load_spec, parse_spec
+from robustlab.models import build
+from tests.files import without_timing
+
+SPEC = Path(__file__).parent / "specs" / "defenses.toml"
+DEFENDED = {"jpeg": "bpda", "bits": "bpda", "median": "differentiable", "csc": "bpda",
+            "sfr": "differentiable"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def defenses_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    root = tmp_path_factory.mktemp("defenses")
+    save_dictionary(root / "dict", LearnedDictionary(random_dictionary(8, 1, 3, seed=0), 0.1))
+    spec = root / "spec.toml"
+    spec.write_text(SPEC.read_text().replace("DICTIONARY", str(root / "dict")))
+    records = run_spec(load_spec(spec), root / "results", device="cpu", quiet=True)
+    return root / "results", records
+
+
+def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
+    results, records = defenses_run
+    seen = {(r["protocol"], r.get("target")) for r in records}
+    for model in DEFENDED:
+        for protocol in ("transfer", "adaptive", "summary"):
+            assert (protocol, model) in seen, (protocol, model)
+    assert {("universal", m) for m in ("standard", "jpeg", "csc", "sfr")} <= seen
+    assert {("whitebox", m) for m in ("jpeg", "csc", "sfr")} <= seen
+    assert {("decision", m) for m in ("jpeg", "sfr")} <= seen
+    noise = next(r for r in records if r["protocol"] == "noise")
+    assert {"jpeg", "csc", "sfr", "defective"} <= set(noise["curves"])
+    for r in (r for r in records if r["protocol"] == "adaptive"):
+        assert r["surface"] == DEFENDED.get(r["target"], "differentiable")
+        assert 0 <= r["accuracy"]["hits"] <= r["clean_accuracy"]["n"]
+    summary = {r["target"]: r for r in records if r["protocol"] == "summary"}
+    assert summary["sfr"]["added_parameters"] > 0 and summary["jpeg"]["added_parameters"] == 0
+    assert summary["csc"]["cost_ratio"] > 1  # purification costs more than the classifier
+    universal = [r for r in records if r["protocol"] == "universal"]
+    assert all(r["linf"] <= 16 / 255 + 1e-6 for r in universal)
+    assert {r["against"] for r in universal} == {"base", "defended"}
+    sfr = json.loads(next((results / "defenses").glob("sfr-*/defense.json")).read_text())
+    assert sfr["chosen_layers"] and sfr["xi"] == pytest.approx(16 / 255)
+    table = (results / "results.md").read_text()
+    assert table.startswith("## Comparison")
+    assert all(f"| {m} |" in table.split("## Transfer")[0] for m in [*DEFENDED, "standard"])
+
+
+def test_defended_models_load_back_identically(defenses_run, tmp_path: Path) -> None:
+    results, records = defenses_run
+    again = tmp_path / "again"
+    shutil.copytree(results, again)
+    shutil.rmtree(again / "records")  # every cell recomputed from the saved defenses
+    spec_path = results.parent / "spec.toml"
+    redone = run_spec(load_spec(spec_path), again, device="cpu", quiet=True)
+    assert without_timing(redone) == without_timing(records)
+
+
+class Quantized(nn.Module):
+    """A classifier that rounds its input to 4 levels and does not say so."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.inner(torch.round(x * 3) / 3)
+        return out
+
+
+def _plain(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+
+
+def test_bpda_replaces_the_declared_part_by_the_identity() -> None:
+    classifier = _plain()
+    model = Defended(classifier, Surface("bpda", "rounding"), BitDepthReduction(2))
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    (plain,) = torch.autograd.grad(model(x).sum(), x)
+    assert torch.count_nonzero(plain) == 0  # rounding: an honest zero gradient
+    (bpda,) = torch.autograd.grad(attack_view(model)(x).sum(), x)
+    rounded = (BitDepthReduction(2)(x.detach())).requires_grad_(True)
+    (expected,) = torch.autograd.grad(classifier(rounded).sum(), rounded)
+    torch.testing.assert_close(bpda, expected)  # classifier's gradient at the transformed input
+    torch.testing.assert_close(attack_view(model)(x), model(x))  # forward unchanged
+
+
+class Jitter(nn.Module):
+    """A randomized transform: uniform noise of ±0.1 from torch's global generator."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (torch.rand_like(x) - 0.5) * 0.2
+
+
+def test_eot_averages_over_the_randomness() -> None:
+    model = Defended(_plain(), Surface("randomized", eot_samples=8), Jitter())
+    view = attack_view(model)
+    assert isinstance(view, ExpectationOverTransformation) and view.samples == 8
+    x = torch.rand(3, 1, 8, 8)
+    torch.manual_seed(5)
+    averaged = view(x)
+    torch.manual_seed(5)
+    samples = torch.stack([model(x) for _ in range(8)])
+    torch.testing.assert_close(averaged, samples.mean(0))
+    assert not torch.equal(samples[0], samples[1])
+    with pytest.raises(ValueError, match="at least one sample"):
+        ExpectationOverTransformation(model, 0)
+
+
+def test_masking_flag_on_an_input_quantizing_model_not_on_a_plain_one() -> None:
+    plain = _plain(1)
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    y = plain(x).argmax(1)
+    params = {"eps": 16 / 255, "step": 4 / 255, "steps": 10}
+    honest = adaptive_attack(plain, x, y, "pgd", params)
+    assert not honest.masking and honest.zero_gradient_share == 0 and honest.loss_rises
+    masked = adaptive_attack(Quantized(plain), x, y, "pgd", params)
+    assert masked.masking and "zero_gradients" in masked.flags
+    assert masked.zero_gradient_share == 1.0
+    declared = Defended(plain, Surface("bpda", "rounding"), BitDepthReduction(2))
+    through = adaptive_attack(declared, x, y, "pgd", params, base=plain)
+    assert "zero_gradients" not in through.flags and through.surface == "bpda"
+
+
+def test_transforms() -> None:
+    ramp = torch.linspace(0, 1, 16)
+    x = (ramp.view(1, 1, 1, 16) * ramp.view(1, 1, 16, 1)).expand(2, 3, 16, 16).contiguous()
+    jpeg = JPEGCompression(50)(x)  # a smooth image: JPEG keeps it close, but not exact
+    assert jpeg.shape == x.shape and 0 < (jpeg - x).abs().mean() < 0.05
+    grey = JPEGCompression(90)(x[:, :1])
+    assert grey.shape == (2, 1, 16, 16)
+    assert set((BitDepthReduction(1)(x) * 1).unique().tolist()) <= {0.0, 1.0}
+    flat = torch.full((1, 1, 5, 5), 0.5)
+    flat[0, 0, 2, 2] = 1.0  # one outlier: the median removes it
+    torch.testing.assert_close(Median(3)(flat), torch.full_like(flat, 0.5))
+    for make, message in ((lambda: JPEGCompression(0), "quality"),
+                          (lambda: BitDepthReduction(9), "bit depth"),
+                          (lambda: Median(4), "odd")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            make()
+
+
+def test_auto_layers_pick_the_first_conv_of_the_first_stages() -> None:
+    model = build("resnet8", in_channels=1, image_size=28, width=4)
+    layers = auto_layers(model)
+    assert len(layers) == 3 and all(name.startswith(f"blocks.{i}.") for i, name in
+                                     enumerate(layers))  # fmt: skip
+    generic = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 8, 3, 2))
+    assert auto_layers(generic) == ["0", "2"]
+
+
+BASE = {"experiment": {"dataset": "digits"}, "models": {"standard": {}}, "attacks": {
+    "pgd": {"attack": "pgd", "eps": 8}, "boundary": {"attack": "boundary"}}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "models, protocols, message",
+    [
+        ({"d": {"base": "standard", "purify": {"jpeg": 75, "bits": 3}}}, [],
+         r"\[models.d\] purify needs exactly one of"),
+        ({"d": {"base": "standard", "purify": {"jpeg": 75, "qualty": 3}}}, [],
+         r"\[models.d\] purify: unknown key 'qualty'"),
+        ({"d": {"base": "nope", "purify": {"jpeg": 75}}}, [],
+         r"\[models.d\] base 'nope' is not a trained model"),
+        ({"d": {"base": "standard", "purify": {"jpeg": 75}, "epochs": 3}}, [],
+         r"\[models.d\] unknown key 'epochs'"),
+        ({"d": {"base": "standard", "regenerate": {"xi": 300}}}, [], r"xi must be in \(0, 255\]"),
+        ({"d": {"base": "standard", "regenerate": {"attack": "nag"}}}, [],
+         "unknown universal attack 'nag'"),
+        ({"d": {"base": "standard", "purify": {"jpeg": "high"}}}, [],
+         "quality must be an integer"),
+        ({"d": {"base": "standard", "purify": {"jpeg": 75}}},
+         [{"type": "transfer", "sources": ["d"], "targets": ["standard"], "attacks": ["pgd"]}],
+         "may not name defended model 'd'"),
+        ({}, [{"type": "adaptive", "models": ["standard"], "attacks": ["boundary"]}],
+         "not a gradient attack"),
+        ({}, [{"type": "universal", "models": ["standard"], "attacks": ["uap"], "xis": [0]}],
+         "xis must be strengths"),
+        ({}, [{"type": "universal", "models": ["standard"], "attacks": ["uap"],
+               "options": {"uap": {"passes": 1}}}], "options.uap"),
+    ],
+)  # fmt: skip
+def test_defended_spec_errors_name_the_key(models: dict, protocols: list, message: str) -> None:
+    raw = {**BASE, "models": {**BASE["models"], **models}, "protocols": protocols}
+    with pytest.raises(ValueError, match=message):
+        parse_spec(raw)
+
+
+def test_defense_tables_convert_units_once() -> None:
+    raw = {**BASE, "models": {**BASE["models"],
+                              "d": {"base": "standard", "regenerate": {"xi": 10}}}}  # fmt: skip
+    defense = parse_spec(raw).models["d"].defense
+    assert defense is not None and defense.xi == pytest.approx(10 / 255)  # type: ignore[attr-defined]
+    assert defense_from_table("purify", {"median": 3}).surface.kind == "differentiable"
+    assert "quality=75" in repr(defense_from_table("purify", {"jpeg": 75}))
