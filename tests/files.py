@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -77,3 +79,16 @@ TIMING = ("seconds", "command", "ms_per_image", "cost_ratio")
 def without_timing(records: list[dict]) -> list[dict]:
     """Records less their wall-clock measurements, which differ between any two runs."""
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium on ``url`` (e.g. ``--dump-dom`` or ``--screenshot=FILE``)."""
+    assert CHROMIUM is not None
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]  # fmt: skip
+    return subprocess.run([CHROMIUM, *flags, *args, url], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip

@@ -4,6 +4,7 @@ gradient-masking flags, defended entries in specs."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -25,9 +26,11 @@ from robustlab.evaluation.adaptive import adaptive_attack
 from robustlab.experiments.executor import run_spec
 from robustlab.experiments.spec import load_spec, parse_spec
 from robustlab.models import build
-from tests.files import without_timing
+from robustlab.report import write_report
+from tests.files import CHROMIUM, chromium, without_timing
 
 SPEC = Path(__file__).parent / "specs" / "defenses.toml"
+TRAINING_TIME = ("defective", "dropout", "smoothing", "adversarial", "thermometer")
 DEFENDED = {"jpeg": "bpda", "bits": "bpda", "median": "differentiable", "csc": "bpda",
             "sfr": "differentiable"}  # fmt: skip
 
@@ -45,7 +48,7 @@ def defenses_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[d
 def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
     results, records = defenses_run
     seen = {(r["protocol"], r.get("target")) for r in records}
-    for model in DEFENDED:
+    for model in [*DEFENDED, *TRAINING_TIME]:
         for protocol in ("transfer", "adaptive", "summary"):
             assert (protocol, model) in seen, (protocol, model)
     assert {("universal", m) for m in ("standard", "jpeg", "csc", "sfr")} <= seen
@@ -56,6 +59,9 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
     for r in (r for r in records if r["protocol"] == "adaptive"):
         assert r["surface"] == DEFENDED.get(r["target"], "differentiable")
         assert 0 <= r["accuracy"]["hits"] <= r["clean_accuracy"]["n"]
+    thermometer = next(r for r in records if r["protocol"] == "adaptive"
+                       and r["target"] == "thermometer")  # fmt: skip
+    assert "zero_gradients" in thermometer["flags"]  # its encoding masks gradients: flagged
     summary = {r["target"]: r for r in records if r["protocol"] == "summary"}
     assert summary["sfr"]["added_parameters"] > 0 and summary["jpeg"]["added_parameters"] == 0
     assert summary["csc"]["cost_ratio"] > 1  # purification costs more than the classifier
@@ -217,3 +223,15 @@ def test_defense_tables_convert_units_once() -> None:
     assert defense is not None and defense.xi == pytest.approx(10 / 255)  # type: ignore[attr-defined]
     assert defense_from_table("purify", {"median": 3}).surface.kind == "differentiable"
     assert "quality=75" in repr(defense_from_table("purify", {"jpeg": 75}))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium)")
+def test_the_report_opens_with_the_comparison_in_chromium(defenses_run, tmp_path: Path) -> None:
+    results, _ = defenses_run
+    page = write_report(results, tmp_path / "report.html")
+    dom = chromium(page.resolve().as_uri(), tmp_path / "profile", "--dump-dom").stdout
+    headings = re.findall(r"<h2[^>]*>([^<]+)", dom)
+    assert headings[0] == "Comparison of defenses"
+    assert {"Adaptive white-box attacks", "Universal perturbations"} <= set(headings)
+    first_table = dom.split("<table>")[1].split("</table>")[0]
+    assert all(f"#spec-models-{m}" in first_table for m in [*DEFENDED, "standard"])

@@ -2,8 +2,6 @@
 
 import base64
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,9 +12,9 @@ from robustlab.experiments.spec import load_spec
 from robustlab.io import RobustlabError
 from robustlab.report import write_report
 from robustlab.report.figures import is_blank
+from tests.files import CHROMIUM, chromium
 
 TINY = Path(__file__).parent / "specs" / "tiny.toml"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -67,19 +65,13 @@ def test_report_errors_and_cli(tmp_path: Path, report: Path, capsys: pytest.Capt
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
-             "--v=0"]  # fmt: skip
     url = report.resolve().as_uri()
     shot = report.parent / "report_screenshot.png"
-    run = subprocess.run([CHROMIUM, *flags, "--window-size=1200,1600", f"--screenshot={shot}", url],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    run = chromium(url, tmp_path / "profile", "--window-size=1200,1600", f"--screenshot={shot}")
     assert shot.is_file() and not is_blank(shot.read_bytes())
     console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, console
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True,
-                         timeout=120).stdout  # fmt: skip
+    dom = chromium(url, tmp_path / "profile", "--dump-dom").stdout
     assert dom.count("<table>") >= 4 and dom.count("<img ") >= 5
 
 

@@ -174,6 +174,7 @@ def _simple_tables(records: list[Record], command: str) -> list[tuple[str, str]]
             for r in white
         ]
         sections.append(("White-box accuracy", table(["model", "attack", "accuracy"], rows)))
+    sections += _adaptive_section(records, command) + _universal_section(records, command)
     decision = [r for r in records if r["protocol"] == "decision"]
     if decision:
         rows = [
@@ -190,6 +191,48 @@ def _simple_tables(records: list[Record], command: str) -> list[tuple[str, str]]
         headers = ["model", "S(M) = median ‖δ‖²/N", "n", "failed", "median queries"]
         sections.append(("Decision-based attack (Boundary)", table(headers, rows)))
     return sections
+
+
+def _adaptive_section(records: list[Record], command: str) -> list[tuple[str, str]]:
+    adaptive = [r for r in records if r["protocol"] == "adaptive"]
+    if not adaptive:
+        return []
+
+    def row(r: Record) -> list[str]:
+        index = r.get("protocol_index")
+        part = f" ({r['bpda_part']})" if r["bpda_part"] else ""
+        moved = r["transfer_accuracy"]
+        return [
+            f"<td>{name_link('models', r['target'])}</td>",
+            f"<td>{name_link('attacks', r['attack'])}</td>",
+            f"<td>{esc(r['surface'] + part)}</td>",
+            rate_cell(r["accuracy"], index, command),
+            rate_cell(moved, index, command) if moved else "<td>—</td>",
+            rate_cell(r["noise_accuracy"], index, command),
+            f'<td class="num">{r["zero_gradient_share"]:.2f}</td>',
+            f'<td class="num">{r["loss_clean"]:.2f} → {r["loss_adversarial"]:.2f}</td>',
+            f"<td>{esc(', '.join(r['flags']) or '—')}</td>",
+        ]
+
+    headers = ["model", "attack", "surface", "accuracy", "transfer from base", "±ε noise",
+               "zero-gradient share", "loss clean → adversarial", "flags"]  # fmt: skip
+    return [("Adaptive white-box attacks", table(headers, [row(r) for r in adaptive]))]
+
+
+def _universal_section(records: list[Record], command: str) -> list[tuple[str, str]]:
+    universal = [r for r in records if r["protocol"] == "universal"]
+    if not universal:
+        return []
+    rows = [
+        [f"<td>{name_link('models', r['target'])}</td>", f"<td>{esc(r['attack'])}</td>",
+         f'<td class="num">{r["xi"]:g}</td>', f"<td>{esc(r['against'])}</td>"]
+        + [rate_cell(r[k], r.get("protocol_index"), command)
+           for k in ("fooling_rate", "perturbed_accuracy", "restoration")]
+        for r in universal
+    ]  # fmt: skip
+    headers = ["model", "attack", "ξ (0-255)", "computed against", "fooling rate",
+               "perturbed accuracy", "restoration accuracy"]  # fmt: skip
+    return [("Universal perturbations", table(headers, rows))]
 
 
 def _tradeoff(records: list[Record], spec: dict[str, Any]) -> bytes | None:
