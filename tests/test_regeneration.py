@@ -129,3 +129,36 @@ def test_sfr_cli_train_eval_and_round_trip(
         assert line.startswith(f"defense {state}: clean -> ") and "fff ξ=30/255 -> " in line
     with pytest.raises(SystemExit):
         main(["sfr", "train", str(digits_run), "--layers", "", "--out", str(tmp_path / "x")])
+
+
+def test_sfr_caches_follow_their_settings(
+    digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from robustlab.attacks.universal import UniversalPerturbation
+
+    out = tmp_path / "sfr"
+    common = ["sfr", "train", str(digits_run), "--uaps", "1", "--attack", "fff",
+              "--attack-images", "16", "--train-limit", "64", "--epochs", "1", "--out", str(out),
+              "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main([*common, "--layers", "nope", "--xi", "4"]) == 2
+    assert "'nope' is not a Conv2d" in capsys.readouterr().err
+    assert not (out / "perturbations").exists()  # refused before any attack ran
+    layer = conv_layers(load_sfr_base(digits_run))[0]
+    assert main([*common, "--layers", layer, "--xi", "4"]) == 0
+    assert main([*common, "--layers", layer, "--xi", "40", "--force"]) == 0
+    (cached,) = (out / "perturbations").glob("train-*.safetensors")
+    assert UniversalPerturbation.load(cached).delta.abs().max() > 5 / 255  # ξ = 40, not 4
+    ev = ["sfr", "eval", str(out), "--attack", "fff", "--xi", "30", "--n", "16",
+          "--against", "defended", "--device", "cpu"]  # fmt: skip
+    assert main(ev) == 0
+    first = set((out / "perturbations").glob("fff-*defended*"))
+    assert main([*common, "--layers", layer, "--xi", "40", "--force"]) == 0  # FRUs retrained
+    assert main(ev) == 0
+    # a new perturbation against the new FRUs (the old one was removed with --force)
+    assert set((out / "perturbations").glob("fff-*defended*")) != first
+
+
+def load_sfr_base(run: Path) -> nn.Module:
+    import robustlab
+
+    return robustlab.load(run)

@@ -24,6 +24,16 @@ def _defect(text: str) -> object:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer, e.g. 16")
+    return value
+
+
 def _milestones(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(m) for m in text.split(",") if m)
@@ -55,7 +65,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "--defect", type=_defect, help="defective blocks, BLOCKS:P[:MODE][:xN], e.g. bottom:0.1"
     )
     p.add_argument("--mask-seed", type=int, default=0, help="seed of the defect masks (default 0)")
-    p.add_argument("--width", type=int, help="base width of resnet8/10/18/50, lenet, senet18, wrn")
+    p.add_argument(
+        "--width", type=_positive, help="base width of resnet8/10/18/50, lenet, senet18, wrn"
+    )
     p.add_argument(
         "--regularizer", choices=["dropout2d", "dropblock"], help="baseline after block 3"
     )
@@ -115,7 +127,7 @@ def _train(args: argparse.Namespace) -> int:
     meta = train_model(
         dataset=args.dataset, arch=args.arch, out=args.out, config=config, defect=defect,
         regularizer=args.regularizer, thermometer=args.thermometer,
-        options={"width": args.width} if args.width else None,
+        options={"width": args.width} if args.width is not None else None,
         data_dir=args.data_dir, download=args.download, train_limit=args.train_limit,
         test_limit=args.test_limit, resume=args.resume, force=args.force, device=args.device,
         quiet=args.quiet, fast=FastPath(args.channels_last, args.bf16, args.compile),
@@ -486,6 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Defenses against adversarial perturbations, and the attacks that test them.",
     )
     parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="show the full traceback of an error (also: ROBUSTLAB_DEBUG=1), for bug reports",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (_add_train_parser, _add_eval_clean_parser, _add_attack_parser, _add_run_parser,
                 _add_report_parser, _add_demo_parser, _add_csc_parser, _add_purify_parser,
@@ -497,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
     args.command_line = " ".join(["robustlab", *argv])  # recorded in files the command writes
     handler: Handler = args.handler
@@ -504,10 +522,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if distributed.init_from_env() and not distributed.is_main():
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (one printer: rank 0)
+    debug = debug or os.environ.get("ROBUSTLAB_DEBUG", "") not in ("", "0")
     try:
         return handler(args)
     except (RobustlabError, ValueError) as err:
+        if debug:
+            raise
         print(f"robustlab: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # read-only or full disk, a path that is a file, a missing file
+        if debug:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"robustlab: error: {where}{err.strerror or err}; check the path, its "
+              "permissions and the free space (--debug shows the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

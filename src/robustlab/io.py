@@ -118,9 +118,27 @@ def _read_header(blob: bytes) -> dict[str, Any]:
     return json.loads(meta["json"]) if "json" in meta else {}
 
 
+def check_writable(directory: str | Path) -> None:
+    """Fail now, with one line, when files cannot be written into ``directory`` (read-only,
+    a path through a file, no space): not after the work whose result would be lost."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".robustlab-probe-") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        raise RobustlabError(
+            f"{directory}: cannot write here ({err.strerror or err}); choose another output "
+            "location or free some space"
+        ) from None
+
+
 def prepare_output(path: str | Path, force: bool) -> Path:
     """Check that ``path`` may be written: refuse to replace an existing one without ``force``."""
     path = Path(path)
     if path.exists() and not force:
         raise RobustlabError(f"{path} already exists; pass --force to overwrite it")
+    check_writable(path.parent)
     return path

@@ -43,9 +43,21 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model of a run directory, in eval mode on ``device``."""
+def load(
+    run_dir: str | Path, device: str | torch.device = "cpu", *, allow_incomplete: bool = False
+) -> nn.Module:
+    """Rebuild the model of a run directory, in eval mode on ``device``.
+
+    A run whose training was interrupted is refused unless ``allow_incomplete``: its
+    numbers would silently describe a half-trained model.
+    """
     meta = read_meta(run_dir)
+    if meta.get("complete") is False and not allow_incomplete:
+        epochs = meta.get("train", {}).get("epochs", "?")
+        raise RobustlabError(
+            f"{run_dir}: training stopped at epoch {meta.get('epoch')} of {epochs}; finish it "
+            "with the same `robustlab train ... --resume`"
+        )
     model = ModelConfig.from_dict(meta["model"]).build()
     tensors, _ = load_tensors(Path(run_dir) / MODEL_FILE)
     try:

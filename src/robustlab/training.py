@@ -39,7 +39,7 @@ from robustlab import distributed
 from robustlab.attacks.pgd import PGD
 from robustlab.data import Augment, Dataset, batches
 from robustlab.evaluation.clean import accuracy
-from robustlab.io import RobustlabError, load_tensors, save_tensors
+from robustlab.io import RobustlabError, check_writable, load_tensors, save_tensors
 from robustlab.models import ModelConfig
 from robustlab.runs import META_FILE, MODEL_FILE, read_meta, save_run
 from robustlab.seeding import derive_seed
@@ -147,6 +147,7 @@ def train(
     fast = fast or FastPath()
     run_dir = Path(run_dir)
     start = _prepare_run_dir(run_dir, resume, force)
+    check_writable(run_dir)
     if start:
         _check_same_settings(run_dir, start, model_config, config)
         if start.get("epoch", 0) >= config.epochs:

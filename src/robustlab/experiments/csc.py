@@ -23,7 +23,7 @@ from robustlab.defenses.csc import (
     tikhonov_split,
 )
 from robustlab.defenses.csc.dictionary import DICTIONARY_FILE
-from robustlab.io import RobustlabError, atomic_write, prepare_output
+from robustlab.io import RobustlabError, atomic_write, check_writable, prepare_output
 from robustlab.seeding import derive_seed
 
 
@@ -126,7 +126,8 @@ def purify_folder(
     names = image_files(source)
     if not names:
         raise RobustlabError(f"{in_dir}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    todo = [n for n in names if not (target / n).exists()]
+    check_writable(target)
+    todo = [n for n in names if not _readable_image(target / n)]
     purifier = purifier.to(device)
     bar = tqdm(total=len(todo), desc="purify", unit="img", disable=True if quiet else None)
     for start in range(0, len(todo), batch_size):
@@ -139,6 +140,18 @@ def purify_folder(
         bar.update(len(chunk))
     bar.close()
     return len(todo), len(names) - len(todo)
+
+
+def _readable_image(path: Path) -> bool:
+    """A finished output: an image file that decodes (not empty, not cut short)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+    except (OSError, ValueError, SyntaxError):
+        return False
+    return True
 
 
 def _read(path: Path, channels: int, size: int | None) -> torch.Tensor:

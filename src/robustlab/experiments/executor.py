@@ -218,7 +218,10 @@ class Executor:
             return cached
         record = {**compute(), "seed": self.spec.seed, "version": __version__}
         write_json(path, record)
-        return record
+        # as read back: a resumed run (records from disk) and an uninterrupted one (computed
+        # records) then give the same key order, and byte-identical tables
+        normalized: Record = json.loads(json.dumps(record, sort_keys=True))
+        return normalized
 
     def _key(self, *parts: Any) -> list[Any]:
         return [*parts, self.spec.n, self.spec.seed]

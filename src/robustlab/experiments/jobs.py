@@ -16,7 +16,7 @@ from robustlab.data import Dataset, load_dataset, sample, sample_indices
 from robustlab.defenses.defective import DefectSpec
 from robustlab.distributed import local_device
 from robustlab.evaluation.clean import accuracy
-from robustlab.io import prepare_output
+from robustlab.io import RobustlabError, prepare_output
 from robustlab.models import ModelConfig
 from robustlab.runs import load, read_meta
 from robustlab.training import FastPath, TrainConfig, train
@@ -26,7 +26,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` is CUDA when available, else CPU; anything else is passed to torch."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return local_device(torch.device(name))
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RobustlabError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RobustlabError(f"device {name!r} asked for, but torch sees no GPU; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise RobustlabError(
+            f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s); use cuda:0"
+        )
+    return local_device(device)
 
 
 def model_config_for(
@@ -103,8 +113,16 @@ def load_sources(
     """One run, or the logit-averaging ensemble of several; with the first run's metadata."""
     if not runs:
         raise ValueError("give at least one --source run")
+    metas = [read_meta(run) for run in runs]
+    shapes = {(m["dataset"]["name"], m["model"]["in_channels"], m["model"]["image_size"])
+              for m in metas}  # fmt: skip
+    if len(shapes) > 1:
+        pairs = zip(runs, metas, strict=True)
+        found = ", ".join(f"{run}: {m['dataset']['name']}" for run, m in pairs)
+        raise RobustlabError(f"the --source runs were trained on different data ({found}); "
+                             "ensemble runs of one dataset")  # fmt: skip
     models = [load(run, device) for run in runs]
-    return (models[0] if len(models) == 1 else Ensemble(models).eval()), read_meta(runs[0])
+    return (models[0] if len(models) == 1 else Ensemble(models).eval()), metas[0]
 
 
 def make_adversarial_set(
@@ -130,6 +148,9 @@ def make_adversarial_set(
     build_attack(attack, nn.Identity(), **params)  # bad parameters fail before any work
     model, meta = load_sources(sources, resolve_device(device))
     name = dataset or meta["dataset"]["name"]
+    if name != meta["dataset"]["name"]:
+        raise RobustlabError(f"--dataset {name} differs from the one the source was trained on "
+                             f"({meta['dataset']['name']}); drop --dataset or use another source")
     data_dir = data_dir or meta["dataset"].get("data_dir")
     data = load_dataset(name, split, data_dir)
     indices = sample_indices(len(data), n, seed)

@@ -8,6 +8,8 @@ An SFR directory holds ``base.safetensors`` (the undefended model's weights),
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,9 @@ def train_sfr(
     prepare_output(out / "meta.json", force)
     base_meta = read_meta(run)
     base = load(run, device)
+    add_regeneration(base, layers, fraction)  # bad layer names fail here, before any attack
+    if force:  # --force recomputes everything, the cached perturbations too
+        shutil.rmtree(out / "perturbations", ignore_errors=True)
     data = _train_split(base_meta, train_limit, seed)
     pixels, _ = data.tensors(device)
     perturbations = []
@@ -140,7 +145,11 @@ def _evaluation_perturbation(
     if against not in models:
         raise RobustlabError(f"--against {against!r} must be 'baseline' or 'defended'")
     train = _train_split(meta, attack_images, derive_seed(seed, "eval-attack"))
-    name = f"{attack}-xi{round(xi * 255, 2):g}-{against}-seed{seed}.safetensors"
+    name = f"{attack}-xi{round(xi * 255, 2):g}-{against}-seed{seed}"
+    if against == "defended":  # a perturbation against these FRUs, not earlier ones
+        digest = hashlib.sha256((Path(directory) / "fru.safetensors").read_bytes()).hexdigest()
+        name += f"-fru{digest[:12]}"
+    name += f"-n{attack_images}.safetensors"
     return universal_perturbation(
         Path(directory) / "perturbations" / name, models[against], attack,
         train.tensors(device)[0], {"xi": xi, "seed": seed},

@@ -37,7 +37,7 @@ Every error names the spec entry and what to write instead.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +139,24 @@ def parse_toml(text: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
+SECTIONS = ("experiment", "train", "models", "attacks", "protocols")
+EXPERIMENT_KEYS = ("name", "dataset", "data_dir", "seed", "n")
+
+
 def parse_spec(raw: dict[str, Any], default_name: str = "experiment") -> Spec:
     """Validate a parsed spec (see the module docstring for the format)."""
+    for section in raw:
+        if section not in SECTIONS:
+            raise ValueError(f"unknown section [{section}]; sections: {', '.join(SECTIONS)}")
     experiment = raw.get("experiment", {})
+    for key in experiment:
+        if key not in EXPERIMENT_KEYS:
+            raise ValueError(f"[experiment] unknown key {key!r}; known: "
+                             f"{', '.join(EXPERIMENT_KEYS)}")  # fmt: skip
+    for key in ("seed", "n"):
+        if key in experiment and (type(experiment[key]) is not int or experiment[key] < 0):
+            raise ValueError(f"[experiment] {key} must be a non-negative integer, "
+                             f"got {experiment[key]!r}")  # fmt: skip
     dataset = experiment.get("dataset")
     if dataset not in available_datasets():
         raise ValueError(f"[experiment] dataset {dataset!r} is missing or unknown; "
@@ -195,6 +210,7 @@ def _model(name: str, defaults: dict[str, Any], entry: dict[str, Any]) -> ModelE
         except ValueError as err:
             raise ValueError(f"[models.{name}] defect: {err}") from None
     train = {k: v for k, v in merged.items() if k in TRAIN_KEYS and k != "adv_train"}
+    _check_types(f"[models.{name}]", train)
     if "milestones" in train:
         train["milestones"] = tuple(train["milestones"])
     if "adv_train" in merged:
@@ -214,6 +230,25 @@ def _model(name: str, defaults: dict[str, Any], entry: dict[str, Any]) -> ModelE
         train_limit=merged.get("train_limit"),
         train=config,
     )
+
+
+def _check_types(where: str, values: dict[str, Any]) -> None:
+    """TOML values against TrainConfig's field types, naming the key (no late TypeError)."""
+    kinds = {f.name: str(f.type) for f in fields(TrainConfig)}
+    for key, value in values.items():
+        kind = kinds.get(key, "")
+        if kind == "int" and type(value) is not int:
+            raise ValueError(f"{where} {key} must be an integer, got {value!r}")
+        if kind == "float" and (type(value) not in (int, float)):
+            raise ValueError(f"{where} {key} must be a number, got {value!r}")
+        if kind == "bool" and type(value) is not bool:
+            raise ValueError(f"{where} {key} must be true or false, got {value!r}")
+        if kind == "str" and type(value) is not str:
+            raise ValueError(f"{where} {key} must be a string, got {value!r}")
+        if kind.startswith("tuple") and not (
+            isinstance(value, list) and all(type(v) is int for v in value)
+        ):
+            raise ValueError(f"{where} {key} must be a list of integers, got {value!r}")
 
 
 def _defended(name: str, entry: dict[str, Any]) -> ModelEntry:
@@ -242,6 +277,11 @@ def _attack(name: str, entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if attack not in available_attacks():
         raise ValueError(f"[attacks.{name}] attack {attack!r} is missing or unknown; "
                          f"use one of {', '.join(available_attacks())}")  # fmt: skip
+    for key in PIXEL_UNITS:
+        value = entry.get(key)
+        if value is not None and (type(value) not in (int, float) or not 0 <= value <= 255):
+            raise ValueError(f"[attacks.{name}] {key} = {value!r} must be a number in 0..255 "
+                             f"(spec units are 0-255, e.g. {key} = 16)")  # fmt: skip
     params = to_unit({k: v for k, v in entry.items() if k != "attack"})
     from torch import nn
 

@@ -1,0 +1,141 @@
+"""Bad inputs through the real CLI: exit code, one clear line, nothing written or changed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustlab.cli import main
+from robustlab.data import load_dataset, sample
+from robustlab.experiments.jobs import model_config_for
+from robustlab.training import TrainConfig, train
+
+TINY_SPEC = """
+[experiment]
+dataset = "digits"
+n = 8
+[train]
+arch = "lenet"
+width = 4
+epochs = 1
+pad = 0
+[models.standard]
+[attacks.fgsm]
+attack = "fgsm"
+eps = 8
+[[protocols]]
+type = "whitebox"
+models = ["standard"]
+attacks = ["fgsm"]
+"""
+
+
+def _spec(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    return str(path)
+
+
+CASES = {
+    # spec: each is a variation of TINY_SPEC
+    "misspelt section": (lambda t: ["run", _spec(t, TINY_SPEC + "[trian]\nepochs = 3\n")],
+                         "unknown section [trian]"),
+    "unknown experiment key": (
+        lambda t: ["run", _spec(t, TINY_SPEC.replace("n = 8", "n = 8\nsamples = 3"))],
+        "[experiment] unknown key 'samples'"),
+    "epochs as text": (lambda t: ["run", _spec(t, TINY_SPEC.replace("epochs = 1",
+                                                                    'epochs = "three"'))],
+                       "epochs must be an integer, got 'three'"),
+    "negative eps in 0-255 units": (lambda t: ["run", _spec(t, TINY_SPEC.replace("eps = 8",
+                                                                                 "eps = -16"))],
+                                    "eps = -16 must be a number in 0..255"),
+    "seed as a float": (
+        lambda t: ["run", _spec(t, TINY_SPEC.replace("n = 8", "n = 8\nseed = 1.5"))],
+        "seed must be a non-negative integer"),
+    # train
+    "output below a file": (lambda t: ["train", "--dataset", "digits", "--arch", "lenet",
+                                       "--epochs", "1", "--out", str(t / "file" / "run")],
+                            "cannot write here"),
+    "unknown device": (lambda t: ["train", "--dataset", "digits", "--arch", "lenet", "--device",
+                                  "tpu", "--out", str(t / "run")], "unknown device 'tpu'"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_and_writes_nothing(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "file").write_text("a file, not a folder")
+    make_args, message = CASES[case]
+    args = make_args(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    if args[0] == "run":
+        args += ["--out", str(tmp_path / "out"), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("robustlab: error:"), err
+    assert message in err[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+    assert (tmp_path / "file").read_text() == "a file, not a folder"
+
+
+def test_zero_width_is_refused_by_the_parser(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--dataset", "digits", "--arch", "lenet", "--width", "0", "--out", "x"])
+    assert exit_info.value.code == 2
+    assert "0 must be a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["train", "--dataset", "digits", "--arch", "lenet", "--device", "cuda",
+            "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main(args) == 2
+    assert "torch sees no GPU; use --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_interrupted_run_is_not_evaluated(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = sample(load_dataset("digits", "train"), 64)
+    config = model_config_for(data, "lenet", width=4)
+    train(config, data, data, TrainConfig(epochs=1, pad=0), tmp_path / "run", quiet=True)
+    meta = (tmp_path / "run" / "meta.json").read_text()
+    # as a run killed after epoch 1 of 3 leaves it
+    (tmp_path / "run" / "meta.json").write_text(
+        meta.replace('"complete": true', '"complete": false').replace('"epochs": 1', '"epochs": 3')
+    )
+    assert main(["eval-clean", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    assert "training stopped at epoch 1 of 3" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "robustlab", "eval-clean", str(tmp_path / "missing")]
+    plain = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    debug = subprocess.run([*args, "--debug"], capture_output=True, text=True, timeout=120)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_sources_must_match_each_other_and_the_dataset(
+    digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    other = tmp_path / "fmnist-like"
+    data = sample(load_dataset("digits", "train"), 64)
+    config = model_config_for(data, "lenet", width=4)
+    train(config, data, data, TrainConfig(epochs=1, pad=0), other, quiet=True)
+    meta = (other / "meta.json").read_text().replace('"name": "digits"', '"name": "mnist"')
+    (other / "meta.json").write_text(meta)
+    out = tmp_path / "set.npz"
+    both = ["attack", "--source", str(digits_run), "--source", str(other), "--attack", "fgsm",
+            "--eps", "8", "--out", str(out), "--device", "cpu"]  # fmt: skip
+    assert main(both) == 2
+    assert "trained on different data" in capsys.readouterr().err
+    wrong = ["attack", "--source", str(digits_run), "--dataset", "mnist", "--attack", "fgsm",
+             "--eps", "8", "--out", str(out), "--device", "cpu"]  # fmt: skip
+    assert main(wrong) == 2
+    assert "differs from the one the source was trained on" in capsys.readouterr().err
+    assert not out.exists()
