@@ -120,18 +120,25 @@ def _read_header(blob: bytes) -> dict[str, Any]:
 
 def check_writable(directory: str | Path) -> None:
     """Fail now, with one line, when files cannot be written into ``directory`` (read-only,
-    a path through a file, no space): not after the work whose result would be lost."""
-    directory = Path(directory)
+    a path through a file, no space): not after the work whose result would be lost.
+
+    Nothing is left behind: the probe goes into the nearest folder that exists.
+    """
+    directory = Path(directory).absolute()
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".robustlab-probe-") as probe:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "a file is in the way", str(existing))
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".robustlab-probe-") as probe:
             probe.write(b"\0" * 4096)
             probe.flush()
             os.fsync(probe.fileno())
     except OSError as err:
         raise RobustlabError(
-            f"{directory}: cannot write here ({err.strerror or err}); choose another output "
-            "location or free some space"
+            f"{directory}: cannot write here ({err.strerror or err}: {existing}); choose "
+            "another output location or free some space"
         ) from None
 
 

@@ -128,8 +128,9 @@ class Defended(nn.Module):
         return out
 
 
-class StraightThrough(nn.Module):
-    """BPDA with the identity: the forward pass of ``inner``, the backward pass of ``x``."""
+class ZeroGradient(nn.Module):
+    """The forward pass of ``inner`` (run without autograd) with an honest zero gradient: the
+    graph stays connected, so a plain gradient attack sees zero rather than an error."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
@@ -138,6 +139,16 @@ class StraightThrough(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             out: torch.Tensor = self.inner(x)
+        return self._backward_path(out, x)
+
+    def _backward_path(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return out + 0 * x
+
+
+class StraightThrough(ZeroGradient):
+    """BPDA with the identity: the forward pass of ``inner``, the backward pass of ``x``."""
+
+    def _backward_path(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x + (out - x).detach()
 
 

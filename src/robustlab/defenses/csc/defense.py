@@ -22,24 +22,18 @@ import torch
 from torch import nn
 
 from robustlab.data import Dataset, sample
-from robustlab.defenses.base import DONE_FILE, Defended, Defense, PrepareContext, Surface
+from robustlab.defenses.base import (
+    DONE_FILE,
+    Defended,
+    Defense,
+    PrepareContext,
+    Surface,
+    ZeroGradient,
+)
 from robustlab.defenses.csc.cbpdn import CBPDNOptions
 from robustlab.defenses.csc.dictionary import DICTIONARY_FILE
 from robustlab.defenses.csc.purifier import CSCPurifier
 from robustlab.io import RobustlabError, load_tensors, save_tensors, write_json
-
-
-class ZeroGradient(nn.Module):
-    """The forward pass of ``inner`` with an honest zero gradient (graph kept connected)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            out: torch.Tensor = self.inner(x)
-        return out + 0 * x
 
 
 @dataclass(frozen=True, repr=False)
