@@ -362,6 +362,7 @@ class Executor:
             found = build_universal(attack, view, seed=self.spec.seed, **params)(
                 images.to(self.device)
             )
+            found.config["victim"] = victim  # which model it fools (the report's galleries)
             found.save(path)
         return UniversalPerturbation.load(path).delta
 

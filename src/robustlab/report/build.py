@@ -20,6 +20,7 @@ from robustlab.data import load_dataset
 from robustlab.io import RobustlabError, atomic_write, read_json
 from robustlab.models.base import predict
 from robustlab.report import figures
+from robustlab.report.galleries import defense_galleries
 from robustlab.report.html import (
     esc,
     image,
@@ -106,6 +107,9 @@ def _sections(
     if gallery is not None:
         pictures["gallery"] = gallery
         sections.append(("Gallery: clean vs adversarial", image(gallery, "adversarial examples")))
+    for i, (title, png) in enumerate(defense_galleries(results_dir, results, _load)):
+        pictures[f"defense_gallery_{i}"] = png
+        sections.append((f"Gallery: {title}", image(png, title)))
     sections.append(("Spec", spec_section(spec)))
     return sections
 

@@ -106,15 +106,17 @@ def gallery(
     labels: Sequence[str],
     predictions: dict[str, Sequence[tuple[str, str]]],
     magnify: float = 10.0,
+    titles: tuple[str, str, str] = ("clean", "adversarial", "perturbation"),
 ) -> bytes:
     """Rows of clean | adversarial | perturbation ×``magnify``, titled with each model's
-    predictions on the clean and the adversarial image (paper Figs. 3 and 6)."""
+    predictions on the clean and the adversarial image (paper Figs. 3 and 6); ``titles``
+    name the three columns for other pairs (an image and its purified version)."""
     rows = len(clean)
     fig, axes = plt.subplots(rows, 3, figsize=(7.2, 2.3 * rows), squeeze=False)
     for i in range(rows):
         delta = adversarial[i].astype(np.float32) - clean[i].astype(np.float32)
         shown = [clean[i], adversarial[i], np.clip(0.5 + magnify * delta / 255, 0, 1)]
-        names = [f"clean: {labels[i]}", "adversarial", f"perturbation ×{magnify:g}"]
+        names = [f"{titles[0]}: {labels[i]}", titles[1], f"{titles[2]} ×{magnify:g}"]
         for j, (image, name) in enumerate(zip(shown, names, strict=True)):
             ax = axes[i, j]
             picture = image.transpose(1, 2, 0) if image.ndim == 3 else image
