@@ -11,16 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 import robustlab
 from robustlab.attacks import AdversarialSet, load_set
 from robustlab.data import load_dataset
 from robustlab.io import RobustlabError, atomic_write, read_json
-from robustlab.models.base import predict
 from robustlab.report import figures
-from robustlab.report.galleries import defense_galleries
+from robustlab.report.galleries import defense_galleries, prediction_pairs
 from robustlab.report.html import (
     esc,
     image,
@@ -279,7 +277,7 @@ def _gallery(
     clean = data.images[adv_set.indices[fooled]]
     adversarial = np.round(adv_set.pixels()[fooled].numpy() * 255).astype(np.uint8)
     predictions: dict[str, Sequence[tuple[str, str]]] = {
-        name: _predictions(model, clean, adversarial, classes) for name, model in models.items()
+        name: prediction_pairs(model, clean, adversarial, classes) for name, model in models.items()
     }
     labels = [classes[int(y)] for y in adv_set.labels[fooled]]
     return figures.gallery(clean, adversarial, labels, predictions)
@@ -298,15 +296,6 @@ def _gallery_targets(records: list[Record], spec: dict[str, Any]) -> list[str]:
     if len(preferred) == 2:
         return preferred
     return list(dict.fromkeys(r["target"] for r in records if r["protocol"] == "transfer"))[:2]
-
-
-def _predictions(
-    model: nn.Module, clean: np.ndarray, adversarial: np.ndarray, classes: Sequence[str]
-) -> list[tuple[str, str]]:
-    """(clean prediction, adversarial prediction) class names for each example."""
-    before = predict(model, torch.from_numpy(clean).float() / 255)
-    after = predict(model, torch.from_numpy(adversarial).float() / 255)
-    return [(classes[int(b)], classes[int(a)]) for b, a in zip(before, after, strict=True)]
 
 
 def _load(results_dir: Path, name: str) -> nn.Module | None:

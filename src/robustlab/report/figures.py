@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -104,7 +104,7 @@ def gallery(
     clean: np.ndarray,
     adversarial: np.ndarray,
     labels: Sequence[str],
-    predictions: dict[str, Sequence[tuple[str, str]]],
+    predictions: Mapping[str, Sequence[tuple[str, str]]],
     magnify: float = 10.0,
     titles: tuple[str, str, str] = ("clean", "adversarial", "perturbation"),
 ) -> bytes:

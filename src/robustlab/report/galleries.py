@@ -49,9 +49,9 @@ def defense_galleries(
             with torch.no_grad():
                 shown = model.transform(torch.from_numpy(clean).float() / 255)
             changed = np.round(shown.numpy() * 255).astype(np.uint8)
-            png = figures.gallery(clean, changed, labels, {name: _pairs(model, clean, changed,
-                                                                        data.classes)},
-                                  titles=("input", f"{name} output", "change"))  # fmt: skip
+            pairs = {name: prediction_pairs(model, clean, changed, data.classes)}
+            png = figures.gallery(clean, changed, labels, pairs,
+                                  titles=("input", f"{name} output", "change"))
             galleries.append((f"{name}: what the purifier does", png))
         elif base is not None:
             delta = _perturbation_against(results_dir, entry.base)
@@ -60,7 +60,7 @@ def defense_galleries(
             pixels = torch.from_numpy(clean).float() / 255
             perturbed = np.round(apply(pixels, delta).numpy() * 255).astype(np.uint8)
             predictions: dict[str, Sequence[tuple[str, str]]] = {
-                m: _pairs(net, clean, perturbed, data.classes)
+                m: prediction_pairs(net, clean, perturbed, data.classes)
                 for m, net in ((entry.base, base), (name, model))
             }
             png = figures.gallery(clean, perturbed, labels, predictions,
@@ -88,9 +88,10 @@ def _perturbation_against(results_dir: Path, victim: str) -> torch.Tensor | None
     return None
 
 
-def _pairs(
+def prediction_pairs(
     model: nn.Module, before: np.ndarray, after: np.ndarray, classes: Sequence[str]
 ) -> list[tuple[str, str]]:
+    """(prediction on ``before``, prediction on ``after``) class names for each uint8 image."""
     first = predict(model, torch.from_numpy(before).float() / 255)
     second = predict(model, torch.from_numpy(after).float() / 255)
     return [(classes[int(a)], classes[int(b)]) for a, b in zip(first, second, strict=True)]
