@@ -139,3 +139,20 @@ def test_sources_must_match_each_other_and_the_dataset(
     assert main(wrong) == 2
     assert "differs from the one the source was trained on" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_image_folders_with_an_empty_class_or_mixed_sizes_are_refused(
+    image_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from PIL import Image
+
+    (image_folder / "train" / "bird").mkdir()  # a class with no images
+    args = ["train", "--dataset", "imagefolder", "--data-dir", str(image_folder), "--arch",
+            "lenet", "--epochs", "1", "--out", str(image_folder.parent / "run")]  # fmt: skip
+    assert main(args) == 2
+    assert "train/bird: a class folder with no images" in capsys.readouterr().err
+    (image_folder / "train" / "bird").rmdir()
+    Image.new("RGB", (9, 9)).save(image_folder / "train" / "dog" / "big.png")
+    assert main(args) == 2
+    assert "train/dog/big.png: 9×9 pixels, others 8×8" in capsys.readouterr().err
+    assert not (image_folder.parent / "run").exists()

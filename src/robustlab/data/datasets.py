@@ -329,8 +329,9 @@ def _md5(path: Path) -> str:
 
 
 def _cache_key(name: str, root: Path) -> str:
-    """Hash of the source files' paths, sizes and times: a changed file means a new cache."""
-    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    """Hash of the source files' paths, sizes and times (and of the folders: an added, even
+    empty, class folder is a change too): a changed file means a new cache."""
+    files = sorted(root.rglob("*")) if root.is_dir() else [root]
     stats = [
         (str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists()
     ]

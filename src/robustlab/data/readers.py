@@ -143,7 +143,7 @@ def decode_image(blob: bytes, source: str, channels: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(blob)) as img:
             pixels = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise RobustlabError(
             f"{source}: cannot decode image ({err}); replace or delete it"
         ) from None
@@ -174,7 +174,15 @@ def read_image_folder(
         unknown = [cls for cls, _, _ in items if cls not in index]
         if unknown:
             raise RobustlabError(f"{root}: test class {unknown[0]!r} has no train folder")
-        images = np.stack([_decode_entry(root, split, c, n, p, channels) for c, n, p in items])
+        decoded = [_decode_entry(root, split, c, n, p, channels) for c, n, p in items]
+        for (cls, name, _), pixels in zip(items, decoded, strict=True):
+            if pixels.shape != decoded[0].shape:
+                size, first = pixels.shape, decoded[0].shape
+                raise RobustlabError(
+                    f"{root}/{split}/{cls}/{name}: {size[2]}×{size[1]} pixels, others "
+                    f"{first[2]}×{first[1]}; resize the images to one size"
+                )
+        images = np.stack(decoded)
         labels = np.array([index[c] for c, _, _ in items], dtype=np.int64)
         splits[split] = (images, labels)
     shapes = {splits[s][0].shape[1:] for s in splits}
@@ -194,6 +202,13 @@ def _decode_entry(
 def _folder_entries(root: Path) -> Iterable[tuple[str, str, str, bytes | Path]]:
     if not root.is_dir():
         raise RobustlabError(f"{root}: no such folder or archive; check --data-dir")
+    for folder in sorted(root.glob("t*/*")):
+        if folder.parent.name in ("train", "test") and folder.is_dir() and not any(
+            p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()
+        ):
+            raise RobustlabError(
+                f"{folder}: a class folder with no images; add its images or remove the folder"
+            )
     for path in root.glob("*/*/*"):
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
             yield path.parts[-3], path.parts[-2], path.name, path
