@@ -156,3 +156,27 @@ def test_image_folders_with_an_empty_class_or_mixed_sizes_are_refused(
     assert main(args) == 2
     assert "train/dog/big.png: 9×9 pixels, others 8×8" in capsys.readouterr().err
     assert not (image_folder.parent / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda meta: meta.pop("model"), "model.arch missing"),
+        (lambda meta: meta["model"].update(widht=3), "malformed model config"),
+        (lambda meta: meta.update(format="robustlab-run/9"), "unknown run format"),
+    ],
+)  # fmt: skip
+def test_malformed_run_metadata_is_one_line(
+    digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture, edit, message: str
+) -> None:
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    meta = json.loads((run / "meta.json").read_text())
+    edit(meta)
+    (run / "meta.json").write_text(json.dumps(meta))
+    assert main(["eval-clean", str(run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

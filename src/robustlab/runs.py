@@ -38,8 +38,13 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RobustlabError(f"{run_dir}: not a run directory (no {META_FILE}); train one first")
     meta: dict[str, Any] = read_json(path)
-    if meta.get("format") != RUN_FORMAT:
-        raise RobustlabError(f"{path}: unknown run format {meta.get('format')!r}")
+    if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise RobustlabError(f"{path}: unknown run format {found!r}")
+    for key, inner in (("model", "arch"), ("dataset", "name")):
+        if not isinstance(meta.get(key), dict) or inner not in meta[key]:
+            raise RobustlabError(f"{path}: malformed run metadata ({key}.{inner} missing); "
+                                 "re-train the run or restore its meta.json")  # fmt: skip
     return meta
 
 
@@ -58,7 +63,10 @@ def load(
             f"{run_dir}: training stopped at epoch {meta.get('epoch')} of {epochs}; finish it "
             "with the same `robustlab train ... --resume`"
         )
-    model = ModelConfig.from_dict(meta["model"]).build()
+    try:
+        model = ModelConfig.from_dict(meta["model"]).build()
+    except (TypeError, ValueError, KeyError) as err:
+        raise RobustlabError(f"{run_dir}/meta.json: malformed model config ({err})") from None
     tensors, _ = load_tensors(Path(run_dir) / MODEL_FILE)
     try:
         model.load_state_dict(tensors, strict=True)
