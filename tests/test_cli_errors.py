@@ -180,3 +180,19 @@ def test_malformed_run_metadata_is_one_line(
     assert main(["eval-clean", str(run), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_a_dictionary_with_wrong_shaped_filters_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from robustlab.defenses.csc.dictionary import DICTIONARY_FILE
+    from robustlab.io import load_tensors, save_tensors
+
+    good = Path(__file__).parents[1] / "dicts" / "fashion-mnist-64x8" / DICTIONARY_FILE
+    tensors, meta = load_tensors(good)
+    save_tensors(tmp_path / "bad.safetensors", {"filters": tensors["filters"][:, :, :, :5]}, meta)
+    (tmp_path / "in").mkdir()
+    args = ["purify", str(tmp_path / "in"), str(tmp_path / "out"), "--dict",
+            str(tmp_path / "bad.safetensors")]  # fmt: skip
+    assert main(args) == 2
+    assert "filters is shape (64, 1, 8, 5), not (M, C, P, P)" in capsys.readouterr().err

@@ -183,7 +183,20 @@ def load_dictionary(path: str | Path) -> LearnedDictionary | StratifiedDictionar
         raise RobustlabError(
             f"{path}: not a robustlab CSC dictionary (format {meta.get('format')!r})"
         )
-    lmbda = float(meta["lmbda"])
+    try:
+        lmbda = float(meta["lmbda"])
+        count = int(meta.get("clusters", 1))
+    except (KeyError, TypeError, ValueError) as err:
+        raise RobustlabError(f"{path}: malformed dictionary metadata ({err}); re-learn it") from (
+            None
+        )
+    names = ["filters"] if "clusters" not in meta else [f"filters.{k}" for k in range(count)]
+    for name in names:
+        filters = tensors.get(name)
+        if filters is None or filters.ndim != 4 or filters.shape[-1] != filters.shape[-2]:
+            found = "missing" if filters is None else f"shape {tuple(filters.shape)}"
+            raise RobustlabError(f"{path}: {name} is {found}, not (M, C, P, P); re-learn it "
+                                 "with robustlab csc learn")  # fmt: skip
     history = meta.get("history") or [[]]
     if "clusters" not in meta:
         return LearnedDictionary(tensors["filters"], lmbda, meta, list(history[0]))
