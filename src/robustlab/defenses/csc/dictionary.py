@@ -187,9 +187,8 @@ def load_dictionary(path: str | Path) -> LearnedDictionary | StratifiedDictionar
         lmbda = float(meta["lmbda"])
         count = int(meta.get("clusters", 1))
     except (KeyError, TypeError, ValueError) as err:
-        raise RobustlabError(f"{path}: malformed dictionary metadata ({err}); re-learn it") from (
-            None
-        )
+        problem = f"{path}: malformed dictionary metadata ({err}); re-learn it"
+        raise RobustlabError(problem) from None
     names = ["filters"] if "clusters" not in meta else [f"filters.{k}" for k in range(count)]
     for name in names:
         filters = tensors.get(name)
