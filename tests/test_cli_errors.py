@@ -196,3 +196,30 @@ def test_a_dictionary_with_wrong_shaped_filters_is_one_line(
             str(tmp_path / "bad.safetensors")]  # fmt: skip
     assert main(args) == 2
     assert "filters is shape (64, 1, 8, 5), not (M, C, P, P)" in capsys.readouterr().err
+
+
+def test_broken_set_files_are_one_line(tmp_path: Path) -> None:
+    import numpy as np
+
+    from robustlab.attacks import load_set
+    from robustlab.io import RobustlabError
+
+    (tmp_path / "zip.npz").write_bytes(b"PK\x03\x04 not really a zip file")
+    with pytest.raises(RobustlabError, match="not a readable adversarial set"):
+        load_set(tmp_path / "zip.npz")
+    arrays = {name: np.zeros(1) for name in
+              ("images", "labels", "indices", "clean_pred", "adv_pred", "linf", "l2")}  # fmt: skip
+    np.savez(tmp_path / "json.npz", config_json=np.array("{not json"), **arrays)
+    with pytest.raises(RobustlabError, match="its config is not JSON"):
+        load_set(tmp_path / "json.npz")
+
+
+def test_tables_are_byte_identical_when_read_back(tmp_path: Path) -> None:
+    from robustlab.experiments.executor import run_spec
+    from robustlab.experiments.spec import load_spec
+
+    spec = load_spec(Path(__file__).parent / "specs" / "tiny.toml")
+    run_spec(spec, tmp_path, device="cpu", quiet=True)  # computed cells
+    first = (tmp_path / "results.md").read_bytes(), (tmp_path / "results.csv").read_bytes()
+    run_spec(spec, tmp_path, device="cpu", quiet=True)  # every cell read from disk
+    assert ((tmp_path / "results.md").read_bytes(), (tmp_path / "results.csv").read_bytes()) == first

@@ -10,6 +10,7 @@ the attack reports them, and the full config as JSON.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,14 +85,20 @@ def load_set(path: str | Path) -> AdversarialSet:
         raise RobustlabError(
             f"{path}: file not found; generate it with `robustlab attack`"
         ) from None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise RobustlabError(
             f"{path}: not a readable adversarial set ({err}); re-generate it"
         ) from None
     missing = [n for n in (*_ARRAYS, "config_json") if n not in arrays]
     if missing:
         raise RobustlabError(f"{path}: adversarial set lacks {missing[0]!r}; re-generate it")
-    config = json.loads(str(arrays.pop("config_json")))
+    try:
+        config = json.loads(str(arrays.pop("config_json")))
+    except json.JSONDecodeError as err:
+        problem = f"{path}: its config is not JSON ({err.msg}); re-generate it"
+        raise RobustlabError(problem) from None
+    if not isinstance(config, dict):
+        raise RobustlabError(f"{path}: its config is not a JSON object; re-generate it")
     if config.pop("format", None) != SET_FORMAT:
         raise RobustlabError(f"{path}: unknown adversarial set format; re-generate it")
     return AdversarialSet(config=config, queries=arrays.pop("queries", None), **arrays)
