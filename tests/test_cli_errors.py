@@ -222,4 +222,5 @@ def test_tables_are_byte_identical_when_read_back(tmp_path: Path) -> None:
     run_spec(spec, tmp_path, device="cpu", quiet=True)  # computed cells
     first = (tmp_path / "results.md").read_bytes(), (tmp_path / "results.csv").read_bytes()
     run_spec(spec, tmp_path, device="cpu", quiet=True)  # every cell read from disk
-    assert ((tmp_path / "results.md").read_bytes(), (tmp_path / "results.csv").read_bytes()) == first
+    again = (tmp_path / "results.md").read_bytes(), (tmp_path / "results.csv").read_bytes()
+    assert again == first
