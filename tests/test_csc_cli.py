@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from robustlab.cli import main
@@ -86,3 +87,35 @@ def test_purify_refuses_output_inside_input(
     missing = ["purify", str(tmp_path / "nope"), str(tmp_path / "o"), "--dict", str(dictionary)]
     assert main(missing) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_purify_keeps_each_finished_chunk(tmp_path: Path) -> None:
+    """A run stopped after its first chunk keeps that chunk's outputs (resumes from there)."""
+    from robustlab.experiments.csc import purify_folder
+
+    source = tmp_path / "in"
+    source.mkdir()
+    for k in range(40):
+        Image.new("L", (8, 8), color=k).save(source / f"{k:02d}.png")
+
+    class Identity(torch.nn.Module):
+        channels = 1
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    class StopsAfterOneChunk(Identity):
+        calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls > 1:
+                raise KeyboardInterrupt
+            return x
+
+    with pytest.raises(KeyboardInterrupt):
+        purify_folder(source, tmp_path / "out", StopsAfterOneChunk(), quiet=True)  # type: ignore[arg-type]
+    assert len(list((tmp_path / "out").glob("*.png"))) == 32
+    (tmp_path / "out" / "00.png").write_bytes(b"")  # an empty output is redone, not trusted
+    done, skipped = purify_folder(source, tmp_path / "out", Identity(), quiet=True)  # type: ignore[arg-type]
+    assert (done, skipped) == (9, 31)

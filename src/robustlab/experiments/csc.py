@@ -109,13 +109,15 @@ def purify_folder(
     out_dir: str | Path,
     purifier: CSCPurifier,
     size: int | None = None,
-    batch_size: int = 256,
+    batch_size: int = 32,
     device: torch.device | str = "cpu",
     quiet: bool = False,
 ) -> tuple[int, int]:
     """Purify every image of ``in_dir`` into ``out_dir`` under the same relative name.
 
-    Images already in ``out_dir`` are skipped, so an interrupted run resumes;
+    Images already in ``out_dir`` (and readable) are skipped, so an interrupted run resumes,
+    losing at most one chunk of ``batch_size`` images (the solver iterates a few images at
+    a time anyway, so small chunks cost little);
     every file is written atomically; inputs are never written. ``size``
     resizes images to ``size`` × ``size`` first (bilinear), as the method's
     reconstruction script does. Returns (purified, skipped).
