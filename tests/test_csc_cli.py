@@ -10,7 +10,12 @@ import torch
 from PIL import Image
 
 from robustlab.cli import main
-from robustlab.defenses.csc import LearnedDictionary, StratifiedDictionary, load_dictionary
+from robustlab.defenses.csc import (
+    LearnedDictionary,
+    StratifiedDictionary,
+    load_dictionary,
+    save_dictionary,
+)
 
 
 @pytest.fixture(scope="module")
@@ -98,24 +103,42 @@ def test_purify_keeps_each_finished_chunk(tmp_path: Path) -> None:
     for k in range(40):
         Image.new("L", (8, 8), color=k).save(source / f"{k:02d}.png")
 
-    class Identity(torch.nn.Module):
+    class Purifier(torch.nn.Module):  # the identity, interrupted after ``chunks`` chunks
         channels = 1
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x
-
-    class StopsAfterOneChunk(Identity):
-        calls = 0
+        def __init__(self, chunks: int) -> None:
+            super().__init__()
+            self.chunks, self.calls = chunks, 0
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             self.calls += 1
-            if self.calls > 1:
+            if self.calls > self.chunks:
                 raise KeyboardInterrupt
             return x
 
     with pytest.raises(KeyboardInterrupt):
-        purify_folder(source, tmp_path / "out", StopsAfterOneChunk(), quiet=True)  # type: ignore[arg-type]
+        purify_folder(source, tmp_path / "out", Purifier(1), quiet=True)  # type: ignore[arg-type]
     assert len(list((tmp_path / "out").glob("*.png"))) == 32
     (tmp_path / "out" / "00.png").write_bytes(b"")  # an empty output is redone, not trusted
-    done, skipped = purify_folder(source, tmp_path / "out", Identity(), quiet=True)  # type: ignore[arg-type]
+    done, skipped = purify_folder(source, tmp_path / "out", Purifier(9), quiet=True)  # type: ignore[arg-type]
     assert (done, skipped) == (9, 31)
+
+
+def test_purify_outputs_of_other_settings_are_not_reused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from robustlab.defenses.csc.dictionary import random_dictionary
+
+    source = tmp_path / "in"
+    source.mkdir()
+    Image.new("L", (8, 8), color=90).save(source / "a.png")
+    for seed in (0, 1):
+        save_dictionary(tmp_path / f"d{seed}", LearnedDictionary(
+            random_dictionary(4, 1, 3, seed=seed), 0.1))  # fmt: skip
+    run = ["purify", str(source), str(tmp_path / "out"), "--max-iter", "5", "--device", "cpu",
+           "--quiet"]  # fmt: skip
+    assert main([*run, "--dict", str(tmp_path / "d0")]) == 0
+    assert main([*run, "--dict", str(tmp_path / "d1")]) == 2  # not silently "already there"
+    assert "purified with other settings (filters_sha256)" in capsys.readouterr().err
+    assert main([*run, "--dict", str(tmp_path / "d1"), "--force"]) == 0
+    assert "purified 1 images" in capsys.readouterr().out

@@ -344,6 +344,10 @@ def _add_purify_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--lmbda", type=float, help="sparsity weight λ (default: the dictionary's)")
     p.add_argument("--size", type=int, help="resize images to SIZE × SIZE first")
     p.add_argument("--max-iter", type=int, default=200, help="ADMM iterations (default 200)")
+    p.add_argument(
+        "--force", action="store_true",
+        help="redo every image, also when OUT_DIR holds images purified with other settings",
+    )  # fmt: skip
     p.add_argument("--rel-tol", type=float, default=5e-3, help="stopping tolerance (5e-3)")
     p.add_argument(
         "--compile", action="store_true",
@@ -368,7 +372,7 @@ def _purify(args: argparse.Namespace) -> int:
     purifier = CSCPurifier(args.dict, args.lmbda, options, rescale=args.rescale)
     done, skipped = purify_folder(
         args.in_dir, args.out_dir, purifier, args.size,
-        device=resolve_device(args.device), quiet=args.quiet,
+        device=resolve_device(args.device), quiet=args.quiet, force=args.force,
     )  # fmt: skip
     print(f"purified {done} images into {args.out_dir} ({skipped} already there)")
     return 0

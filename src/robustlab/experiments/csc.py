@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
-from dataclasses import replace
+import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +25,14 @@ from robustlab.defenses.csc import (
     tikhonov_split,
 )
 from robustlab.defenses.csc.dictionary import DICTIONARY_FILE
-from robustlab.io import RobustlabError, atomic_write, check_writable, prepare_output
+from robustlab.io import (
+    RobustlabError,
+    atomic_write,
+    check_writable,
+    prepare_output,
+    read_json,
+    write_json,
+)
 from robustlab.seeding import derive_seed
 
 
@@ -112,6 +121,7 @@ def purify_folder(
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     quiet: bool = False,
+    force: bool = False,
 ) -> tuple[int, int]:
     """Purify every image of ``in_dir`` into ``out_dir`` under the same relative name.
 
@@ -129,7 +139,8 @@ def purify_folder(
     if not names:
         raise RobustlabError(f"{in_dir}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     check_writable(target)
-    todo = [n for n in names if not _readable_image(target / n)]
+    _claim(target, _settings(purifier, size), force)
+    todo = [n for n in names if force or not _readable_image(target / n)]
     purifier = purifier.to(device)
     bar = tqdm(total=len(todo), desc="purify", unit="img", disable=True if quiet else None)
     for start in range(0, len(todo), batch_size):
@@ -142,6 +153,37 @@ def purify_folder(
         bar.update(len(chunk))
     bar.close()
     return len(todo), len(names) - len(todo)
+
+
+MANIFEST = ".robustlab-purify.json"
+
+
+def _settings(purifier: CSCPurifier, size: int | None) -> dict[str, object]:
+    """Everything the outputs depend on: the filters' bytes, λ, solver options, sizes."""
+    if not isinstance(purifier, CSCPurifier):  # any other image-to-image module
+        return {"module": repr(purifier), "size": size}
+    loaded = purifier.dictionary
+    members = loaded.members if isinstance(loaded, StratifiedDictionary) else [loaded]
+    digest = hashlib.sha256()
+    for member in members:
+        digest.update(member.filters.detach().cpu().numpy().tobytes())
+    return {"filters_sha256": digest.hexdigest()[:16], "lmbda": purifier.lmbda,
+            "options": asdict(purifier.options), "rescale": purifier.rescale,
+            "tikhonov_lmbda": purifier.tikhonov_lmbda, "size": size}  # fmt: skip
+
+
+def _claim(target: Path, settings: dict[str, object], force: bool) -> None:
+    """Outputs already in ``target`` are reused only if made with the same settings."""
+    manifest = target / MANIFEST
+    if manifest.is_file() and not force:
+        found, wanted = read_json(manifest), json.loads(json.dumps(settings))  # as JSON
+        if wanted != found:
+            changed = sorted(k for k in wanted if found.get(k) != wanted[k])
+            raise RobustlabError(
+                f"{target} holds images purified with other settings ({', '.join(changed)}); "
+                "choose another OUT_DIR or pass --force to redo them"
+            )
+    write_json(manifest, settings)
 
 
 def _readable_image(path: Path) -> bool:
