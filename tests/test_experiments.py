@@ -156,3 +156,25 @@ def test_demo_falls_back_loudly_and_writes_its_report(
     assert re.search(r"fgsm16 +standard +\d+\.\d% \[[\d.]+, [\d.]+\] +defective", out)
     assert f"report: {tmp_path / 'd' / 'report.html'}" in out
     assert (tmp_path / "d" / "report.html").is_file()
+
+
+def test_runs_on_a_users_files_are_keyed_by_their_content(
+    tmp_path: Path, idx_dir: tuple[Path, dict]
+) -> None:
+    import gzip
+
+    from tests.files import idx_bytes
+
+    folder, arrays = idx_dir
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        f"[experiment]\ndataset = 'mnist'\ndata_dir = '{folder}'\nn = 8\n"
+        "[train]\narch = 'lenet'\nwidth = 4\nepochs = 1\npad = 0\n[models.standard]\n"
+        "[[protocols]]\ntype = 'noise'\nmodels = ['standard']\nsigmas = [8]\n"
+    )
+    run_spec(load_spec(spec), tmp_path / "out", device="cpu", quiet=True)
+    images = arrays["train-images-idx3-ubyte"].copy()
+    images[0] = 255 - images[0]  # the same file names, other pixels
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images)))
+    run_spec(load_spec(spec), tmp_path / "out", device="cpu", quiet=True)
+    assert len(list((tmp_path / "out" / "runs").glob("standard-*"))) == 2  # retrained

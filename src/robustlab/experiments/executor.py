@@ -12,6 +12,7 @@ the final records are identical to those of an uninterrupted run:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -121,9 +122,21 @@ class Executor:
 
     def _train_key(self, entry: ModelEntry) -> str:
         config = self._model_config(entry)
-        return config_hash(
-            [config.to_dict(), entry.train.to_dict(), entry.train_limit, self.spec.dataset]
-        )
+        parts = [config.to_dict(), entry.train.to_dict(), entry.train_limit, self.spec.dataset]
+        if self.spec.data_dir is not None or self.spec.dataset == "imagefolder":
+            # the user's own files: a run is keyed by their content too (the named datasets'
+            # files are checked against published checksums, so their name says it all)
+            parts.append(self._data_digest())
+        return config_hash(parts)
+
+    @functools.cache  # noqa: B019 (one executor per run; the digest is what is cached)
+    def _data_digest(self) -> str:
+        digest = hashlib.sha256()
+        for split in ("train", "test"):
+            data = load_dataset(self.spec.dataset, split, self.spec.data_dir)
+            digest.update(data.images.tobytes())
+            digest.update(data.labels.tobytes())
+        return digest.hexdigest()[:16]
 
     def _model_config(self, entry: ModelEntry) -> Any:
         data = load_dataset(self.spec.dataset, "train", self.spec.data_dir)
