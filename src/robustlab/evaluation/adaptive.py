@@ -21,7 +21,7 @@ Any of the first three raises ``masking``: the robust accuracy is then an upper 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,29 +142,29 @@ def sign_noise(x: torch.Tensor, params: Mapping[str, Any], seed: int) -> torch.T
 
 def zero_gradient_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Share of examples whose cross-entropy gradient with respect to the input is all zero."""
-    if len(x) == 0:
-        return 0.0
-    device = model_device(model)
     zero = 0
     with frozen(model):
-        for start in range(0, len(x), BATCH):
-            xb = x[start : start + BATCH].to(device).requires_grad_(True)
-            loss = F.cross_entropy(model(xb), y[start : start + BATCH].to(device), reduction="sum")
+        for batch, yb in _device_batches(model, x, y):
+            xb = batch.detach().requires_grad_(True)
+            loss = F.cross_entropy(model(xb), yb, reduction="sum")
             (grad,) = torch.autograd.grad(loss, xb)
             zero += int((grad.flatten(1).abs().amax(1) == 0).sum())
-    return zero / len(x)
+    return zero / max(1, len(x))
 
 
 @torch.no_grad()
 def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean cross-entropy of ``model`` in eval mode."""
-    if len(x) == 0:
-        return 0.0
-    device = model_device(model)
     total = 0.0
     with frozen(model):
-        for start in range(0, len(x), BATCH):
-            logits = model(x[start : start + BATCH].to(device))
-            target = y[start : start + BATCH].to(device)
-            total += float(F.cross_entropy(logits, target, reduction="sum"))
-    return total / len(x)
+        for xb, yb in _device_batches(model, x, y):
+            total += float(F.cross_entropy(model(xb), yb, reduction="sum"))
+    return total / max(1, len(x))
+
+
+def _device_batches(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    device = model_device(model)
+    for start in range(0, len(x), BATCH):
+        yield x[start : start + BATCH].to(device), y[start : start + BATCH].to(device)
