@@ -21,7 +21,7 @@ Any of the first three raises ``masking``: the robust accuracy is then an upper 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,8 +97,10 @@ def adaptive_attack(
     view = attack_view(model)
     adv = attack_in_batches(attack, view, dict(params), x, y, seed=seed, batch_size=BATCH).adv
     labels = y.cpu()
-    accuracy = Rate(int((predict(model, adv) == labels).sum()), len(y))
-    clean_pred = predict(model, x)
+    # one pass each over the clean and the adversarial images gives predictions and losses
+    clean_logits, adv_logits = logits_of(model, x), logits_of(model, adv)
+    accuracy = Rate(int((adv_logits.argmax(1) == labels).sum()), len(y))
+    clean_pred = clean_logits.argmax(1)
     clean = Rate(int((clean_pred == labels).sum()), len(y))
     transfer = None
     if base is not None and base is not model:
@@ -106,11 +108,9 @@ def adaptive_attack(
         transfer = Rate(int((predict(model, moved.adv) == labels).sum()), len(y))
     noise = Rate(int((predict(model, sign_noise(x, params, seed)) == labels).sum()), len(y))
     zero = zero_gradient_share(view, x, y)
-    loss_clean, loss_adv = mean_loss(model, x, y), mean_loss(model, adv, y)
-    randomized = not torch.equal(clean_pred, predict(model, x))
-    with torch.no_grad():
-        classes = int(model(x[:1].to(model_device(model))).shape[1]) if len(x) else 1
-    near_chance = clean.value < 1.5 / classes
+    loss_clean, loss_adv = mean_loss(clean_logits, labels), mean_loss(adv_logits, labels)
+    randomized = not torch.equal(clean_pred, predict(model, x))  # a second pass, on purpose
+    near_chance = clean.value < 1.5 / max(1, clean_logits.shape[1])
     flags = []
     if zero > 0.5:
         flags.append("zero_gradients")
@@ -142,29 +142,25 @@ def sign_noise(x: torch.Tensor, params: Mapping[str, Any], seed: int) -> torch.T
 
 def zero_gradient_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Share of examples whose cross-entropy gradient with respect to the input is all zero."""
-    zero = 0
+    zero, device = 0, model_device(model)
     with frozen(model):
-        for batch, yb in _device_batches(model, x, y):
-            xb = batch.detach().requires_grad_(True)
-            loss = F.cross_entropy(model(xb), yb, reduction="sum")
+        for i in range(0, len(x), BATCH):
+            xb = x[i : i + BATCH].to(device).detach().requires_grad_(True)
+            loss = F.cross_entropy(model(xb), y[i : i + BATCH].to(device), reduction="sum")
             (grad,) = torch.autograd.grad(loss, xb)
             zero += int((grad.flatten(1).abs().amax(1) == 0).sum())
     return zero / max(1, len(x))
 
 
 @torch.no_grad()
-def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean cross-entropy of ``model`` in eval mode."""
-    total = 0.0
-    with frozen(model):
-        for xb, yb in _device_batches(model, x, y):
-            total += float(F.cross_entropy(model(xb), yb, reduction="sum"))
-    return total / max(1, len(x))
-
-
-def _device_batches(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits of ``model`` in eval mode, batched, on the CPU."""
     device = model_device(model)
-    for start in range(0, len(x), BATCH):
-        yield x[start : start + BATCH].to(device), y[start : start + BATCH].to(device)
+    with frozen(model):
+        parts = [model(x[i : i + BATCH].to(device)).cpu() for i in range(0, len(x), BATCH)]
+    return torch.cat(parts) if parts else torch.empty(0, 0)
+
+
+def mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean cross-entropy of logits against labels (0 for no examples)."""
+    return float(F.cross_entropy(logits, labels)) if len(labels) else 0.0
