@@ -41,11 +41,13 @@ def defense_galleries(
     labels = [data.classes[int(y)] for y in data.labels[pick]]
     galleries = []
     for name, entry in spec.models.items():
-        model = _defended(results_dir, name, entry, load)
-        if model is None or entry.base is None:
+        if entry.defense is None or entry.base is None:
             continue
         base = load(results_dir, entry.base)
-        if entry.defense is not None and entry.defense.kind == "input":
+        model = _defended(results_dir, name, entry, base)
+        if model is None:
+            continue
+        if entry.defense.kind == "input":
             with torch.no_grad():
                 shown = model.transform(torch.from_numpy(clean).float() / 255)
             changed = np.round(shown.numpy() * 255).astype(np.uint8)
@@ -53,7 +55,7 @@ def defense_galleries(
             png = figures.gallery(clean, changed, labels, pairs,
                                   titles=("input", f"{name} output", "change"))
             galleries.append((f"{name}: what the purifier does", png))
-        elif base is not None:
+        elif base is not None:  # regeneration (always true here: _defended needed base)
             delta = _perturbation_against(results_dir, entry.base)
             if delta is None:
                 continue
@@ -69,12 +71,14 @@ def defense_galleries(
     return galleries
 
 
-def _defended(results_dir: Path, name: str, entry: ModelEntry, load: Loader) -> Defended | None:
-    if entry.defense is None or entry.base is None:
-        return None
+def _defended(
+    results_dir: Path, name: str, entry: ModelEntry, base: nn.Module | None
+) -> Defended | None:
+    """The newest prepared defense of ``name`` around ``base``."""
     folders = sorted((results_dir / "defenses").glob(f"{name}-*"), key=lambda p: p.stat().st_mtime)
-    base = load(results_dir, entry.base)
-    if not folders or base is None or not entry.defense.is_prepared(folders[-1]):
+    if entry.defense is None or not folders or base is None:
+        return None
+    if not entry.defense.is_prepared(folders[-1]):
         return None
     return entry.defense.wrap(base, folders[-1])
 
