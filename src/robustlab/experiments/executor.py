@@ -5,7 +5,9 @@ results directory, so a run killed at any point continues from the files it left
 the final records are identical to those of an uninterrupted run:
 
     RESULTS/runs/<model>-<hash>/         trained models (resumed per epoch)
+    RESULTS/defenses/<model>-<hash>/     prepared defenses (defense.json written last)
     RESULTS/advs/<hash>.npz              adversarial sets
+    RESULTS/universal/<attack>-<hash>.safetensors   universal perturbations
     RESULTS/records/<hash>.json          one result cell each
     RESULTS/results.json, .csv, .md      everything, gathered at the end
 """
