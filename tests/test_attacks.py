@@ -155,6 +155,9 @@ ALL = {
     "cw": {"c": 1.0, "steps": 20, "search_steps": 2},
     "boundary": {"steps": 50},
     "noise": {"sigma": 8},
+    "apgd": {"eps": 8 / 255, "steps": 5, "loss": "dlr"},
+    "apgdt": {"eps": 8 / 255, "steps": 5, "target_classes": 2},
+    "square": {"eps": 8 / 255, "queries": 30},
 }
 
 

@@ -286,9 +286,7 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 def _demo(args: argparse.Namespace) -> int:
     from robustlab.experiments.demo import run_demo
 
-    print(
-        run_demo(args.out, quiet=args.quiet, device=args.device, download=not args.no_download)
-    )
+    print(run_demo(args.out, quiet=args.quiet, device=args.device, download=not args.no_download))
     return 0
 
 
@@ -538,8 +536,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         where = f"{err.filename}: " if err.filename else ""
-        print(f"robustlab: error: {where}{err.strerror or err}; check the path, its "
-              "permissions and the free space (--debug shows the traceback)", file=sys.stderr)
+        print(
+            f"robustlab: error: {where}{err.strerror or err}; check the path, its "
+            "permissions and the free space (--debug shows the traceback)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(

@@ -68,6 +68,10 @@ class Attack(ABC):
         skip = {"model"}
         return {"attack": self.name, **{k: v for k, v in vars(self).items() if k not in skip}}
 
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if k != "attack")
+        return f"{type(self).__name__}({shown})"
+
     def _check_inputs(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> None:
         if x.ndim != 4:
             raise ValueError(f"images must be a batch (N, C, H, W), got shape {tuple(x.shape)}")

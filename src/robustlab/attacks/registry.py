@@ -6,6 +6,8 @@ from typing import Any
 
 from torch import nn
 
+from robustlab.attacks.apgd import APGD
+from robustlab.attacks.apgdt import APGDT
 from robustlab.attacks.base import Attack
 from robustlab.attacks.boundary import Boundary
 from robustlab.attacks.cw import CW
@@ -13,9 +15,10 @@ from robustlab.attacks.fgsm import FGSM
 from robustlab.attacks.mifgsm import MIFGSM
 from robustlab.attacks.noise import GaussianNoise
 from robustlab.attacks.pgd import PGD
+from robustlab.attacks.square import Square
 
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (FGSM, PGD, MIFGSM, CW, Boundary, GaussianNoise)
+    cls.name: cls for cls in (FGSM, PGD, MIFGSM, CW, Boundary, GaussianNoise, APGD, APGDT, Square)
 }
 
 

@@ -203,8 +203,10 @@ def _folder_entries(root: Path) -> Iterable[tuple[str, str, str, bytes | Path]]:
     if not root.is_dir():
         raise RobustlabError(f"{root}: no such folder or archive; check --data-dir")
     for folder in sorted(root.glob("t*/*")):
-        if folder.parent.name in ("train", "test") and folder.is_dir() and not any(
-            p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()
+        if (
+            folder.parent.name in ("train", "test")
+            and folder.is_dir()
+            and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
         ):
             raise RobustlabError(
                 f"{folder}: a class folder with no images; add its images or remove the folder"

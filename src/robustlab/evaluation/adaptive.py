@@ -66,8 +66,7 @@ class AdaptiveResult:
     def to_dict(self) -> dict[str, Any]:
         rates = ("accuracy", "clean_accuracy", "transfer_accuracy", "noise_accuracy")
         data: dict[str, Any] = {
-            k: (getattr(self, k).to_dict() if getattr(self, k) is not None else None)
-            for k in rates
+            k: (getattr(self, k).to_dict() if getattr(self, k) is not None else None) for k in rates
         }
         data.update(
             surface=self.surface, bpda_part=self.bpda_part,

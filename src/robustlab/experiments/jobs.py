@@ -149,8 +149,10 @@ def make_adversarial_set(
     model, meta = load_sources(sources, resolve_device(device))
     name = dataset or meta["dataset"]["name"]
     if name != meta["dataset"]["name"]:
-        raise RobustlabError(f"--dataset {name} differs from the one the source was trained on "
-                             f"({meta['dataset']['name']}); drop --dataset or use another source")
+        raise RobustlabError(
+            f"--dataset {name} differs from the one the source was trained on "
+            f"({meta['dataset']['name']}); drop --dataset or use another source"
+        )
     data_dir = data_dir or meta["dataset"].get("data_dir")
     data = load_dataset(name, split, data_dir)
     indices = sample_indices(len(data), n, seed)

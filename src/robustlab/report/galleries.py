@@ -52,8 +52,9 @@ def defense_galleries(
                 shown = model.transform(torch.from_numpy(clean).float() / 255)
             changed = np.round(shown.numpy() * 255).astype(np.uint8)
             pairs = {name: prediction_pairs(model, clean, changed, data.classes)}
-            png = figures.gallery(clean, changed, labels, pairs,
-                                  titles=("input", f"{name} output", "change"))
+            png = figures.gallery(
+                clean, changed, labels, pairs, titles=("input", f"{name} output", "change")
+            )
             galleries.append((f"{name}: what the purifier does", png))
         elif base is not None:  # regeneration (always true here: _defended needed base)
             delta = _perturbation_against(results_dir, entry.base)
@@ -65,8 +66,13 @@ def defense_galleries(
                 m: prediction_pairs(net, clean, perturbed, data.classes)
                 for m, net in ((entry.base, base), (name, model))
             }
-            png = figures.gallery(clean, perturbed, labels, predictions,
-                                  titles=("clean", "universal perturbation added", "δ"))
+            png = figures.gallery(
+                clean,
+                perturbed,
+                labels,
+                predictions,
+                titles=("clean", "universal perturbation added", "δ"),
+            )
             galleries.append((f"{name}: a universal perturbation of {entry.base}", png))
     return galleries
 
