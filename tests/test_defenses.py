@@ -70,8 +70,20 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
     assert {r["against"] for r in universal} == {"base", "defended"}
     sfr = json.loads(next((results / "defenses").glob("sfr-*/defense.json")).read_text())
     assert sfr["chosen_layers"] and sfr["xi"] == pytest.approx(16 / 255)
+    strong = [r for r in records if r["protocol"] == "strong"]
+    assert {(r["target"], r["eps"], r["headline"]) for r in strong} == {
+        (m, eps, eps == 16) for m in ("standard", "jpeg", "thermometer") for eps in (16, 4)
+    }
+    assert all(r["accuracy"]["n"] == 16 and list(r["after"]) == ["apgd-ce", "apgd-t", "square"]
+               for r in strong)  # fmt: skip
+    assert len(list((results / "strong").glob("*/square.safetensors"))) == len(strong)
+    jpeg_whitebox = next(
+        r for r in records if r["protocol"] == "whitebox" and r["target"] == "jpeg"
+    )
+    assert "zero_gradients" in jpeg_whitebox["flags"]  # plain gradients through JPEG: zero
     table = (results / "results.md").read_text()
     assert table.startswith("## Comparison")
+    assert "## Strong (AutoAttack-style)" in table
     assert all(f"| {m} |" in table.split("## Transfer")[0] for m in [*DEFENDED, "standard"])
 
 

@@ -8,6 +8,7 @@ the final records are identical to those of an uninterrupted run:
     RESULTS/defenses/<model>-<hash>/     prepared defenses (defense.json written last)
     RESULTS/advs/<hash>.npz              adversarial sets
     RESULTS/universal/<attack>-<hash>.safetensors   universal perturbations
+    RESULTS/strong/<hash>/<attack>.safetensors      per-image robust flags of the strong protocol
     RESULTS/records/<hash>.json          one result cell each
     RESULTS/results.json, .csv, .md      everything, gathered at the end
 """
@@ -33,7 +34,7 @@ from robustlab.attacks import AdversarialSet, Ensemble, load_set
 from robustlab.attacks.universal import UniversalPerturbation, build_universal
 from robustlab.data import load_dataset, sample, sample_indices
 from robustlab.defenses.base import PrepareContext, added_parameters, attack_view
-from robustlab.evaluation.adaptive import adaptive_attack
+from robustlab.evaluation.adaptive import adaptive_attack, zero_gradient_share
 from robustlab.evaluation.protocols import (
     decision_score,
     noise_curve,
@@ -41,10 +42,11 @@ from robustlab.evaluation.protocols import (
     whitebox_accuracy,
 )
 from robustlab.evaluation.stats import Rate
+from robustlab.evaluation.strong import StrongConfig, strong_attack
 from robustlab.evaluation.transfer import transfer
 from robustlab.evaluation.universal import universal_scores
 from robustlab.experiments.jobs import make_adversarial_set, model_config_for, resolve_device
-from robustlab.experiments.spec import ModelEntry, Spec, to_unit
+from robustlab.experiments.spec import ModelEntry, Spec, strong_configs, to_unit
 from robustlab.io import atomic_write, read_json, write_json
 from robustlab.models import ModelConfig
 from robustlab.models.base import eval_mode, model_device, predict
@@ -302,19 +304,25 @@ class Executor:
                 yield self.record(key, compute)
 
     def _whitebox(self, protocol: dict[str, Any]) -> Iterator[Record]:
-        for attack in protocol["attacks"]:
-            kind, params = self.spec.attacks[attack]
-            for name in protocol["models"]:
+        for name in protocol["models"]:
+            cells = []
+            for attack in protocol["attacks"]:
+                kind, params = self.spec.attacks[attack]
 
                 def compute(
                     name: str = name, attack: str = attack, kind: str = kind, params: Any = params
                 ) -> Record:
                     model = self.model(name)
                     rate = whitebox_accuracy(model, self.x, self.y, kind, params, self.spec.seed)
+                    checks = gradient_checks(model, self.x, self.y)
                     return {"protocol": "whitebox", "target": name, "attack": attack,
-                            "params": params, "accuracy": rate.to_dict()}  # fmt: skip
+                            "params": params, "accuracy": rate.to_dict(), **checks}  # fmt: skip
 
-                yield self.record(self._key("whitebox", self._ids([name]), kind, params), compute)
+                key = self._key("whitebox/2", self._ids([name]), kind, params)
+                cells.append(self.record(key, compute))
+            yield from flag_rising_with_eps(
+                cells, group=lambda r: self.spec.attacks[r["attack"]][0]
+            )
 
     def _adaptive(self, protocol: dict[str, Any]) -> Iterator[Record]:
         for attack in protocol["attacks"]:
@@ -332,6 +340,32 @@ class Executor:
 
                 key = self._key("adaptive", self._ids([name, self.base_of(name)]), kind, params)
                 yield self.record(key, compute)
+
+    def _strong(self, protocol: dict[str, Any]) -> Iterator[Record]:
+        n = min(int(protocol.get("n", self.spec.n)), self.spec.n)
+        eps = protocol.get("eps", 8)
+        pairs = list(zip(strong_configs(protocol), eps if isinstance(eps, list) else [eps],
+                         strict=True))  # fmt: skip
+        for name in protocol["models"]:
+            cells = [self._strong_cell(name, config, value, n, headline=index == 0)
+                     for index, (config, value) in enumerate(pairs)]  # fmt: skip
+            yield from flag_rising_with_eps(cells, group=lambda r: r["attack"])
+
+    def _strong_cell(
+        self, name: str, config: StrongConfig, eps: float, n: int, *, headline: bool
+    ) -> Record:
+        """One model under the strong protocol at one ε (0-255 units in ``eps``)."""
+        key = self._key("strong", self._ids([name]), _fields(config), n)
+
+        def compute() -> Record:
+            store = self.out / "strong" / config_hash(key)
+            result = strong_attack(self.model(name), self.x[:n], self.y[:n], config,
+                                   seed=self.spec.seed, store=store)  # fmt: skip
+            return {"protocol": "strong", "target": name, "attack": "+".join(config.attacks),
+                    "eps": eps, "params": _fields(config), **result.to_dict()}  # fmt: skip
+
+        # not part of the cached cell: which ε is the headline depends on the spec's order
+        return {**self.record(key, compute), "headline": headline}
 
     def _universal(self, protocol: dict[str, Any]) -> Iterator[Record]:
         attack_images = int(protocol.get("attack_images", 256))
@@ -427,6 +461,43 @@ class Executor:
     def _ids(self, models: list[str]) -> list[str]:
         """Models as what was made for them: a record is keyed by what was trained/prepared."""
         return [i for m in models for i in self.identity(m)]
+
+
+def _fields(config: StrongConfig) -> dict[str, Any]:
+    return {k: getattr(config, k) for k in config.__dataclass_fields__}
+
+
+def gradient_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """AutoAttack's checks of a white-box cell: zero input gradients (of ``model`` itself,
+    what the plain white-box attack differentiates) on correctly classified images, and
+    predictions that change between two passes (a randomized model)."""
+    pred = predict(model, x)
+    right = pred == y.cpu()
+    zero = zero_gradient_share(model, x[right], y[right]) if right.any() else 0.0
+    randomized = not torch.equal(pred, predict(model, x))
+    flags = ["zero_gradients"] * (zero > 0) + ["random_predictions"] * randomized
+    return {"zero_gradient_share": zero, "randomized": randomized, "flags": flags}
+
+
+def flag_rising_with_eps(cells: list[Record], group: Callable[[Record], Any]) -> list[Record]:
+    """Add ``accuracy_rises_with_eps`` to cells of one model and attack kind where a larger ε
+    left more images correctly classified than a smaller one (a broken attack's sign)."""
+    flagged = [dict(c) for c in cells]
+    for i, a in enumerate(flagged):
+        for b in flagged[i + 1 :]:
+            if group(a) != group(b):
+                continue
+            low, high = sorted((a, b), key=_eps_of)
+            if _eps_of(high) > _eps_of(low) and high["accuracy"]["hits"] > low["accuracy"]["hits"]:
+                for cell in (low, high):
+                    if "accuracy_rises_with_eps" not in cell.setdefault("flags", []):
+                        cell["flags"] = [*cell["flags"], "accuracy_rises_with_eps"]
+    return flagged
+
+
+def _eps_of(record: Record) -> float:
+    eps = record.get("eps", record.get("params", {}).get("eps", 0.0))
+    return float(eps)
 
 
 def _absolute(path: str | None) -> str | None:

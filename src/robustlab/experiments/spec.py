@@ -48,6 +48,7 @@ from robustlab.defenses.base import Defense
 from robustlab.defenses.defective import DefectSpec
 from robustlab.defenses.registry import TABLES as DEFENSE_TABLES
 from robustlab.defenses.registry import defense_from_table
+from robustlab.evaluation.strong import STANDARD_ATTACKS, StrongConfig
 from robustlab.io import RobustlabError
 from robustlab.models import available as available_archs
 from robustlab.training import TrainConfig
@@ -66,6 +67,17 @@ PROTOCOLS = {
     "whitebox": {"models", "attacks"},
     "adaptive": {"models", "attacks"},
     "universal": {"models", "attacks", "xis", "against", "attack_images", "options"},
+    "strong": {
+        "models",
+        "eps",
+        "norm",
+        "steps",
+        "target_classes",
+        "queries",
+        "restarts",
+        "attacks",
+        "n",
+    },
     "decision": {"models", "steps", "candidates", "max_queries", "n"},
     "noise": {"models", "sigmas"},
     "shuffle": {"models", "ks"},
@@ -319,6 +331,44 @@ def _universal_protocol(where: str, entry: dict[str, Any]) -> None:
         raise ValueError(f"{where}: against must list 'base' and/or 'defended'")
 
 
+def strong_configs(entry: dict[str, Any]) -> list[StrongConfig]:
+    """The strong protocol's budgets, one per ε (spec units 0-255 converted here), the
+    headline ε first."""
+    eps = entry.get("eps", 8)
+    values = eps if isinstance(eps, list) else [eps]
+    options = {k: entry[k] for k in ("norm", "steps", "target_classes", "queries", "restarts")
+               if k in entry}  # fmt: skip
+    attacks = tuple(entry.get("attacks", STANDARD_ATTACKS))
+    return [StrongConfig(eps=to_unit({"eps": v})["eps"], attacks=attacks, **options)
+            for v in values]  # fmt: skip
+
+
+def _strong_protocol(where: str, entry: dict[str, Any]) -> None:
+    """eps: one strength or a list in 0-255 (the first is the headline); attacks: some of
+    apgd-ce, apgd-dlr, apgd-t, square, run in that order of listing."""
+    from torch import nn
+
+    from robustlab.attacks import build
+
+    eps = entry.get("eps", 8)
+    values = eps if isinstance(eps, list) else [eps]
+    if not values or not all(type(v) in (int, float) and 0 < v <= 255 for v in values):
+        raise ValueError(f"{where}: eps must be a strength in 0-255 units or a list of them, "
+                         "e.g. eps = 8 or eps = [2, 4, 8]")  # fmt: skip
+    if not entry.get("models"):
+        raise ValueError(f"{where}: needs a non-empty 'models' list")
+    n = entry.get("n", 1)
+    if type(n) is not int or n < 1:
+        raise ValueError(f"{where}: n = {n!r} must be a positive integer")
+    try:
+        for config in strong_configs(entry):
+            for name in config.attacks:
+                kind, params = config.attack(name)
+                build(kind, nn.Identity(), **params)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
 def _protocol(
     index: int, entry: dict[str, Any], models: dict[str, ModelEntry], attacks: dict[str, Any]
 ) -> dict[str, Any]:
@@ -335,6 +385,9 @@ def _protocol(
                 raise ValueError(f"{where}: {key} names unknown model {model!r}")
     if kind == "universal":
         _universal_protocol(where, entry)
+        return dict(entry)
+    if kind == "strong":
+        _strong_protocol(where, entry)
         return dict(entry)
     for attack in entry.get("attacks", []):
         if attack not in attacks:

@@ -123,7 +123,7 @@ def _comparison_section(rows: list[ComparisonRow], command: str) -> str:
         cost = "—" if row.ms_per_image is None else f"{row.ms_per_image:.2f}"
         if row.cost_ratio is not None:
             cost += f" (×{row.cost_ratio:.1f})"
-        rates = (row.clean, row.transfer, row.whitebox, row.adaptive, row.universal)
+        rates = (row.clean, row.transfer, row.whitebox, row.adaptive, row.strong, row.universal)
         decision = "—" if row.decision is None else f"{row.decision:.2e}"
         cells = [f"<td>{name_link('models', row.model)}</td>", *(cell(r) for r in rates)]
         cells += [f'<td class="num">{decision}</td>', cell(row.noise32)]
@@ -134,8 +134,10 @@ def _comparison_section(rows: list[ComparisonRow], command: str) -> str:
         "<p>Rows: models (defended or not); columns: the worst case over each protocol's "
         "attacks, sources and strengths, with Wilson 95% intervals. <em>white-box</em> uses "
         "plain gradients; <em>adaptive</em> goes through the whole defended model with BPDA "
-        "or EOT where the defense declares them, and its flags mark signs of gradient "
-        "masking. Universal restoration: (clean + perturbed top-1) / (2 × base clean top-1)."
+        "or EOT where the defense declares them; <em>strong</em> runs APGD-CE, APGD-T and "
+        "Square through the same view and counts an image robust only if no attack broke it. "
+        "Flags mark signs of gradient masking. Universal restoration: (clean + perturbed "
+        "top-1) / (2 × base clean top-1)."
         "</p>" + table(COMPARISON_HEADERS, body)
     )
 
@@ -172,11 +174,14 @@ def _simple_tables(records: list[Record], command: str) -> list[tuple[str, str]]
                 f"<td>{name_link('models', r['target'])}</td>",
                 f"<td>{name_link('attacks', r['attack'])}</td>",
                 rate_cell(r["accuracy"], r.get("protocol_index"), command),
+                f"<td>{esc(', '.join(r.get('flags', [])) or '—')}</td>",
             ]
             for r in white
         ]
-        sections.append(("White-box accuracy", table(["model", "attack", "accuracy"], rows)))
-    sections += _adaptive_section(records, command) + _universal_section(records, command)
+        headers = ["model", "attack", "accuracy", "flags"]
+        sections.append(("White-box accuracy", table(headers, rows)))
+    sections += _adaptive_section(records, command) + _strong_section(records, command)
+    sections += _universal_section(records, command)
     decision = [r for r in records if r["protocol"] == "decision"]
     if decision:
         rows = [
@@ -219,6 +224,32 @@ def _adaptive_section(records: list[Record], command: str) -> list[tuple[str, st
     headers = ["model", "attack", "surface", "accuracy", "transfer from base", "±ε noise",
                "zero-gradient share", "loss clean → adversarial", "flags"]  # fmt: skip
     return [("Adaptive white-box attacks", table(headers, [row(r) for r in adaptive]))]
+
+
+def _strong_section(records: list[Record], command: str) -> list[tuple[str, str]]:
+    strong = [r for r in records if r["protocol"] == "strong"]
+    if not strong:
+        return []
+    steps = list(strong[0]["after"])
+
+    def row(r: Record) -> list[str]:
+        index = r.get("protocol_index")
+        broken = ", ".join(f"{k} {v}" for k, v in r["broken"].items())
+        return [
+            f"<td>{name_link('models', r['target'])}</td>",
+            f'<td class="num">{r["eps"]:g}</td>',
+            rate_cell(r["clean_accuracy"], index, command),
+            *(rate_cell(r["after"][s], index, command) if s in r["after"] else "<td>—</td>"
+              for s in steps),
+            f"<td>{esc(broken)}</td>",
+            f'<td class="num">{r["zero_gradient_share"]:.2f}</td>',
+            f"<td>{esc(', '.join(r['flags']) or '—')}</td>",
+        ]  # fmt: skip
+
+    headers = ["model", "ε (0-255)", "clean", *(f"after {s}" for s in steps),
+               "broken by each", "zero-gradient share", "flags"]  # fmt: skip
+    title = "Strong evaluation (AutoAttack-style worst case per image)"
+    return [(title, table(headers, [row(r) for r in strong]))]
 
 
 def _universal_section(records: list[Record], command: str) -> list[tuple[str, str]]:

@@ -86,9 +86,12 @@ def markdown(records: list[Record]) -> str:
         lines.append("")
     white = [r for r in records if r["protocol"] == "whitebox"]
     if white:
-        lines += ["## White-box accuracy", "", "| model | attack | accuracy |", "|---|---|---|"]
-        lines += [f"| {r['target']} | {r['attack']} | {_rate_text(r['accuracy'])} |" for r in white]
+        lines += ["## White-box accuracy", "", "| model | attack | accuracy | flags |",
+                  "|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['target']} | {r['attack']} | {_rate_text(r['accuracy'])} | "
+                  f"{', '.join(r.get('flags', [])) or '—'} |" for r in white]  # fmt: skip
         lines.append("")
+    lines += strong_markdown([r for r in records if r["protocol"] == "strong"])
     adaptive = [r for r in records if r["protocol"] == "adaptive"]
     if adaptive:
         lines += [
@@ -158,6 +161,29 @@ def markdown(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
+def strong_markdown(strong: list[Record]) -> list[str]:
+    """The strong protocol: robust accuracy after each attack of the sequence."""
+    if not strong:
+        return []
+    steps = list(strong[0]["after"])
+    lines = [
+        "## Strong (AutoAttack-style): robust accuracy after each attack, worst case per image",
+        "",
+        "| model | ε | clean | " + " | ".join(f"after {s}" for s in steps)
+        + " | broken by each | zero-grad share | flags |",
+        "|---|---|---|" + "---|" * len(steps) + "---|---|---|",
+    ]  # fmt: skip
+    for r in strong:
+        after = [_rate_text(r["after"][s]) if s in r["after"] else "—" for s in steps]
+        broken = ", ".join(f"{k} {v}" for k, v in r["broken"].items())
+        lines.append(
+            f"| {r['target']} | {r['eps']:g} | {_rate_text(r['clean_accuracy'])} | "
+            + " | ".join(after)
+            + f" | {broken} | {r['zero_gradient_share']:.2f} | {', '.join(r['flags']) or '—'} |"
+        )
+    return [*lines, ""]
+
+
 # --- the comparison table: one row per model, one column per protocol ---------------------
 
 
@@ -170,6 +196,7 @@ class ComparisonRow:
     transfer: Record | None = None  # worst success defense rate over sources and attacks
     whitebox: Record | None = None  # worst accuracy over white-box attacks (plain gradients)
     adaptive: Record | None = None  # worst accuracy over adaptive attacks (BPDA/EOT)
+    strong: Record | None = None  # AutoAttack-style worst case per image, at the headline ε
     universal: Record | None = None  # worst restoration accuracy over attacks and strengths
     decision: float | None = None  # S(M)
     noise32: Record | None = None  # accuracy under Gaussian noise σ=32
@@ -180,8 +207,9 @@ class ComparisonRow:
 
 
 COMPARISON_HEADERS = (
-    "model", "clean", "transfer (worst)", "white-box", "adaptive", "universal restoration",
-    "decision S(M)", "noise σ=32", "ms/image (×base)", "added params", "flags",
+    "model", "clean", "transfer (worst)", "white-box", "adaptive", "strong",
+    "universal restoration", "decision S(M)", "noise σ=32", "ms/image (×base)", "added params",
+    "flags",
 )  # fmt: skip
 
 
@@ -196,8 +224,9 @@ def comparison_rows(records: list[Record]) -> list[ComparisonRow]:
             found = [r[metric] for r in mine if r["protocol"] == protocol and r[metric]["n"]]
             return min(found, key=lambda rate: rate["rate"]) if found else None
 
-        adaptive = [r for r in mine if r["protocol"] == "adaptive"]
-        flags = sorted({f for r in adaptive for f in r["flags"]})
+        checked = [r for r in mine if r["protocol"] in ("adaptive", "strong", "whitebox")]
+        flags = sorted({f for r in checked for f in r.get("flags", [])})
+        strong = [r["accuracy"] for r in mine if r["protocol"] == "strong" and r["headline"]]
         decision = [r["score"]["score"] for r in mine if r["protocol"] == "decision"]
         noise = [
             r["curves"][name]["32.0"]
@@ -211,6 +240,7 @@ def comparison_rows(records: list[Record]) -> list[ComparisonRow]:
                 transfer=worst("transfer", "defense_rate"),
                 whitebox=worst("whitebox", "accuracy"),
                 adaptive=worst("adaptive", "accuracy"),
+                strong=min(strong, key=lambda rate: rate["rate"]) if strong else None,
                 universal=worst("universal", "restoration"),
                 decision=decision[0] if decision else None,
                 noise32=noise[0] if noise else None,
@@ -235,7 +265,14 @@ def comparison_markdown(rows: list[ComparisonRow]) -> list[str]:
     for row in rows:
         cells = [row.model] + [
             _rate_text(rate) if rate is not None else "—"
-            for rate in (row.clean, row.transfer, row.whitebox, row.adaptive, row.universal)
+            for rate in (
+                row.clean,
+                row.transfer,
+                row.whitebox,
+                row.adaptive,
+                row.strong,
+                row.universal,
+            )
         ]
         cells.append(f"{row.decision:.2e}" if row.decision is not None else "—")
         cells.append(_rate_text(row.noise32) if row.noise32 is not None else "—")
@@ -246,7 +283,9 @@ def comparison_markdown(rows: list[ComparisonRow]) -> list[str]:
     lines += [
         "",
         "Universal restoration: (clean + perturbed top-1) / (2 × the base model's clean "
-        "top-1), interval from the pooled hits. Flags come from the adaptive protocol.",
+        "top-1), interval from the pooled hits. Strong: APGD-CE, APGD-T and Square, worst case "
+        "per image, at the protocol's first ε. Flags come from the white-box, adaptive and "
+        "strong cells.",
         "",
     ]
     return lines

@@ -1,0 +1,174 @@
+"""The strong protocol: AutoAttack's worst case per image (Croce & Hein 2020).
+
+APGD-CE, then APGD-T (targeted DLR over the runner-up classes), then Square; each attack
+runs only on the images every earlier one left correctly classified, so an image counts
+as robust only if no attack broke it, and no forward pass is spent on an image already
+broken. Gradient attacks differentiate the defense's attack view (exact, BPDA or EOT,
+:func:`~robustlab.defenses.base.attack_view`); Square queries the defended model itself.
+Every adversarial is scored on the real defended model.
+
+After each attack the per-image robust flags are written to ``store/<attack>.safetensors``:
+a run stopped mid-protocol continues with the next attack.
+
+Sanity flags (AutoAttack's checks, Croce & Hein 2020, section 5; Carlini et al. 2019):
+
+- ``zero_gradients``: some correctly classified image has an all-zero input gradient;
+- ``random_predictions``: two forward passes disagree (randomized model: use EOT);
+- ``square_beats_gradients``: the score-based attack broke images both gradient attacks
+  left: the gradients are likely masked, and the gradient numbers are upper bounds;
+- ``accuracy_rises_with_eps`` (set by the caller over several ε): a larger budget leaves
+  more images robust, which a working attack never does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustlab.attacks.adversarial_set import attack_in_batches
+from robustlab.defenses.base import attack_view
+from robustlab.evaluation.adaptive import BATCH, zero_gradient_share
+from robustlab.evaluation.stats import Rate
+from robustlab.io import load_tensors, save_tensors
+from robustlab.models.base import predict
+
+STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "square")
+STRONG_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
+
+
+@dataclass(frozen=True)
+class StrongConfig:
+    """Budgets of the strong protocol; ``eps`` in [0, 1] pixel units (ℓ2: may exceed 1).
+
+    AutoAttack's "standard" version: 100 APGD steps, 9 target classes, 5,000 queries.
+    """
+
+    eps: float
+    norm: str = "linf"
+    steps: int = 100
+    target_classes: int = 9
+    queries: int = 5000
+    restarts: int = 1
+    attacks: tuple[str, ...] = STANDARD_ATTACKS
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.attacks if a not in STRONG_ATTACKS]
+        if unknown or not self.attacks:
+            raise ValueError(f"strong attacks {unknown or '[]'}: use some of "
+                             f"{', '.join(STRONG_ATTACKS)}")  # fmt: skip
+
+    def attack(self, name: str) -> tuple[str, dict[str, Any]]:
+        """Registry name and parameters of one of the protocol's attacks."""
+        common = {"eps": self.eps, "norm": self.norm}
+        if name == "square":
+            return "square", {**common, "queries": self.queries}
+        apgd = {**common, "steps": self.steps, "restarts": self.restarts}
+        if name == "apgd-t":
+            return "apgdt", {**apgd, "target_classes": self.target_classes}
+        return "apgd", {**apgd, "loss": "ce" if name == "apgd-ce" else "dlr"}
+
+
+@dataclass(frozen=True)
+class StrongResult:
+    """Robust accuracy after each attack (cumulative worst case) and overall."""
+
+    clean_accuracy: Rate
+    after: dict[str, Rate]  # robust accuracy once this and every earlier attack ran
+    broken: dict[str, int]  # images this attack broke that every earlier one had left
+    zero_gradient_share: float
+    randomized: bool
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> Rate:
+        return list(self.after.values())[-1] if self.after else self.clean_accuracy
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy.to_dict(),
+            "clean_accuracy": self.clean_accuracy.to_dict(),
+            "after": {name: rate.to_dict() for name, rate in self.after.items()},
+            "broken": dict(self.broken),
+            "zero_gradient_share": self.zero_gradient_share,
+            "randomized": self.randomized,
+            "flags": list(self.flags),
+        }
+
+
+def strong_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: StrongConfig,
+    *,
+    seed: int = 0,
+    store: Path | None = None,
+) -> StrongResult:
+    """Run ``config.attacks`` in order on ``model`` (module docstring); resumable via ``store``."""
+    labels = y.cpu()
+    clean_pred = predict(model, x)
+    robust = clean_pred == labels
+    clean = Rate(int(robust.sum()), len(labels))
+    after: dict[str, Rate] = {}
+    broken: dict[str, int] = {}
+    for name in config.attacks:
+        path = store / f"{name}.safetensors" if store is not None else None
+        still = _load_flags(path, config, name, len(labels))
+        if still is None:
+            still = robust.clone()
+            todo = robust.nonzero().squeeze(1)
+            if len(todo):
+                still[todo] = _survivors(model, x[todo], y[todo], config, name, seed)
+            if path is not None:
+                meta = {"attack": name, "config": _describe(config), "n": len(labels)}
+                save_tensors(path, {"robust": still.to(torch.uint8)}, meta)
+        broken[name] = int((robust & ~still).sum())
+        robust = robust & still
+        after[name] = Rate(int(robust.sum()), len(labels))
+    right = clean_pred == labels
+    zero = zero_gradient_share(attack_view(model), x[right], y[right]) if right.any() else 0.0
+    randomized = not torch.equal(clean_pred, predict(model, x))
+    flags = []
+    if zero > 0:
+        flags.append("zero_gradients")
+    if randomized:
+        flags.append("random_predictions")
+    if "square" in config.attacks and config.attacks.index("square") > 0 and broken["square"]:
+        flags.append("square_beats_gradients")
+    return StrongResult(clean, after, broken, zero, randomized, flags)
+
+
+def _survivors(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: StrongConfig, name: str, seed: int
+) -> torch.Tensor:
+    """Which of these images ``name`` leaves correctly classified by ``model``."""
+    kind, params = config.attack(name)
+    attacked = model if kind == "square" else attack_view(model)
+    adv = attack_in_batches(kind, attacked, params, x, y, seed=seed, batch_size=BATCH).adv
+    survived: torch.Tensor = predict(model, adv) == y.cpu()
+    return survived
+
+
+def _describe(config: StrongConfig) -> dict[str, Any]:
+    return {k: getattr(config, k) for k in config.__dataclass_fields__}
+
+
+def _load_flags(path: Path | None, config: StrongConfig, name: str, n: int) -> torch.Tensor | None:
+    """Robust flags saved by an earlier, interrupted run of the same cell (None if absent)."""
+    if path is None or not path.is_file():
+        return None
+    tensors, meta = load_tensors(path)
+    expected = {"attack": name, "config": _describe(config), "n": n}
+    if meta != _jsonable(expected):
+        return None  # made with other settings: recompute (the caller's key should prevent it)
+    return tensors["robust"].bool()
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(json.dumps(data, sort_keys=True))
+    return loaded
