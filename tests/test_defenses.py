@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -81,9 +82,18 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
         r for r in records if r["protocol"] == "whitebox" and r["target"] == "jpeg"
     )
     assert "zero_gradients" in jpeg_whitebox["flags"]  # plain gradients through JPEG: zero
+    curve = next(r for r in records if r["protocol"] == "curve")
+    assert set(curve["curves"]) == {"standard", "median"} and curve["resolution"] == 4
+    for row in curve["curves"].values():
+        hits = [row[level]["hits"] for level in ("4.0", "8.0", "16.0", "32.0")]
+        assert hits == sorted(hits, reverse=True)
+    success_files = sorted((results / "curves").glob("*.npz"))
+    assert len(success_files) == 2
+    with np.load(success_files[0], allow_pickle=False) as saved:
+        assert saved["success"].shape == (4, 16) and list(saved["eps"]) == [4, 8, 16, 32]
     table = (results / "results.md").read_text()
     assert table.startswith("## Comparison")
-    assert "## Strong (AutoAttack-style)" in table
+    assert "## Strong (AutoAttack-style)" in table and "## Robust accuracy against ε" in table
     assert all(f"| {m} |" in table.split("## Transfer")[0] for m in [*DEFENDED, "standard"])
 
 

@@ -1,4 +1,5 @@
-"""The strong (AutoAttack-style) protocol: worst case per image, resumable, with the flags."""
+"""The strong (AutoAttack-style) protocol: worst case per image, resumable, with the flags;
+and the ε-curves found by bisection."""
 
 from pathlib import Path
 
@@ -6,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from robustlab.attacks.adversarial_set import attack_in_batches
 from robustlab.evaluation import strong
+from robustlab.evaluation.curve import EpsilonSearch, accuracy_at, smallest_eps
 from robustlab.evaluation.strong import StrongConfig, strong_attack
 from robustlab.experiments.executor import flag_rising_with_eps
 from robustlab.experiments.spec import parse_spec
@@ -110,6 +113,53 @@ def test_accuracy_rising_with_eps_is_flagged() -> None:
 )
 def test_strong_spec_errors_name_the_key(protocol: dict, message: str) -> None:
     entry = {"type": "strong", "models": ["standard"], **protocol}
+    source = {"experiment": {"dataset": "digits"}, "models": {"standard": {}},
+              "protocols": [entry]}  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        parse_spec(source)
+
+
+def test_smallest_eps_by_bisection_on_a_linear_model() -> None:
+    model = _plain(1)
+    x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    y = model(x).argmax(1)
+    y[:3] = (y[:3] + 1) % 10
+    search = EpsilonSearch(eps_max=16 / 255, search_steps=4, steps=10)
+    star = smallest_eps(model, x, y, search)
+    assert (star[:3] == 0).all()  # misclassified clean: broken at ε = 0
+    finite = star[torch.isfinite(star)]
+    assert ((finite > 0) & (finite < search.eps_max)).sum() >= 10  # the bisection had work
+    steps = finite / search.resolution
+    assert torch.allclose(steps, steps.round(), atol=1e-9)  # on the bisection's grid
+    # no attack beats the exact ℓ∞ distance to the nearest other class (unclipped: a bound)
+    weight = model[1].weight
+    with torch.no_grad():
+        logits = model(x)
+        gap = logits.gather(1, y[:, None]) - logits
+        norms = (weight[y][:, None, :] - weight[None, :, :]).abs().sum(2)
+        distance = (gap / norms.clamp_min(1e-12)).masked_fill(gap <= 0, float("inf")).amin(1)
+    assert (star[3:] >= distance[3:] - 1e-5).all()  # 1e-5: float32 logits, not the search
+    # the first stage is exactly APGD-CE at ε_max on every correctly classified image
+    adv = attack_in_batches("apgd", model, {"eps": search.eps_max, "steps": 10}, x[3:], y[3:],
+                            batch_size=64)  # fmt: skip
+    survivors = int((model(adv.adv).argmax(1) == y[3:]).sum())
+    assert survivors == int(torch.isinf(star).sum())
+    rates = accuracy_at(star, [search.resolution * k for k in (1, 4, 16)])
+    hits = [rate.hits for rate in rates.values()]
+    assert hits == sorted(hits, reverse=True) and hits[-1] == survivors
+
+
+@pytest.mark.parametrize(
+    "protocol, message",
+    [
+        ({"eps": [3]}, "multiple of eps_max / 2\\*\\*search_steps = 2"),
+        ({"eps": [64]}, "in \\(0, eps_max\\]"),
+        ({"eps_max": 0}, "eps_max = 0 must be in 0-255"),
+        ({"search_steps": 0}, "search_steps = 0 must be a positive integer up to 20"),
+    ],
+)
+def test_curve_spec_errors_name_the_key(protocol: dict, message: str) -> None:
+    entry = {"type": "curve", "models": ["standard"], "search_steps": 4, **protocol}
     source = {"experiment": {"dataset": "digits"}, "models": {"standard": {}},
               "protocols": [entry]}  # fmt: skip
     with pytest.raises(ValueError, match=message):

@@ -9,6 +9,7 @@ the final records are identical to those of an uninterrupted run:
     RESULTS/advs/<hash>.npz              adversarial sets
     RESULTS/universal/<attack>-<hash>.safetensors   universal perturbations
     RESULTS/strong/<hash>/<attack>.safetensors      per-image robust flags of the strong protocol
+    RESULTS/curves/<model>-<hash>.npz               success[eps_index, image] of the ε-curves
     RESULTS/records/<hash>.json          one result cell each
     RESULTS/results.json, .csv, .md      everything, gathered at the end
 """
@@ -35,6 +36,7 @@ from robustlab.attacks.universal import UniversalPerturbation, build_universal
 from robustlab.data import load_dataset, sample, sample_indices
 from robustlab.defenses.base import PrepareContext, added_parameters, attack_view
 from robustlab.evaluation.adaptive import adaptive_attack, zero_gradient_share
+from robustlab.evaluation.curve import accuracy_at, save_success, smallest_eps
 from robustlab.evaluation.protocols import (
     decision_score,
     noise_curve,
@@ -46,7 +48,13 @@ from robustlab.evaluation.strong import StrongConfig, strong_attack
 from robustlab.evaluation.transfer import transfer
 from robustlab.evaluation.universal import universal_scores
 from robustlab.experiments.jobs import make_adversarial_set, model_config_for, resolve_device
-from robustlab.experiments.spec import ModelEntry, Spec, strong_configs, to_unit
+from robustlab.experiments.spec import (
+    ModelEntry,
+    Spec,
+    curve_settings,
+    strong_configs,
+    to_unit,
+)
 from robustlab.io import atomic_write, read_json, write_json
 from robustlab.models import ModelConfig
 from robustlab.models.base import eval_mode, model_device, predict
@@ -366,6 +374,30 @@ class Executor:
 
         # not part of the cached cell: which ε is the headline depends on the spec's order
         return {**self.record(key, compute), "headline": headline}
+
+    def _curve(self, protocol: dict[str, Any]) -> Iterator[Record]:
+        """One record with every model's robust accuracy per ε (cells cached per model)."""
+        search, levels = curve_settings(protocol)
+        n = min(int(protocol.get("n", self.spec.n)), self.spec.n)
+        curves: dict[str, Any] = {}
+        for name in protocol["models"]:
+            key = self._key("curve", self._ids([name]), search.eps_max, search.search_steps,
+                            search.steps, levels, n)  # fmt: skip
+
+            def compute(name: str = name, key: list[Any] = key) -> Record:
+                star = smallest_eps(self.model(name), self.x[:n], self.y[:n], search,
+                                    seed=self.spec.seed)  # fmt: skip
+                path = self.out / "curves" / f"{name}-{config_hash(key)}.npz"
+                save_success(path, star, levels, self.indices[:n])
+                rates = accuracy_at(star, [v / 255 for v in levels])
+                return {"protocol": "curve_cell", "target": name, "success_file": str(path),
+                        "rates": [r.to_dict() for r in rates.values()]}  # fmt: skip
+
+            cell = self.record(key, compute)
+            curves[name] = {str(v): rate for v, rate in zip(levels, cell["rates"], strict=True)}
+        yield {"protocol": "curve", "attack": "apgd-ce", "eps_max": search.eps_max * 255,
+               "resolution": search.resolution * 255, "steps": search.steps, "n": n,
+               "curves": curves}  # fmt: skip
 
     def _universal(self, protocol: dict[str, Any]) -> Iterator[Record]:
         attack_images = int(protocol.get("attack_images", 256))

@@ -48,6 +48,7 @@ from robustlab.defenses.base import Defense
 from robustlab.defenses.defective import DefectSpec
 from robustlab.defenses.registry import TABLES as DEFENSE_TABLES
 from robustlab.defenses.registry import defense_from_table
+from robustlab.evaluation.curve import EpsilonSearch
 from robustlab.evaluation.strong import STANDARD_ATTACKS, StrongConfig
 from robustlab.io import RobustlabError
 from robustlab.models import available as available_archs
@@ -67,6 +68,7 @@ PROTOCOLS = {
     "whitebox": {"models", "attacks"},
     "adaptive": {"models", "attacks"},
     "universal": {"models", "attacks", "xis", "against", "attack_images", "options"},
+    "curve": {"models", "eps_max", "search_steps", "eps", "steps", "n"},
     "strong": {
         "models",
         "eps",
@@ -369,6 +371,42 @@ def _strong_protocol(where: str, entry: dict[str, Any]) -> None:
         raise ValueError(f"{where}: {err}") from None
 
 
+def curve_settings(entry: dict[str, Any]) -> tuple[EpsilonSearch, list[float]]:
+    """The curve protocol's bisection settings ([0, 1] units) and its ε levels (0-255)."""
+    eps_max = entry.get("eps_max", 32)
+    levels = entry.get("eps", [e for e in (1, 2, 4, 8, 16, 32) if e <= eps_max])
+    search = EpsilonSearch(eps_max=to_unit({"eps": eps_max})["eps"],
+                           search_steps=int(entry.get("search_steps", 5)),
+                           steps=int(entry.get("steps", 20)))  # fmt: skip
+    return search, [float(v) for v in levels]
+
+
+def _curve_protocol(where: str, entry: dict[str, Any]) -> None:
+    """eps_max (0-255), search_steps bisections, eps: the curve's levels, multiples of
+    eps_max / 2**search_steps (where the bisection makes the curve exact)."""
+    if not entry.get("models"):
+        raise ValueError(f"{where}: needs a non-empty 'models' list")
+    eps_max = entry.get("eps_max", 32)
+    if type(eps_max) not in (int, float) or not 0 < eps_max <= 255:
+        raise ValueError(f"{where}: eps_max = {eps_max!r} must be in 0-255 units, e.g. 32")
+    for key in ("search_steps", "steps", "n"):
+        value = entry.get(key, 1)
+        if type(value) is not int or value < 1 or (key == "search_steps" and value > 20):
+            raise ValueError(f"{where}: {key} = {value!r} must be a positive integer"
+                             + (" up to 20" if key == "search_steps" else ""))  # fmt: skip
+    resolution = eps_max / 2 ** entry.get("search_steps", 5)
+    levels = entry.get("eps", [1])
+    if not isinstance(levels, list) or not levels or not all(
+        type(v) in (int, float) and 0 < v <= eps_max
+        and abs(v / resolution - round(v / resolution)) < 1e-9
+        for v in levels
+    ):  # fmt: skip
+        raise ValueError(
+            f"{where}: eps = {levels!r}: each level must be in (0, eps_max] and a multiple "
+            f"of eps_max / 2**search_steps = {resolution:g}, where the bisection is exact"
+        )
+
+
 def _protocol(
     index: int, entry: dict[str, Any], models: dict[str, ModelEntry], attacks: dict[str, Any]
 ) -> dict[str, Any]:
@@ -388,6 +426,9 @@ def _protocol(
         return dict(entry)
     if kind == "strong":
         _strong_protocol(where, entry)
+        return dict(entry)
+    if kind == "curve":
+        _curve_protocol(where, entry)
         return dict(entry)
     for attack in entry.get("attacks", []):
         if attack not in attacks:

@@ -89,6 +89,7 @@ def _sections(
                 ("Keep-probability trade-off", image(trade, "clean accuracy vs defense rate"))
             )
     for kind, title, unit in (
+        ("curve", "Robust accuracy against ε", "ε (0-255), ℓ∞"),
         ("noise", "Additive Gaussian noise", "σ (0-255)"),
         ("shuffle", "Patch-shuffle shape probe", "k (k×k patches)"),
     ):

@@ -142,13 +142,14 @@ def markdown(records: list[Record]) -> str:
         ]
         lines.append("")
     for kind, title, unit in (
-        ("noise", "Additive Gaussian noise", "σ"),
-        ("shuffle", "Patch shuffle", "k"),
+        ("curve", "Robust accuracy against ε (APGD-CE; smallest ε per image by bisection)", "ε"),
+        ("noise", "Additive Gaussian noise: accuracy on images every model gets right", "σ"),
+        ("shuffle", "Patch shuffle: accuracy on images every model gets right", "k"),
     ):
         for r in (r for r in records if r["protocol"] == kind):
             levels = curve_levels(r)
             lines += [
-                f"## {title}: accuracy on images every model gets right",
+                f"## {title}",
                 "",
                 "| model | " + " | ".join(f"{unit}={lv}" for lv in levels) + " |",
                 "|---|" + "---|" * len(levels),
