@@ -5,6 +5,10 @@
 - PGD-20 and MI-FGSM-20: images/s of robustlab vs torchattacks (goal >= 1.2x) and vs the floor,
   steps x one forward+backward of the model with respect to its input (goal <= 1.1x).
 - CW-L2 (one constant, 100 Adam steps) vs torchattacks CW (goal >= 1x).
+- APGD-CE (100 steps) and Square (--square-queries): images/s and robust accuracy of
+  robustlab vs torchattacks on the trained LeNet below (goals: APGD >= 1x torchattacks at
+  equal robust accuracy and <= 1.1x the floor of 100 forward+backward passes; Square >= 1x
+  at equal budget and success).
 - Boundary: Foolbox 3's BoundaryAttack runs --boundary-steps (5000) steps; robustlab's runs with
   fast step-size adaptation (FAST_BOUNDARY) and the fewest steps (from a ladder) that reach
   Foolbox's median L2;
@@ -27,10 +31,10 @@ import torch
 import torch.nn.functional as F
 
 import robustlab
-from robustlab.attacks import CW, MIFGSM, PGD, Boundary
+from robustlab.attacks import APGD, CW, MIFGSM, PGD, Boundary, Square
 from robustlab.attacks.distances import l2
 from robustlab.data import load_dataset, sample
-from robustlab.experiments.demo import demo_dataset
+from robustlab.experiments.demo import fashion_mnist_problem
 from robustlab.experiments.jobs import model_config_for
 from robustlab.models import build
 from robustlab.models.base import frozen
@@ -99,7 +103,7 @@ FAST_BOUNDARY = {"update_every": 1, "spherical_history": 10, "step_history": 5}
 def trained_lenet(device: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """A LeNet (width 8) trained for 2 epochs on 6,000 Fashion-MNIST images (digits if absent),
     and 64 test images it classifies correctly: decision attacks need a real decision."""
-    name = demo_dataset()
+    name = "digits" if fashion_mnist_problem(download=False) else "fashion-mnist"
     train_data = sample(load_dataset(name, "train"), 6000)
     test_data = load_dataset(name, "test")
     config = model_config_for(train_data, "lenet", width=8)
@@ -110,6 +114,34 @@ def trained_lenet(device: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Ten
     x, y = sample(test_data, 256).tensors(device)
     correct = model(x).argmax(1) == y
     return model, x[correct][:64], y[correct][:64]
+
+
+def strong_attacks(args: argparse.Namespace) -> list[tuple[str, float, float, float, float]]:
+    """(name, ours s, torchattacks s, ours robust acc, their robust acc) for APGD and Square,
+    and a row for the floor of 100 forward+backward passes (its time in both columns)."""
+    import torchattacks
+
+    model, x, y = trained_lenet(args.device)
+    eps = 8 / 255
+
+    def robust(adv: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float((model(adv).argmax(1) == y).float().mean())
+
+    cases = [
+        ("APGD-CE-100", APGD(model, eps, 100),
+         torchattacks.APGD(model, eps=eps, steps=100, loss="ce")),
+        (f"Square-{args.square_queries}", Square(model, eps, args.square_queries),
+         torchattacks.Square(model, eps=eps, n_queries=args.square_queries)),
+    ]  # fmt: skip
+    rows = []
+    for name, ours, ref in cases:
+        t_ours = timed(lambda a=ours: a(x, y), args.repeats, args.device)
+        t_ref = timed(lambda a=ref: a(x, y), args.repeats, args.device)
+        rows.append((name, t_ours, t_ref, robust(ours(x, y)), robust(ref(x, y))))
+    t_floor = timed(floor(model, x, y, 100), args.repeats, args.device)
+    rows.append(("floor: 100 fwd+bwd", t_floor, t_floor, float("nan"), float("nan")))
+    return rows
 
 
 def boundary(args: argparse.Namespace) -> tuple[float, float, float, int, float]:
@@ -144,6 +176,7 @@ def main() -> None:
     parser.add_argument("--boundary-steps", type=int, default=5000)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-boundary", action="store_true")
+    parser.add_argument("--square-queries", type=int, default=1000)
     args = parser.parse_args()
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, {args.arch}, "
           f"batch {args.batch}, 32x32x3, median of {args.repeats}")  # fmt: skip
@@ -152,6 +185,15 @@ def main() -> None:
         vs_floor = f"{t_ours / t_floor:.2f}" if t_floor else "-"
         print(f"{name:<24}{args.batch / t_ours:12.1f}{args.batch / t_ref:14.1f}"
               f"{t_ref / t_ours:9.2f}x{vs_floor:>12}")  # fmt: skip
+    rows = strong_attacks(args)
+    print("\nTrained lenet (width 8), 64 test images it gets right, eps 8/255")
+    print(f"{'attack':<24}{'ours img/s':>12}{'torchattacks':>14}{'speed-up':>10}"
+          f"{'ours acc':>10}{'their acc':>11}")  # fmt: skip
+    for name, t_ours, t_ref, acc_ours, acc_ref in rows:
+        print(f"{name:<24}{64 / t_ours:12.1f}{64 / t_ref:14.1f}{t_ref / t_ours:9.2f}x"
+              f"{100 * acc_ours:9.1f}%{100 * acc_ref:10.1f}%")  # fmt: skip
+    apgd_floor = rows[0][1] / rows[-1][1]
+    print(f"APGD-CE-100 / floor: {apgd_floor:.2f} (goal <= 1.1)")
     if not args.skip_boundary:
         t_ours, t_ref, d_ours, steps, d_ref = boundary(args)
         print(
