@@ -14,6 +14,9 @@ from robustlab.attacks.universal.base import (
 from robustlab.attacks.universal.deepfool import deepfool
 from robustlab.attacks.universal.fff import FFF
 from robustlab.attacks.universal.gap import GAP
+from robustlab.attacks.universal.guap import GUAP
+from robustlab.attacks.universal.nag import NAG
+from robustlab.attacks.universal.singular import SingularFool
 from robustlab.attacks.universal.spgd import SPGD
 from robustlab.attacks.universal.uap import UAP
 
@@ -22,11 +25,15 @@ UNIVERSAL_ATTACKS: dict[str, type[UniversalAttack]] = {
     "spgd": SPGD,
     "fff": FFF,
     "gap": GAP,
+    "nag": NAG,
+    "singular": SingularFool,
+    "guap": GUAP,
 }
 
 
 def build_universal(name: str, model: nn.Module, **params: Any) -> UniversalAttack:
-    """Build universal attack ``name`` (uap, spgd, fff, gap) against ``model``."""
+    """Build universal attack ``name`` (uap, spgd, fff, gap, nag, singular, guap) against
+    ``model``."""
     if name not in UNIVERSAL_ATTACKS:
         raise ValueError(
             f"unknown universal attack {name!r}; choose one of {', '.join(UNIVERSAL_ATTACKS)}"
@@ -38,6 +45,7 @@ def build_universal(name: str, model: nn.Module, **params: Any) -> UniversalAtta
 
 
 __all__ = [
-    "FFF", "GAP", "SPGD", "UAP", "UNIVERSAL_ATTACKS", "UniversalAttack", "UniversalPerturbation",
-    "apply", "build_universal", "deepfool", "fooling_rate", "project",
+    "FFF", "GAP", "GUAP", "NAG", "SPGD", "UAP", "UNIVERSAL_ATTACKS", "SingularFool",
+    "UniversalAttack", "UniversalPerturbation", "apply", "build_universal", "deepfool",
+    "fooling_rate", "project",
 ]  # fmt: skip
