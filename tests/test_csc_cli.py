@@ -142,3 +142,84 @@ def test_purify_outputs_of_other_settings_are_not_reused(
     assert "purified with other settings (filters_sha256)" in capsys.readouterr().err
     assert main([*run, "--dict", str(tmp_path / "d1"), "--force"]) == 0
     assert "purified 1 images" in capsys.readouterr().out
+
+
+def _released(path: Path, filters: torch.Tensor, *, bgr: bool = True) -> Path:
+    """Write robustlab filters (M, C, P, P, RGB) as the CSC release ships dictionaries:
+    .npy, float32, (P, P, C, M), BGR; grey ones as (P, P, M)."""
+    array = filters.flip(1) if bgr else filters
+    array = array.numpy().transpose(2, 3, 1, 0)
+    np.save(path, array[:, :, 0, :] if filters.shape[1] == 1 else array.astype(np.float32))
+    return path
+
+
+def test_released_npy_dictionaries_load_in_their_layout(tmp_path: Path) -> None:
+    from robustlab.defenses.csc.dictionary import random_dictionary
+
+    colour = random_dictionary(6, 3, 5, seed=0)
+    loaded = load_dictionary(_released(tmp_path / "6_p5_lm0.15.npy", colour))
+    assert isinstance(loaded, LearnedDictionary)
+    torch.testing.assert_close(loaded.filters, colour)  # BGR file -> RGB filters
+    assert loaded.lmbda == 0.15 and loaded.metadata["channel_order"] == "bgr"
+    as_rgb = load_dictionary(tmp_path / "6_p5_lm0.15.npy", "rgb")
+    torch.testing.assert_close(as_rgb.filters, colour.flip(1))  # read as it is: channels kept
+    grey = random_dictionary(4, 1, 3, seed=1)
+    loaded = load_dictionary(_released(tmp_path / "grey.npy", grey))
+    torch.testing.assert_close(loaded.filters, grey)
+    assert loaded.lmbda == 0.2  # the release's λ when the name does not say
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((8, 8, 3, 4, 2), np.float32), r"expected float filters \(P, P, C, M\)"),
+        (np.zeros((8, 6, 3, 4), np.float32), r"found shape \(8, 6, 3, 4\)"),
+        (np.zeros((8, 8, 2, 4), np.float32), "1 or 3 channels"),
+        (np.ones((4, 4, 3, 2), np.float32), "not zero-mean and unit-norm"),
+        (np.zeros((4, 4, 3, 2), np.int64), "float filters"),
+    ],
+)
+def test_released_dictionaries_that_do_not_fit_say_what_was_found(
+    tmp_path: Path, array: np.ndarray, message: str
+) -> None:
+    from robustlab.io import RobustlabError
+
+    np.save(tmp_path / "d.npy", array)
+    with pytest.raises(RobustlabError, match=message):
+        load_dictionary(tmp_path / "d.npy")
+
+
+def test_purify_with_a_released_dictionary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from robustlab.defenses.csc.dictionary import random_dictionary
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(image).save(tmp_path / "in" / f"c{i}.png")
+    npy = _released(tmp_path / "64_p3_lm0.2.npy", random_dictionary(4, 3, 3, seed=0))
+    outputs = {}
+    for order in ("bgr", "rgb"):
+        out = tmp_path / order
+        args = ["purify", str(tmp_path / "in"), str(out), "--dict", str(npy), "--channel-order",
+                order, "--max-iter", "5", "--device", "cpu", "--quiet"]  # fmt: skip
+        assert main(args) == 0
+        outputs[order] = np.asarray(Image.open(out / "c0.png"))
+    assert "purified 2 images" in capsys.readouterr().out
+    assert not np.array_equal(outputs["bgr"], outputs["rgb"])  # the order matters, and is used
+    folder = ["purify", str(tmp_path / "in"), str(tmp_path / "x"), "--dict", str(tmp_path),
+              "--channel-order", "rgb"]  # fmt: skip
+    assert main(folder) == 2
+    assert "--channel-order applies to .npy dictionaries only" in capsys.readouterr().err
+
+
+def test_spec_purify_accepts_a_released_dictionary(tmp_path: Path) -> None:
+    from robustlab.defenses.csc.dictionary import random_dictionary
+    from robustlab.defenses.registry import defense_from_table
+
+    npy = _released(tmp_path / "d.npy", random_dictionary(4, 1, 3, seed=0))
+    defense = defense_from_table("purify", {"dict": str(npy), "channel_order": "rgb"})
+    assert defense.describe()["channel_order"] == "rgb"
+    assert defense.purifier().dictionary.metadata["channel_order"] == "rgb"
+    with pytest.raises(ValueError, match="channel_order 'grb'"):
+        defense_from_table("purify", {"dict": str(npy), "channel_order": "grb"})

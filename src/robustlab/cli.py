@@ -338,7 +338,15 @@ def _add_purify_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     )
     p.add_argument("in_dir", metavar="IN_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--dict", required=True, help="dictionary folder (robustlab csc learn)")
+    p.add_argument(
+        "--dict", required=True,
+        help="dictionary folder (robustlab csc learn), or a .npy file as the CSC release ships "
+        "them: (P, P, C, M) or (P, P, M), sporco's layout",
+    )  # fmt: skip
+    p.add_argument(
+        "--channel-order", choices=["bgr", "rgb"],
+        help="channel order of a .npy dictionary (default bgr: the release reads with OpenCV)",
+    )  # fmt: skip
     p.add_argument("--lmbda", type=float, help="sparsity weight λ (default: the dictionary's)")
     p.add_argument("--size", type=int, help="resize images to SIZE × SIZE first")
     p.add_argument("--max-iter", type=int, default=200, help="ADMM iterations (default 200)")
@@ -367,7 +375,8 @@ def _purify(args: argparse.Namespace) -> int:
     from robustlab.experiments.jobs import resolve_device
 
     options = CBPDNOptions(max_iter=args.max_iter, rel_tol=args.rel_tol, compile=args.compile)
-    purifier = CSCPurifier(args.dict, args.lmbda, options, rescale=args.rescale)
+    purifier = CSCPurifier(args.dict, args.lmbda, options, rescale=args.rescale,
+                           channel_order=args.channel_order)  # fmt: skip
     done, skipped = purify_folder(
         args.in_dir, args.out_dir, purifier, args.size,
         device=resolve_device(args.device), quiet=args.quiet, force=args.force,

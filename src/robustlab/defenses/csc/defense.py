@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from robustlab.defenses.base import (
     ZeroGradient,
 )
 from robustlab.defenses.csc.cbpdn import CBPDNOptions
-from robustlab.defenses.csc.dictionary import DICTIONARY_FILE
+from robustlab.defenses.csc.dictionary import DICTIONARY_FILE, ChannelOrder
 from robustlab.defenses.csc.purifier import CSCPurifier
 from robustlab.io import RobustlabError, load_tensors, save_tensors, write_json
 
@@ -48,6 +48,8 @@ class CSCDefense(Defense):
     finetune_limit : purified training images used for fine-tuning (purifying is costly).
     finetune_lr : SGD learning rate of the fine-tuning (cosine schedule).
     max_iter : CBPDN iterations at most (the release's reconstruction script: 200).
+    channel_order : for a released ``.npy`` dictionary: "bgr" (the release's, default) or
+        "rgb" (see :func:`~robustlab.defenses.csc.dictionary.load_released_dictionary`).
     """
 
     dictionary: str
@@ -56,6 +58,7 @@ class CSCDefense(Defense):
     finetune_limit: int = 2000
     finetune_lr: float = 0.01
     max_iter: int = 200
+    channel_order: str | None = None
     name = "csc"
     kind = "input"
 
@@ -65,6 +68,11 @@ class CSCDefense(Defense):
         if self.lmbda is not None and self.lmbda <= 0:
             raise ValueError(f"lmbda {self.lmbda} must be positive, e.g. 0.2")
         self._file()  # the dictionary must exist before any work
+        if self.channel_order not in (None, "bgr", "rgb"):
+            raise ValueError(f"channel_order {self.channel_order!r} must be 'bgr' or 'rgb'")
+        if self.channel_order is not None and Path(self.dictionary).suffix != ".npy":
+            raise ValueError("channel_order applies to .npy dictionaries only")
+        self.purifier()  # and be readable, in a layout it understands
 
     @property
     def surface(self) -> Surface:
@@ -85,7 +93,9 @@ class CSCDefense(Defense):
         return path
 
     def purifier(self) -> CSCPurifier:
-        return CSCPurifier(self._file(), self.lmbda, CBPDNOptions(max_iter=self.max_iter))
+        order = cast("ChannelOrder | None", self.channel_order)
+        return CSCPurifier(self._file(), self.lmbda, CBPDNOptions(max_iter=self.max_iter),
+                           channel_order=order)  # fmt: skip
 
     def prepare(self, base: nn.Module, directory: Path, context: PrepareContext) -> None:
         from robustlab.training import TrainConfig, train

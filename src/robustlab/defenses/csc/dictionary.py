@@ -17,10 +17,12 @@ metadata records how it was learned (λ, sizes, training images, seed, command).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from robustlab.defenses.csc.cbpdn import (
@@ -171,9 +173,21 @@ def save_dictionary(
     return path
 
 
-def load_dictionary(path: str | Path) -> LearnedDictionary | StratifiedDictionary:
-    """Read a dictionary written by :func:`save_dictionary` (a folder or the file itself)."""
+ChannelOrder = Literal["bgr", "rgb"]
+RELEASE_LMBDA = 0.2  # the CSC release's λ, when the file name does not give one (lm0.2)
+
+
+def load_dictionary(
+    path: str | Path, channel_order: ChannelOrder | None = None
+) -> LearnedDictionary | StratifiedDictionary:
+    """Read a dictionary: a robustlab folder/file (:func:`save_dictionary`), or a ``.npy``
+    file in the CSC release's layout (:func:`load_released_dictionary`)."""
     path = Path(path)
+    if path.suffix == ".npy":
+        return load_released_dictionary(path, channel_order or "bgr")
+    if channel_order is not None:
+        raise RobustlabError(f"{path}: --channel-order applies to .npy dictionaries only; "
+                             "robustlab dictionaries are RGB")  # fmt: skip
     if path.is_dir():
         path = path / DICTIONARY_FILE
     if not path.is_file():
@@ -204,3 +218,45 @@ def load_dictionary(path: str | Path) -> LearnedDictionary | StratifiedDictionar
         for k in range(int(meta["clusters"]))
     ]
     return StratifiedDictionary(ClusterModel.from_tensors(tensors, int(meta["channels"])), members)
+
+
+def load_released_dictionary(path: Path, channel_order: ChannelOrder = "bgr") -> LearnedDictionary:
+    """A dictionary as the CSC authors release it: ``.npy``, (P, P, C, M) in sporco's layout
+    (P × P filters, C channels, M filters) or (P, P, M) for grey images, channels in BGR
+    order (their code reads images with OpenCV; ``channel_order="rgb"`` for files that are
+    not), every filter zero-mean and unit-norm. λ comes from an ``lm<λ>`` in the file name
+    (``64_p8_lm0.2.npy``), else the release's 0.2. Returned as robustlab's (M, C, P, P), RGB.
+    """
+    if channel_order not in ("bgr", "rgb"):
+        raise RobustlabError(f"channel order {channel_order!r} must be 'bgr' or 'rgb'")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise RobustlabError(f"{path}: file not found; check the path") from None
+    except ValueError as err:
+        raise RobustlabError(f"{path}: not a readable .npy array ({err})") from None
+    found = f"found shape {array.shape}, dtype {array.dtype}"
+    if array.dtype.kind != "f" or array.ndim not in (3, 4) or array.shape[0] != array.shape[1]:
+        raise RobustlabError(f"{path}: expected float filters (P, P, C, M) or (P, P, M) in "
+                             f"sporco's layout; {found}")  # fmt: skip
+    if array.ndim == 3:
+        array = array[:, :, None, :]
+    if array.shape[2] not in (1, 3):
+        raise RobustlabError(f"{path}: the third axis should be 1 or 3 channels; {found} "
+                             "(is it (P, P, C, M)?)")  # fmt: skip
+    filters = torch.from_numpy(np.ascontiguousarray(array.transpose(3, 2, 0, 1))).float()
+    if filters.shape[1] == 3 and channel_order == "bgr":
+        filters = filters.flip(1)
+    flat = filters.flatten(1)
+    norms, means = flat.norm(dim=1), flat.mean(dim=1)
+    if (norms - 1).abs().max() > 1e-3 or means.abs().max() > 1e-3:
+        raise RobustlabError(
+            f"{path}: filters are not zero-mean and unit-norm as in sporco's dictionaries "
+            f"(norms {float(norms.min()):.3g}..{float(norms.max()):.3g}, largest |mean| "
+            f"{float(means.abs().max()):.3g}); {found}; is this a CSC dictionary?"
+        )
+    named = re.search(r"lm([0-9]*\.?[0-9]+)", path.name)
+    lmbda = float(named.group(1)) if named else RELEASE_LMBDA
+    meta = {"source": str(path), "layout": "sporco (P, P, C, M)", "channel_order": channel_order,
+            "lmbda": lmbda}  # fmt: skip
+    return LearnedDictionary(filters, lmbda, meta)

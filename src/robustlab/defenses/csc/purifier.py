@@ -26,6 +26,7 @@ from robustlab.defenses.csc.cbpdn import (
     reconstruct,
 )
 from robustlab.defenses.csc.dictionary import (
+    ChannelOrder,
     LearnedDictionary,
     StratifiedDictionary,
     load_dictionary,
@@ -67,11 +68,12 @@ class CSCPurifier(nn.Module):
         rescale: Literal["clip", "max"] = "clip",
         tikhonov_lmbda: float = 5.0,
         batch_size: int = 256,
+        channel_order: ChannelOrder | None = None,
     ) -> None:
         super().__init__()
         if rescale not in ("clip", "max"):
             raise ValueError(f"rescale must be 'clip' or 'max', got {rescale!r}")
-        loaded = _as_dictionary(dictionary)
+        loaded = _as_dictionary(dictionary, channel_order)
         self.dictionary = loaded
         self.lmbda = float(lmbda if lmbda is not None else loaded.lmbda)
         if self.lmbda <= 0:
@@ -140,11 +142,13 @@ class CSCPurifier(nn.Module):
         return f"{kind} dictionary, lmbda={self.lmbda}, bpda={self.bpda}, rescale={self.rescale}"
 
 
-def _as_dictionary(dictionary: DictionaryLike) -> LearnedDictionary | StratifiedDictionary:
+def _as_dictionary(
+    dictionary: DictionaryLike, channel_order: ChannelOrder | None = None
+) -> LearnedDictionary | StratifiedDictionary:
     if isinstance(dictionary, LearnedDictionary | StratifiedDictionary):
         return dictionary
     if isinstance(dictionary, str | Path):
-        return load_dictionary(dictionary)
+        return load_dictionary(dictionary, channel_order)
     if isinstance(dictionary, torch.Tensor):
         if dictionary.ndim != 4:
             raise RobustlabError(
