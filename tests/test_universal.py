@@ -195,3 +195,10 @@ def test_new_universal_attacks_refuse_bad_parameters() -> None:
         build_universal("nag", model, epochs=0)
     with pytest.raises(ValueError, match="needs a batch of images"):
         build_universal("guap", model, prior="data")(torch.empty(0, 1, 8, 8))
+
+
+def test_the_cli_offers_every_universal_attack() -> None:
+    from robustlab.attacks.universal import UNIVERSAL_ATTACKS
+    from robustlab.cli import UNIVERSAL_CHOICES
+
+    assert sorted(UNIVERSAL_CHOICES) == sorted(UNIVERSAL_ATTACKS)

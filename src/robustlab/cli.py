@@ -392,6 +392,10 @@ def _layers(text: str) -> list[str]:
     return names
 
 
+# robustlab.attacks.universal.UNIVERSAL_ATTACKS, spelled out: --help must not import torch
+UNIVERSAL_CHOICES = ["uap", "spgd", "fff", "gap", "nag", "singular", "guap"]
+
+
 def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("sfr", help="selective feature regeneration against universal attacks")
     sfr = p.add_subparsers(dest="sfr_command", required=True)
@@ -406,7 +410,7 @@ def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     train.add_argument("run", help="run directory of the baseline model")
     train.add_argument("--layers", type=_layers, required=True, help="comma-separated Conv2d names")
-    train.add_argument("--attack", default="uap", choices=["uap", "spgd", "fff", "gap"])
+    train.add_argument("--attack", default="uap", choices=UNIVERSAL_CHOICES)
     train.add_argument("--xi", type=float, default=10.0, help="ℓ∞ radius in 0-255 units (10)")
     train.add_argument("--uaps", type=int, default=3, help="precomputed perturbations (3)")
     train.add_argument("--attack-images", type=int, default=256, help="images per perturbation")
@@ -428,7 +432,7 @@ def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "defense on or off.",
     )
     ev.add_argument("sfr_dir", metavar="RUN_SFR")
-    ev.add_argument("--attack", default="uap", choices=["uap", "spgd", "fff", "gap"])
+    ev.add_argument("--attack", default="uap", choices=UNIVERSAL_CHOICES)
     ev.add_argument("--xi", type=float, default=10.0, help="ℓ∞ radius in 0-255 units (10)")
     ev.add_argument(
         "--against", choices=["baseline", "defended"], default="baseline",
