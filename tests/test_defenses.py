@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from robustlab.attacks.universal import UniversalPerturbation
 from robustlab.defenses.base import (
     Defended,
     ExpectationOverTransformation,
@@ -41,7 +42,9 @@ def defenses_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[d
     root = tmp_path_factory.mktemp("defenses")
     save_dictionary(root / "dict", LearnedDictionary(random_dictionary(8, 1, 3, seed=0), 0.1))
     spec = root / "spec.toml"
-    spec.write_text(SPEC.read_text().replace("DICTIONARY", str(root / "dict")))
+    UniversalPerturbation(torch.full((1, 8, 8), 24 / 255)).save(root / "p.safetensors")
+    text = SPEC.read_text().replace("DICTIONARY", str(root / "dict"))
+    spec.write_text(text.replace("PERTURBATION", str(root / "p.safetensors")))
     records = run_spec(load_spec(spec), root / "results", device="cpu", quiet=True)
     return root / "results", records
 
@@ -67,8 +70,13 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
     assert summary["sfr"]["added_parameters"] > 0 and summary["jpeg"]["added_parameters"] == 0
     assert summary["csc"]["cost_ratio"] > 1  # purification costs more than the classifier
     universal = [r for r in records if r["protocol"] == "universal"]
-    assert all(r["linf"] <= 16 / 255 + 1e-6 for r in universal)
-    assert {r["against"] for r in universal} == {"base", "defended"}
+    computed = [r for r in universal if r["against"] != "imported"]
+    assert all(r["linf"] <= 16 / 255 + 1e-6 for r in computed)  # the spec's ξ = 16
+    assert {r["against"] for r in universal} == {"base", "defended", "imported"}
+    imported = [r for r in universal if r["against"] == "imported"]
+    assert {r["target"] for r in imported} == {"standard", "sfr"}
+    assert all(r["xi"] == pytest.approx(24) and r["attack"] == "file:p.safetensors"
+               for r in imported)  # fmt: skip
     sfr = json.loads(next((results / "defenses").glob("sfr-*/defense.json")).read_text())
     assert sfr["chosen_layers"] and sfr["xi"] == pytest.approx(16 / 255)
     strong = [r for r in records if r["protocol"] == "strong"]

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from robustlab.attacks.universal import UniversalPerturbation
 from robustlab.cli import main
 from robustlab.data import load_dataset
 from robustlab.defenses.regeneration import (
@@ -119,6 +120,15 @@ def test_sfr_cli_train_eval_and_round_trip(
     table = capsys.readouterr().out
     assert "| baseline |" in table and "| defended |" in table
     assert list((out / "perturbations").glob("fff-*.safetensors"))
+    imported = tmp_path / "imported.safetensors"
+    UniversalPerturbation(torch.full((1, 8, 8), 20 / 255), {"attack": "imported"}).save(imported)
+    assert main([*ev, "--perturbation", str(imported)]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("file:imported.safetensors ξ=20/255 against the imported")
+    wrong = tmp_path / "wrong.safetensors"
+    UniversalPerturbation(torch.zeros(3, 8, 8)).save(wrong)
+    assert main([*ev, "--perturbation", str(wrong)]) == 2
+    assert "the images are (1, 8, 8)" in capsys.readouterr().err
     image = tmp_path / "digit.png"
     pixels = load_dataset("digits", "test").images[0, 0]
     Image.fromarray(pixels).resize((16, 16)).save(image)  # resized back to 8 × 8 on input

@@ -435,6 +435,11 @@ def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ev.add_argument("--attack", default="uap", choices=UNIVERSAL_CHOICES)
     ev.add_argument("--xi", type=float, default=10.0, help="ℓ∞ radius in 0-255 units (10)")
     ev.add_argument(
+        "--perturbation", metavar="FILE",
+        help="evaluate this perturbation (robustlab format, e.g. from `robustlab universal "
+        "import`) instead of computing --attack",
+    )  # fmt: skip
+    ev.add_argument(
         "--against", choices=["baseline", "defended"], default="baseline",
         help="model the perturbation is computed on (defended: white-box secondary attack)",
     )  # fmt: skip
@@ -482,14 +487,52 @@ def _sfr_eval(args: argparse.Namespace) -> int:
                              args.defense == "on", args.against, args.seed, device))  # fmt: skip
         return 0
     result = evaluate_sfr(args.sfr_dir, args.attack, args.xi / 255, args.against, args.n,
-                          seed=args.seed, device=device)  # fmt: skip
-    print(f"{args.attack} ξ={args.xi:g}/255 against the {args.against}, n={result['n']}")
+                          seed=args.seed, device=device,
+                          perturbation_file=args.perturbation)  # fmt: skip
+    print(f"{result['attack']} ξ={255 * result['xi']:.4g}/255 against the {result['against']}, "
+          f"n={result['n']}")  # fmt: skip
     print("| model | clean top-1 | perturbed top-1 | fooling rate | restoration accuracy |")
     print("|---|---|---|---|---|")
     for name in ("baseline", "defended"):
         r = result[name]
         print(f"| {name} | {100 * r['clean']:.1f}% | {100 * r['perturbed']:.1f}% | "
               f"{100 * r['fooling_rate']:.1f}% | {r['restoration']:.3f} |")  # fmt: skip
+    return 0
+
+
+def _add_universal_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("universal", help="universal perturbations from other code")
+    universal = p.add_subparsers(dest="universal_command", required=True)
+    imp = universal.add_parser(
+        "import",
+        help="read a released perturbation (.h5/.npy) into robustlab's format",
+        description="Reshapes by --layout, reorders channels to RGB, multiplies by --scale to "
+        "0-255 units, centre-crops to --crop and writes OUT (safetensors, [0, 1] units). "
+        "SFR release: UAP .h5 files: --layout matlab --channel-order bgr; .npy (H, W, 3): "
+        "--layout hwc --channel-order rgb (227 x 227: --crop 224); GAP (1, 3, 300, 300) in "
+        "[-1, 1]: --layout chw --channel-order rgb --scale 16 --crop 224.",
+    )
+    imp.add_argument("file", metavar="FILE")
+    imp.add_argument("--layout", required=True, choices=["matlab", "hwc", "chw"])
+    imp.add_argument("--channel-order", required=True, choices=["bgr", "rgb"])
+    imp.add_argument("--scale", type=float, default=1.0, help="factor to 0-255 units (1)")
+    imp.add_argument("--crop", type=int, help="centre crop to CROP x CROP")
+    imp.add_argument("--dataset", help="HDF5 dataset name (default: the file's only one)")
+    imp.add_argument("--out", required=True, help="output file, e.g. uap-resnet50.safetensors")
+    imp.add_argument("--force", action="store_true", help="replace an existing OUT")
+    imp.set_defaults(handler=_universal_import)
+
+
+def _universal_import(args: argparse.Namespace) -> int:
+    from robustlab.attacks.universal.importing import import_perturbation
+    from robustlab.io import prepare_output
+
+    out = prepare_output(args.out, args.force)
+    found = import_perturbation(args.file, args.layout, channel_order=args.channel_order,
+                                scale=args.scale, crop=args.crop, dataset=args.dataset)  # fmt: skip
+    found.save(out)
+    shape = "x".join(str(d) for d in found.delta.shape)
+    print(f"{out}: {shape}, max |δ| = {255 * found.config['xi']:.2f}/255")
     return 0
 
 
@@ -520,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (_add_train_parser, _add_eval_clean_parser, _add_attack_parser, _add_run_parser,
                 _add_report_parser, _add_demo_parser, _add_csc_parser, _add_purify_parser,
-                _add_sfr_parser, _add_list_parser)  # fmt: skip
+                _add_sfr_parser, _add_universal_parser, _add_list_parser)  # fmt: skip
     for add in commands:
         add(sub)
     return parser

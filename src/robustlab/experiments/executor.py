@@ -400,9 +400,10 @@ class Executor:
                "curves": curves}  # fmt: skip
 
     def _universal(self, protocol: dict[str, Any]) -> Iterator[Record]:
+        yield from self._imported_universal(protocol)
         attack_images = int(protocol.get("attack_images", 256))
         options: dict[str, dict[str, Any]] = protocol.get("options", {})
-        for attack in protocol["attacks"]:
+        for attack in protocol.get("attacks", []):
             for xi in protocol.get("xis", [10]):
                 for against in protocol.get("against", ["base", "defended"]):
                     for name in protocol["models"]:
@@ -426,6 +427,24 @@ class Executor:
                                         attack, xi, against, attack_images,
                                         options.get(attack, {}))  # fmt: skip
                         yield self.record(key, compute)
+
+    def _imported_universal(self, protocol: dict[str, Any]) -> Iterator[Record]:
+        """Cells of perturbation files (``perturbations``), scored as they are."""
+        for file in protocol.get("perturbations", []):
+            digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()[:16]
+            for name in protocol["models"]:
+
+                def compute(name: str = name, file: str = file) -> Record:
+                    found = UniversalPerturbation.load(file)
+                    found.check_fits(self.x.shape[1:], file)
+                    model, base = self.model(name), self.model(self.base_of(name))
+                    scores = universal_scores(model, base, self.x, self.y, found.delta)
+                    return {"protocol": "universal", "target": name,
+                            "attack": f"file:{Path(file).name}", "xi": 255 * scores.linf,
+                            "against": "imported", **scores.to_dict()}  # fmt: skip
+
+                key = self._key("universal-file", self._ids([name, self.base_of(name)]), digest)
+                yield self.record(key, compute)
 
     def universal_perturbation(
         self, victim: str, attack: str, xi: float, attack_images: int, options: dict[str, Any]

@@ -165,22 +165,30 @@ def evaluate_sfr(
     attack_images: int = 256,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    perturbation_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fooling rates, accuracies and restoration accuracy of baseline and defended model.
 
     The perturbation is computed on training images against the baseline (or,
     ``against="defended"``, against baseline + FRUs: the white-box secondary
-    attack) and evaluated on ``n`` seeded test images.
+    attack) and evaluated on ``n`` seeded test images; or it is read from
+    ``perturbation_file`` (robustlab's format, e.g. from ``robustlab universal import``).
     """
     base, defended, meta = load_sfr(directory, device)
     models = {"baseline": base, "defended": defended}
-    perturbation = _evaluation_perturbation(
-        directory, meta, models, attack, xi, against, seed, attack_images, device
-    )
     test = sample(
         load_dataset(meta["dataset"]["name"], "test", meta["dataset"].get("data_dir")), n, seed
     )
     x, y = test.tensors(device)
+    if perturbation_file is not None:
+        perturbation = UniversalPerturbation.load(perturbation_file)
+        perturbation.check_fits(x.shape[1:], str(perturbation_file))
+        attack, against = f"file:{Path(perturbation_file).name}", "imported"
+        xi = float(perturbation.delta.abs().max())
+    else:
+        perturbation = _evaluation_perturbation(
+            directory, meta, models, attack, xi, against, seed, attack_images, device
+        )
     x_adv = apply(x, perturbation.delta.to(device))
     labels = y.cpu()
     predictions = {name: (predict(m, x), predict(m, x_adv)) for name, m in models.items()}

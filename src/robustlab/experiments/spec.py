@@ -67,7 +67,15 @@ PROTOCOLS = {
     "ensemble_transfer": {"models", "attacks"},
     "whitebox": {"models", "attacks"},
     "adaptive": {"models", "attacks"},
-    "universal": {"models", "attacks", "xis", "against", "attack_images", "options"},
+    "universal": {
+        "models",
+        "attacks",
+        "xis",
+        "against",
+        "attack_images",
+        "options",
+        "perturbations",
+    },
     "curve": {"models", "eps_max", "search_steps", "eps", "steps", "n"},
     "strong": {
         "models",
@@ -310,8 +318,23 @@ def _attack(name: str, entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def _universal_protocol(where: str, entry: dict[str, Any]) -> None:
     """attacks: universal attack names; xis: strengths in 0-255 (the first is the training
-    strength); against: "base", "defended" or both; options: per-attack parameters."""
+    strength); against: "base", "defended" or both; options: per-attack parameters;
+    perturbations: files in robustlab's format (``robustlab universal import``), scored as
+    they are."""
     from torch import nn
+
+    from robustlab.attacks.universal import UniversalPerturbation
+
+    files = entry.get("perturbations", [])
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise ValueError(f"{where}: perturbations must be a list of file names")
+    for name in files:
+        try:
+            UniversalPerturbation.load(name)
+        except RobustlabError as err:
+            raise ValueError(f"{where}: perturbations: {err}") from None
+    if not entry.get("attacks") and not files:
+        raise ValueError(f"{where}: needs 'attacks' or 'perturbations'")
 
     for attack in entry.get("attacks", []):
         if attack not in UNIVERSAL_ATTACKS:

@@ -63,6 +63,15 @@ class UniversalPerturbation:
         meta = {"format": PERTURBATION_FORMAT, **self.config}
         save_tensors(path, {"delta": self.delta.float()}, meta)
 
+    def check_fits(self, shape: tuple[int, ...] | torch.Size, source: str = "") -> None:
+        """Refuse a perturbation whose (C, H, W) is not the images' (one line, with the fix)."""
+        if tuple(self.delta.shape) != tuple(shape):
+            where = f"{source}: " if source else ""
+            raise RobustlabError(
+                f"{where}the perturbation is {tuple(self.delta.shape)}, the images are "
+                f"{tuple(shape)}; re-import it with --crop/--layout to match"
+            )
+
     @classmethod
     def load(cls, path: str | Path) -> UniversalPerturbation:
         tensors, meta = load_tensors(path)
