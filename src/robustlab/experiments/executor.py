@@ -22,6 +22,7 @@ import json
 import platform
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,12 @@ from robustlab.evaluation.stats import Rate
 from robustlab.evaluation.strong import StrongConfig, strong_attack
 from robustlab.evaluation.transfer import transfer
 from robustlab.evaluation.universal import universal_scores
-from robustlab.experiments.jobs import make_adversarial_set, model_config_for, resolve_device
+from robustlab.experiments.jobs import (
+    import_pretrained,
+    make_adversarial_set,
+    model_config_for,
+    resolve_device,
+)
 from robustlab.experiments.spec import (
     ModelEntry,
     Spec,
@@ -135,6 +141,8 @@ class Executor:
     def _train_key(self, entry: ModelEntry) -> str:
         config = self._model_config(entry)
         parts = [config.to_dict(), entry.train.to_dict(), entry.train_limit, self.spec.dataset]
+        if entry.weights is not None:  # imported, not trained: keyed by the weights' bytes
+            parts = [config.to_dict(), hashlib.sha256(Path(entry.weights).read_bytes()).hexdigest()]
         if self.spec.data_dir is not None or self.spec.dataset == "imagefolder":
             # the user's own files: a run is keyed by their content too (the named datasets'
             # files are checked against published checksums, so their name says it all)
@@ -152,9 +160,10 @@ class Executor:
 
     def _model_config(self, entry: ModelEntry) -> Any:
         data = load_dataset(self.spec.dataset, "train", self.spec.data_dir)
-        return model_config_for(
+        config = model_config_for(
             data, entry.arch, entry.defect, entry.regularizer, entry.thermometer, **entry.options
         )
+        return replace(config, mean=entry.mean or config.mean, std=entry.std or config.std)
 
     def model(self, name: str) -> nn.Module:
         """Train the entry if its run is missing or unfinished (prepare its defense if it has
@@ -194,6 +203,15 @@ class Executor:
 
     def _train(self, entry: ModelEntry) -> None:
         run = self.run_dirs(entry.name)[0]
+        if entry.weights is not None:
+            if not (run / "meta.json").is_file():
+                test_data = load_dataset(self.spec.dataset, "test", self.spec.data_dir)
+                import_pretrained(
+                    self._model_config(entry), entry.weights, run,
+                    test_data.subset(self.indices), device=self.device,
+                    dataset_meta={"data_dir": _absolute(self.spec.data_dir)},
+                )  # fmt: skip
+            return
         train_data = load_dataset(self.spec.dataset, "train", self.spec.data_dir)
         train_data = sample(train_data, entry.train_limit, entry.train.seed)
         test_data = load_dataset(self.spec.dataset, "test", self.spec.data_dir).subset(self.indices)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from robustlab.distributed import local_device
 from robustlab.evaluation.clean import accuracy
 from robustlab.io import RobustlabError, prepare_output
 from robustlab.models import ModelConfig
-from robustlab.runs import load, read_meta
+from robustlab.models.external import ExternalNet, load_weights, read_state_dict
+from robustlab.runs import load, read_meta, save_run
 from robustlab.training import FastPath, TrainConfig, train
 
 
@@ -89,6 +91,38 @@ def train_model(
         device=resolve_device(device), quiet=quiet, extra_meta={"dataset": dataset_meta},
         fast=fast,
     )  # fmt: skip
+
+
+def import_pretrained(
+    model_config: ModelConfig,
+    weights: str | Path,
+    run_dir: str | Path,
+    test_data: Dataset,
+    *,
+    dataset_meta: dict[str, Any],
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """A run directory for a model trained elsewhere: ``model_config`` built with the weights
+    of ``weights`` (:func:`~robustlab.models.external.read_state_dict`: safetensors or a
+    weights-only state dict), its test accuracy measured; returns the run's metadata."""
+    model = model_config.build()
+    if isinstance(model, ExternalNet):
+        load_weights(model, weights)
+    else:
+        try:
+            model.load_state_dict(read_state_dict(weights))
+        except RuntimeError as err:
+            raise RobustlabError(f"{weights}: weights do not fit {model_config.arch} "
+                                 f"({str(err).splitlines()[0]})") from None  # fmt: skip
+    model = model.to(device).eval()
+    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+    meta = {
+        "dataset": {"name": test_data.name, "classes": list(test_data.classes), **dataset_meta},
+        "imported": {"weights": str(Path(weights).resolve()), "sha256": digest},
+        "complete": True, "test_accuracy": accuracy(model, test_data, batch_size=256),
+    }  # fmt: skip
+    save_run(run_dir, model, model_config, **meta)
+    return read_meta(run_dir)
 
 
 def evaluate_clean(

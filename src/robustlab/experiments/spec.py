@@ -52,6 +52,7 @@ from robustlab.evaluation.curve import EpsilonSearch
 from robustlab.evaluation.strong import STANDARD_ATTACKS, StrongConfig
 from robustlab.io import RobustlabError
 from robustlab.models import available as available_archs
+from robustlab.models.external import is_external
 from robustlab.training import TrainConfig
 
 if sys.version_info >= (3, 11):
@@ -59,7 +60,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODEL_KEYS = {"arch", "width", "defect", "mask_seed", "regularizer", "thermometer", "train_limit"}
+MODEL_KEYS = {"arch", "width", "defect", "mask_seed", "regularizer", "thermometer", "train_limit",
+              "weights", "mean", "std", "factory_args", "defect_layers"}  # fmt: skip
 TRAIN_KEYS = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma",
               "label_smoothing", "pad", "flip", "seed", "adv_train", "schedule"}  # fmt: skip
 PROTOCOLS = {
@@ -118,6 +120,9 @@ class ModelEntry:
     members: tuple[str, ...] = ()
     base: str | None = None  # a defended entry: the defense wraps this trained model
     defense: Defense | None = None
+    weights: str | None = None  # trained elsewhere: imported from this file, not trained
+    mean: tuple[float, ...] | None = None  # input normalisation (default: the data's)
+    std: tuple[float, ...] | None = None
 
     @property
     def trained(self) -> bool:
@@ -221,10 +226,12 @@ def _model(name: str, defaults: dict[str, Any], entry: dict[str, Any]) -> ModelE
         raise ValueError(f"[models.{name}] unknown key {sorted(unknown)[0]!r}; "
                          f"known: {', '.join(sorted(MODEL_KEYS | TRAIN_KEYS))}")  # fmt: skip
     arch = merged.get("arch", "resnet8")
-    if arch not in available_archs():
+    if arch not in available_archs() and not is_external(arch):
         raise ValueError(
-            f"[models.{name}] unknown arch {arch!r}; use one of {', '.join(available_archs())}"
+            f"[models.{name}] unknown arch {arch!r}; use one of {', '.join(available_archs())}, "
+            "or a factory: torchvision:NAME, timm:NAME, package.module:function"
         )
+    options = _model_options(name, arch, merged)
     defect = None
     if "defect" in merged:
         try:
@@ -245,13 +252,39 @@ def _model(name: str, defaults: dict[str, Any], entry: dict[str, Any]) -> ModelE
     return ModelEntry(
         name=name,
         arch=arch,
-        options={"width": merged["width"]} if "width" in merged else {},
+        options=options,
         defect=defect,
         regularizer=merged.get("regularizer"),
         thermometer=merged.get("thermometer"),
         train_limit=merged.get("train_limit"),
         train=config,
+        weights=merged.get("weights"),
+        mean=tuple(merged["mean"]) if "mean" in merged else None,
+        std=tuple(merged["std"]) if "std" in merged else None,
     )
+
+
+def _model_options(name: str, arch: str, merged: dict[str, Any]) -> dict[str, Any]:
+    """Architecture options: ``width`` for zoo models; ``factory_args`` and ``defect_layers``
+    for factories; ``weights``, ``mean`` and ``std`` checked here, before any work."""
+    where = f"[models.{name}]"
+    external = {"factory_args", "defect_layers"} & set(merged)
+    if external and not is_external(arch):
+        raise ValueError(f"{where} {sorted(external)[0]} applies to factory architectures "
+                         "(torchvision:NAME, timm:NAME, package.module:function) only")  # fmt: skip
+    for key in ("mean", "std"):
+        value = merged.get(key)
+        if value is not None and (not isinstance(value, list) or not value
+                                  or not all(type(v) in (int, float) for v in value)):  # fmt: skip
+            raise ValueError(f"{where} {key} must be a list of numbers, one per channel")
+    weights = merged.get("weights")
+    if weights is not None and not Path(weights).is_file():
+        raise ValueError(f"{where} weights {weights!r}: no such file")
+    if not isinstance(merged.get("factory_args", {}), dict):
+        raise ValueError(f"{where} factory_args must be a table, e.g. {{ num_classes = 10 }}")
+    options: dict[str, Any] = {"width": merged["width"]} if "width" in merged else {}
+    options.update({k: merged[k] for k in sorted(external)})
+    return options
 
 
 def _check_types(where: str, values: dict[str, Any]) -> None:

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
+from torch import nn
 
 from robustlab.defenses.baselines import ThermometerEncoding, make_regularizer
 from robustlab.defenses.defective import DefectSpec, make_defective
 from robustlab.models.base import BlockNet, Widths, resolve_blocks
 from robustlab.models.densenet import densenet
+from robustlab.models.external import build_external, is_external
 from robustlab.models.lenet import lenet
 from robustlab.models.preact import preact_resnet
 from robustlab.models.resnet import BasicBlock, Bottleneck, resnet
@@ -77,7 +79,10 @@ def build(
     kw : architecture knobs, e.g. ``width`` for ResNets and LeNet, ``growth`` for DenseNet.
     """
     if arch not in _ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(available())}")
+        raise ValueError(
+            f"unknown architecture {arch!r}; choose one of {', '.join(available())} or a "
+            "factory: torchvision:NAME, timm:NAME, package.module:function"
+        )
     widths = Widths()
     net_channels = in_channels * thermometer if thermometer else in_channels
     if thermometer:
@@ -134,7 +139,16 @@ class ModelConfig:
     thermometer: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
-    def build(self) -> BlockNet:
+    def build(self) -> nn.Module:
+        if is_external(self.arch):
+            if self.regularizer is not None or self.thermometer is not None:
+                raise ValueError(f"{self.arch}: regularizer and thermometer need a zoo "
+                                 "architecture (robustlab list)")  # fmt: skip
+            return build_external(
+                self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
+                image_size=self.image_size, mean=self.mean, std=self.std, defect=self.defect,
+                options=self.options,
+            )  # fmt: skip
         return build(
             self.arch, self.num_classes, self.in_channels, self.image_size, self.defect,
             self.mean, self.std, self.regularizer, self.regularizer_block, self.regularizer_keep,
