@@ -176,3 +176,50 @@ def test_download_checks_md5_and_writes_atomically(tmp_path: Path) -> None:
     assert not target.exists()  # a bad download is not left behind
     with pytest.raises(RobustlabError, match="cannot download"):
         fetch(RemoteFile("missing.bin", served.as_uri() + "/", md5), tmp_path / "m.bin")
+
+
+def _imagenet_layout(root: Path) -> None:
+    """val/ flat + val.txt, train/<wnid>/: the usual ImageNet layout, in miniature."""
+    from PIL import Image
+
+    (root / "val").mkdir(parents=True)
+    halves = np.zeros((256, 512, 3), np.uint8)
+    halves[:, 256:] = 255  # left half black, right half white
+    Image.fromarray(halves).save(root / "val" / "a.png")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(
+        root / "val" / "b.jpg"
+    )
+    (root / "val.txt").write_text("a.png 1\nb.jpg 0\n")
+    for wnid in ("n01", "n02"):
+        (root / "train" / wnid).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(
+            root / "train" / wnid / "x.png"
+        )
+
+
+def test_imagenet_layout_is_resized_cropped_and_normalised_like_the_sfr_paper(
+    tmp_path: Path,
+) -> None:
+    _imagenet_layout(tmp_path / "imagenet")
+    test = load_dataset("imagenet", "test", tmp_path / "imagenet")
+    train = load_dataset("imagenet", "train", tmp_path / "imagenet")
+    assert test.images.shape == (2, 3, 224, 224) and train.images.shape == (2, 3, 224, 224)
+    assert list(test.labels) == [1, 0] and list(train.labels) == [0, 1]
+    assert test.classes == ("n01", "n02")
+    assert test.mean == (0.485, 0.456, 0.406) and test.std == (0.229, 0.224, 0.225)
+    # 512 × 256 keeps its size (shorter side 256); the centre 224 columns are half and half
+    row = test.images[0, 0, 112]
+    assert (row[:110] == 0).all() and (row[114:] == 255).all()
+
+
+def test_imagenet_layout_errors_name_the_file(tmp_path: Path) -> None:
+    _imagenet_layout(tmp_path / "i")
+    (tmp_path / "i" / "val.txt").write_text("a.png 1\nmissing.png 3\n")
+    with pytest.raises(RobustlabError, match=r"1 listed images missing .*missing\.png"):
+        load_dataset("imagenet", "test", tmp_path / "i")
+    (tmp_path / "i" / "val.txt").write_text("a.png one\n")
+    with pytest.raises(RobustlabError, match=r"val\.txt:1: expected 'FILE LABEL'"):
+        load_dataset("imagenet", "test", tmp_path / "i")
+    with pytest.raises(RobustlabError, match="needs --data-dir"):
+        load_dataset("imagenet", "test")

@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustlab.data.readers import open_maybe_gzip, read_cifar10, read_idx, read_image_folder
+from robustlab.data.readers import (
+    open_maybe_gzip,
+    read_cifar10,
+    read_idx,
+    read_image_folder,
+    read_imagenet_layout,
+)
 from robustlab.io import RobustlabError, atomic_write, load_tensors, save_tensors
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -92,6 +98,11 @@ class DatasetSource:
     remote: tuple[RemoteFile, ...] = ()
     # SHA-256 of the decompressed content of local files, checked when known.
     content_sha256: dict[str, str] = field(default_factory=dict)
+    # fixed normalisation statistics (mean, std), instead of the train split's
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def cache_dir() -> Path:
@@ -242,6 +253,9 @@ SOURCES: dict[str, DatasetSource] = {
     ),
     "cifar10-jpeg": DatasetSource(reader=_image_folder, candidates=_cifar_jpeg_candidates),
     "imagefolder": DatasetSource(reader=_image_folder, candidates=_folders()),
+    "imagenet": DatasetSource(
+        reader=read_imagenet_layout, candidates=_folders(), stats=IMAGENET_STATS
+    ),
     "digits": DatasetSource(reader=_digits_reader, candidates=lambda _: [Path("<scikit-learn>")]),
 }
 
@@ -270,6 +284,8 @@ def load_dataset(
     source = SOURCES[name]
     if name == "imagefolder" and data_dir is None:
         raise RobustlabError("dataset 'imagefolder' needs --data-dir pointing at train/ and test/")
+    if name == "imagenet" and data_dir is None:
+        raise RobustlabError("dataset 'imagenet' needs --data-dir pointing at val/ and val.txt")
     root = _locate(name, source, Path(data_dir) if data_dir else None, download)
     tensors, info = _cached(name, source, root)
     return Dataset(
@@ -348,13 +364,13 @@ def _cached(
         except RobustlabError:
             path.unlink()  # a corrupt cache is rebuilt rather than reported
     splits, classes = source.reader(root)
-    train = splits["train"][0].astype(np.float64) / 255
-    info = {
-        "classes": list(classes),
-        "mean": train.mean(axis=(0, 2, 3)).round(6).tolist(),
-        "std": train.std(axis=(0, 2, 3)).round(6).tolist(),
-        "source": str(root),
-    }
+    if source.stats is not None:
+        mean, std = (list(v) for v in source.stats)
+    else:
+        train = splits["train"][0].astype(np.float64) / 255
+        mean = train.mean(axis=(0, 2, 3)).round(6).tolist()
+        std = train.std(axis=(0, 2, 3)).round(6).tolist()
+    info = {"classes": list(classes), "mean": mean, "std": std, "source": str(root)}
     tensors = {
         f"{split}_{kind}": torch.from_numpy(np.ascontiguousarray(arr))
         for split, (images, labels) in splits.items()

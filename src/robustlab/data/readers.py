@@ -229,3 +229,74 @@ def _archive_entries(root: Path) -> Iterable[tuple[str, str, str, bytes | Path]]
                     yield parts[-3], parts[-2], parts[-1], _extract(tar, member)
     except (tarfile.TarError, OSError, EOFError, zlib.error):
         raise RobustlabError(f"{root}: truncated or corrupt archive; fetch it again") from None
+
+
+# The SFR paper's (and torchvision's) ImageNet evaluation preprocessing.
+IMAGENET_RESIZE, IMAGENET_CROP = 256, 224
+
+
+def resize_and_crop(pixels: np.ndarray, resize: int, crop: int) -> np.ndarray:
+    """Resize (C, H, W) uint8 so the shorter side is ``resize`` (bilinear, antialiased by
+    PIL), then take the centre ``crop`` × ``crop``."""
+    image = Image.fromarray(pixels.transpose(1, 2, 0) if pixels.shape[0] == 3 else pixels[0])
+    width, height = image.size
+    scale = resize / min(width, height)
+    size = (max(crop, round(width * scale)), max(crop, round(height * scale)))
+    image = image.resize(size, Image.Resampling.BILINEAR)
+    left, top = (size[0] - crop) // 2, (size[1] - crop) // 2
+    out = np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
+    return out.transpose(2, 0, 1) if out.ndim == 3 else out[None]
+
+
+def read_imagenet_layout(
+    root: Path,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
+    """ImageNet as it is usually kept: ``val/`` holds the images flat and ``val.txt`` lines
+    ``FILE LABEL`` (0-based, the sorted-synset order of torchvision and Caffe); an optional
+    ``train/<class>/*`` gives training images (class folders in sorted order), and an
+    optional ``classes.txt`` one class name per line. Every image is resized (shorter side
+    256) and centre-cropped to 224 × 224, the SFR paper's preprocessing."""
+    labels_file, val = root / "val.txt", root / "val"
+    if not root.is_dir() or not val.is_dir() or not labels_file.is_file():
+        raise RobustlabError(f"{root}: expected val/ (images, flat) and val.txt (lines: FILE "
+                             "LABEL); see docs/sfr.md")  # fmt: skip
+    pairs = []
+    for number, line in enumerate(labels_file.read_text().splitlines(), 1):
+        if line.strip():
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise RobustlabError(f"{labels_file}:{number}: expected 'FILE LABEL', got {line!r}")
+            pairs.append((parts[0], int(parts[1])))
+    missing = [name for name, _ in pairs if not (val / name).is_file()]
+    if missing or not pairs:
+        raise RobustlabError(f"{labels_file}: {len(missing)} listed images missing from {val} "
+                             f"(first: {missing[:1]}); or no lines at all")  # fmt: skip
+    test = _decoded([val / name for name, _ in pairs], [label for _, label in pairs])
+    folders = sorted(p for p in (root / "train").glob("*") if p.is_dir())
+    files = [(f, i) for i, d in enumerate(folders) for f in sorted(d.iterdir())
+             if f.suffix.lower() in IMAGE_SUFFIXES]  # fmt: skip
+    empty = np.zeros((0, 3, IMAGENET_CROP, IMAGENET_CROP), np.uint8), np.zeros(0, np.int64)
+    train = _decoded([f for f, _ in files], [i for _, i in files]) if files else empty
+    count = max(int(test[1].max()) + 1, len(folders))
+    names_file = root / "classes.txt"
+    if names_file.is_file():
+        classes = tuple(
+            line.strip() for line in names_file.read_text().splitlines() if line.strip()
+        )
+        if len(classes) < count:
+            raise RobustlabError(f"{names_file}: {len(classes)} names for labels up to {count - 1}")
+    else:
+        classes = (
+            tuple(d.name for d in folders)
+            if len(folders) >= count
+            else tuple(map(str, range(count)))
+        )
+    return {"train": train, "test": test}, classes
+
+
+def _decoded(paths: list[Path], labels: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    images = [
+        resize_and_crop(decode_image(p.read_bytes(), str(p), 3), IMAGENET_RESIZE, IMAGENET_CROP)
+        for p in paths
+    ]
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
