@@ -29,6 +29,7 @@ from robustlab.experiments.executor import run_spec
 from robustlab.experiments.spec import load_spec, parse_spec
 from robustlab.models import build
 from robustlab.report import write_report
+from robustlab.report.robustbench import check_card
 from tests.files import CHROMIUM, chromium, without_timing
 
 SPEC = Path(__file__).parent / "specs" / "defenses.toml"
@@ -99,6 +100,15 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
     assert len(success_files) == 2
     with np.load(success_files[0], allow_pickle=False) as saved:
         assert saved["success"].shape == (4, 16) and list(saved["eps"]) == [4, 8, 16, 32]
+    cards = {p.stem: json.loads(p.read_text()) for p in (results / "robustbench").glob("*.json")}
+    assert set(cards) == {r["target"] for r in records if r["protocol"] == "summary"}
+    for card in cards.values():
+        check_card(card)  # every documented field, with its type
+    assert cards["jpeg"]["architecture"] == "jpeg on lenet" and cards["jpeg"]["eps"] == "16/255"
+    strong_jpeg = next(r for r in strong if r["target"] == "jpeg" and r["headline"])
+    assert cards["jpeg"]["autoattack_acc"] == f"{100 * strong_jpeg['accuracy']['rate']:.2f}"
+    assert cards["csc"]["autoattack_acc"] is None and cards["csc"]["eps"] is None
+    assert cards["defective"]["architecture"] == "lenet (defective 0.5)"
     table = (results / "results.md").read_text()
     assert table.startswith("## Comparison")
     assert "## Strong (AutoAttack-style)" in table and "## Robust accuracy against ε" in table

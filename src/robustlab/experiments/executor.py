@@ -64,6 +64,7 @@ from robustlab.experiments.spec import (
 from robustlab.io import atomic_write, read_json, write_json
 from robustlab.models import ModelConfig
 from robustlab.models.base import eval_mode, model_device, predict
+from robustlab.report.robustbench import model_card, write_cards
 from robustlab.report.tables import Record, markdown, write_csv
 from robustlab.runs import read_meta
 from robustlab.seeding import derive_seed
@@ -113,6 +114,9 @@ class Executor:
              "environment": environment(self.device), "records": records},
         )  # fmt: skip
         write_csv(self.out / "results.csv", records)
+        write_cards(
+            self.out, [self._card(name, records, command) for name in self.compared_models()]
+        )
         with atomic_write(self.out / "results.md", "w") as handle:
             handle.write(markdown(records))
         return records
@@ -268,6 +272,27 @@ class Executor:
 
     def _key(self, *parts: Any) -> list[Any]:
         return [*parts, self.spec.n, self.spec.seed]
+
+    def _card(self, name: str, records: list[Record], command: str) -> dict[str, Any]:
+        """The RobustBench-style card of one evaluated model."""
+        entry = self.spec.models[name]
+        model = self.model(name)
+        surface = getattr(model, "surface", None)
+        passes = surface.eot_samples if surface is not None and surface.kind == "randomized" else 1
+        return model_card(
+            name, records, architecture=self._architecture(name), dataset=self.spec.dataset,
+            forward_passes=passes,
+            extra={"defense": entry.defense.describe() if entry.defense else None,
+                   "n": self.spec.n, "seed": self.spec.seed, "command": command},
+        )  # fmt: skip
+
+    def _architecture(self, name: str) -> str:
+        entry = self.spec.models[name]
+        if entry.members:
+            return "ensemble of " + ", ".join(self._architecture(m) for m in entry.members)
+        if entry.base is not None and entry.defense is not None:
+            return f"{entry.defense.name} on {self._architecture(entry.base)}"
+        return entry.arch + (f" (defective {entry.defect.keep_prob:g})" if entry.defect else "")
 
     # the comparison's own cells: clean accuracy and cost of every evaluated model --------------
 
