@@ -16,6 +16,7 @@ from robustlab.defenses.regeneration import (
     FeatureRegenerationUnit,
     RegeneratedConv,
     add_regeneration,
+    auto_layers,
     conv_layers,
     fru_parameters,
     fru_train_mode,
@@ -25,6 +26,7 @@ from robustlab.defenses.regeneration import (
 )
 from robustlab.experiments.sfr import load_sfr
 from robustlab.io import RobustlabError
+from robustlab.runs import load
 
 
 def _user_model() -> nn.Module:
@@ -103,7 +105,9 @@ def test_sfr_cli_train_eval_and_round_trip(
     digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     assert main(["sfr", "layers", str(digits_run)]) == 0
-    layers = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
+    listed = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    layers = [row[0] for row in listed]
+    assert [row[0] for row in listed if row[-1] == "auto"] == auto_layers(load(digits_run))
     out = tmp_path / "sfr"
     args = ["sfr", "train", str(digits_run), "--layers", ",".join(layers[:2]), "--uaps", "1"]
     args += ["--attack-images", "32", "--train-limit", "96", "--epochs", "1", "--xi", "30"]

@@ -399,7 +399,9 @@ UNIVERSAL_CHOICES = ["uap", "spgd", "fff", "gap", "nag", "singular", "guap"]
 def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("sfr", help="selective feature regeneration against universal attacks")
     sfr = p.add_subparsers(dest="sfr_command", required=True)
-    layers = sfr.add_parser("layers", help="list a run's Conv2d layer names")
+    layers = sfr.add_parser(
+        "layers", help="list a run's Conv2d layer names; 'auto' marks those layers = \"auto\" picks"
+    )
     layers.add_argument("run")
     layers.set_defaults(handler=_sfr_layers)
     train = sfr.add_parser(
@@ -452,13 +454,15 @@ def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _sfr_layers(args: argparse.Namespace) -> int:
-    from robustlab.defenses.regeneration import conv_layers
+    from robustlab.defenses.regeneration import auto_layers, conv_layers
     from robustlab.runs import load
 
     model = load(args.run)
+    chosen = auto_layers(model)
     for name in conv_layers(model):
         conv = model.get_submodule(name)
-        print(f"{name}\t{conv.in_channels}->{conv.out_channels}")  # type: ignore[union-attr]
+        mark = "\tauto" if name in chosen else ""
+        print(f"{name}\t{conv.in_channels}->{conv.out_channels}{mark}")  # type: ignore[union-attr]
     return 0
 
 
