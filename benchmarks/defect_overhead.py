@@ -15,8 +15,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from robustlab.assemble import build_model as build
 from robustlab.defenses.defective import DefectSpec
-from robustlab.models import build
 
 
 def step_time(

@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from robustlab.assemble import build_model as build
 from robustlab.defenses.defective import DefectSpec, make_defective, make_mask, masks
-from robustlab.models import available, build
+from robustlab.models import available
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.9, 1.0])

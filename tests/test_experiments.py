@@ -85,7 +85,7 @@ def test_resume_after_kill_gives_identical_results(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "patch, message",
     [
-        ({"experiment": {"dataset": "imagenet"}}, "dataset 'imagenet' is missing or unknown"),
+        ({"experiment": {"dataset": "imagenet21k"}}, "dataset 'imagenet21k' is missing or unknown"),
         ({"models": {"m": {"arch": "resnet1000"}}}, r"\[models.m\] unknown arch 'resnet1000'"),
         ({"models": {"m": {"defect": "bottom:1.5"}}}, r"\[models.m\] defect: keep probability 1.5"),
         ({"models": {"m": {"widht": 4}}}, r"\[models.m\] unknown key 'widht'"),

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from robustlab.assemble import ModelConfig
 from robustlab.experiments.executor import run_spec
 from robustlab.experiments.spec import load_spec, parse_spec
 from robustlab.io import RobustlabError
-from robustlab.models import ModelConfig
 from robustlab.models.external import (
     ExternalNet,
     defect_layers,

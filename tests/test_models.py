@@ -1,9 +1,11 @@
 import pytest
 import torch
 
+from robustlab.assemble import ModelConfig
+from robustlab.assemble import build_model as build
 from robustlab.defenses.baselines import DropBlock2d
 from robustlab.defenses.defective import DefectSpec
-from robustlab.models import ModelConfig, available, build
+from robustlab.models import available
 
 
 @pytest.mark.parametrize("arch", available())
@@ -105,3 +107,27 @@ def test_whitebox_attack_on_thermometer_model_sees_zero_gradient() -> None:
     x = torch.rand(4, 1, 12, 12)
     adv = PGD(model, eps=8 / 255, step=2 / 255, steps=3)(x, model(x).argmax(1))
     assert torch.equal(adv, x)  # sign(0) = 0: no step is ever taken
+
+
+def test_dependencies_run_one_way() -> None:
+    """models know no defenses (robustlab.assemble adds them) and io knows no models."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent / "src" / "robustlab"
+
+    def imports(path: Path) -> set[str]:
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+        return found
+
+    for path in (root / "models").glob("*.py"):
+        bad = {
+            m for m in imports(path) if m.startswith(("robustlab.defenses", "robustlab.assemble"))
+        }
+        assert not bad, (path.name, bad)
+    assert not {m for m in imports(root / "io.py") if m.startswith("robustlab.models")}

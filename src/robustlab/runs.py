@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from robustlab import __version__
+from robustlab.assemble import ModelConfig
 from robustlab.io import RobustlabError, load_tensors, read_json, save_tensors, write_json
-from robustlab.models import ModelConfig
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"

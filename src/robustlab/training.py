@@ -36,11 +36,11 @@ from torch import nn
 from tqdm import tqdm
 
 from robustlab import distributed
+from robustlab.assemble import ModelConfig
 from robustlab.attacks.pgd import PGD
 from robustlab.data import Augment, Dataset, batches
 from robustlab.evaluation.clean import accuracy
 from robustlab.io import RobustlabError, check_writable, load_tensors, save_tensors
-from robustlab.models import ModelConfig
 from robustlab.runs import META_FILE, MODEL_FILE, read_meta, save_run
 from robustlab.seeding import derive_seed
 

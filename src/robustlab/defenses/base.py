@@ -28,9 +28,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from robustlab.assemble import ModelConfig
 from robustlab.data import Dataset
 from robustlab.io import read_json, write_json
-from robustlab.models import ModelConfig
 
 SurfaceKind = Literal["differentiable", "bpda", "randomized"]
 DONE_FILE = "defense.json"

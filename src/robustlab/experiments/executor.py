@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import robustlab
 from robustlab import __version__
+from robustlab.assemble import ModelConfig
 from robustlab.attacks import AdversarialSet, Ensemble, load_set
 from robustlab.attacks.universal import UniversalPerturbation, build_universal
 from robustlab.data import load_dataset, sample, sample_indices
@@ -62,7 +63,6 @@ from robustlab.experiments.spec import (
     to_unit,
 )
 from robustlab.io import atomic_write, read_json, write_json
-from robustlab.models import ModelConfig
 from robustlab.models.base import eval_mode, model_device, predict
 from robustlab.report.robustbench import model_card, write_cards
 from robustlab.report.tables import Record, markdown, write_csv

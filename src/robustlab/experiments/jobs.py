@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustlab.assemble import ModelConfig
 from robustlab.attacks import AdversarialSet, Ensemble
 from robustlab.attacks import build as build_attack
 from robustlab.attacks.adversarial_set import generate_set, save_set
@@ -18,7 +19,6 @@ from robustlab.defenses.defective import DefectSpec
 from robustlab.distributed import local_device
 from robustlab.evaluation.clean import accuracy
 from robustlab.io import RobustlabError, prepare_output
-from robustlab.models import ModelConfig
 from robustlab.models.external import ExternalNet, load_weights, read_state_dict
 from robustlab.runs import load, read_meta, save_run
 from robustlab.training import FastPath, TrainConfig, train

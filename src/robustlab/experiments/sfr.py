@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab import __version__
+from robustlab.assemble import ModelConfig
 from robustlab.attacks.universal import UniversalPerturbation, apply
 from robustlab.data import Dataset, load_dataset, sample
 from robustlab.defenses.regeneration import (
@@ -35,7 +36,6 @@ from robustlab.io import (
     save_tensors,
     write_json,
 )
-from robustlab.models import ModelConfig
 from robustlab.models.base import predict
 from robustlab.runs import load, read_meta
 from robustlab.seeding import derive_seed

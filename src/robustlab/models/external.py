@@ -9,10 +9,10 @@ An architecture name with a colon names a factory instead of a zoo model:
 Factory keyword arguments come from the model options' ``factory_args`` (e.g.
 ``{num_classes = 10}``). The network is wrapped in :class:`ExternalNet`, which normalises
 pixels in [0, 1] with the given mean/std first, as every robustlab model does. Nothing is
-downloaded: weights come from a local file (:func:`read_state_dict`). Defects apply by
-layer name (``defect_layers``, shell patterns) or, by default, to the BatchNorm layers
-(Conv2d where there are none) that :func:`defect_layers` picks. The imports are lazy:
-torchvision and timm are optional.
+downloaded: weights come from a local file (:func:`read_state_dict`). Defect masks are
+added by :mod:`robustlab.assemble`, by layer name (``defect_layers``, shell patterns) or on
+the layers :func:`defect_layers` picks. The imports are lazy: torchvision and timm are
+optional.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab.defenses.defective import DefectSpec, make_defective
 from robustlab.io import RobustlabError
 from robustlab.models.base import Normalize
 
@@ -102,22 +101,16 @@ def build_external(
     image_size: int,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
-    defect: DefectSpec | None,
     options: dict[str, Any],
 ) -> ExternalNet:
     """Build ``arch`` from its factory, wrapped and checked (logits for ``num_classes``)."""
-    unknown = set(options) - {"factory_args", "defect_layers"}
+    unknown = set(options) - {"factory_args", "defect_layers"}  # the latter: for assemble
     if unknown:
         raise ValueError(f"architecture {arch!r}: unknown option {sorted(unknown)[0]!r} "
                          "(external models take factory_args and defect_layers)")  # fmt: skip
     net = resolve_factory(arch)(**dict(options.get("factory_args", {})))
     model = ExternalNet(net, mean or (0.5,) * in_channels, std or (0.5,) * in_channels)
     example = torch.zeros(1, in_channels, image_size, image_size)
-    if defect is not None:
-        if defect.widen > 1:
-            raise ValueError("widened defective blocks (xN) need a zoo architecture")
-        names = options.get("defect_layers") or defect_layers(model, defect.blocks)
-        make_defective(model, defect, layers=list(names), example_input=example)
     model.eval()
     with torch.no_grad():
         logits = model(example)
