@@ -78,6 +78,8 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
     assert {r["target"] for r in imported} == {"standard", "sfr"}
     assert all(r["xi"] == pytest.approx(24) and r["attack"] == "file:p.safetensors"
                for r in imported)  # fmt: skip
+    csc_dir = next((results / "defenses").glob("csc-*"))
+    assert list(csc_dir.glob("purified-test-*/*.safetensors"))  # its test accuracy: purified
     sfr = json.loads(next((results / "defenses").glob("sfr-*/defense.json")).read_text())
     assert sfr["chosen_layers"] and sfr["xi"] == pytest.approx(16 / 255)
     strong = [r for r in records if r["protocol"] == "strong"]

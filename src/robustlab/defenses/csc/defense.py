@@ -101,25 +101,28 @@ class CSCDefense(Defense):
         from robustlab.training import TrainConfig, train
 
         if self.finetune_epochs:
-            purified = self._purified_train(directory, context)
+            train_data = sample(context.train, self.finetune_limit, context.seed)
+            purified = self._purified(train_data, directory / "purified", context)
+            # the per-epoch test accuracy in the classifier's meta is on purified images too
+            digest = hashlib.sha256(context.test.images.tobytes()).hexdigest()[:12]
+            test = self._purified(context.test, directory / f"purified-test-{digest}", context)
             recipe = TrainConfig(
                 epochs=self.finetune_epochs, lr=self.finetune_lr, schedule="cosine",
                 pad=0, seed=context.seed,
             )  # fmt: skip
             train(
-                context.base_config, purified, context.test, recipe, directory / "classifier",
+                context.base_config, purified, test, recipe, directory / "classifier",
                 resume=True, device=context.device, quiet=context.quiet,
                 init={k: v.cpu() for k, v in base.state_dict().items()},
             )  # fmt: skip
         write_json(directory / DONE_FILE, self.describe())
 
-    def _purified_train(self, directory: Path, context: PrepareContext) -> Dataset:
-        """The fine-tuning images, purified once and kept as uint8 (resumable per chunk)."""
-        data = sample(context.train, self.finetune_limit, context.seed)
+    def _purified(self, data: Dataset, folder: Path, context: PrepareContext) -> Dataset:
+        """``data`` purified once and kept as uint8 (resumable per chunk of 256)."""
         purifier = self.purifier().to(context.device)
         chunks = []
         for start in range(0, len(data), 256):
-            path = directory / "purified" / f"{start:07d}.safetensors"
+            path = folder / f"{start:07d}.safetensors"
             if not path.is_file():
                 chunk = data.subset(range(start, min(start + 256, len(data))))
                 x, _ = chunk.tensors(context.device)
