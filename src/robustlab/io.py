@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as _st_load
@@ -81,6 +82,20 @@ def read_json(path: str | Path) -> Any:
         raise RobustlabError(f"{path}: file not found; check the path") from None
     except json.JSONDecodeError as err:
         raise RobustlabError(f"{path}: not valid JSON ({err.msg}); re-create the file") from None
+
+
+def load_npy(path: str | Path) -> np.ndarray:
+    """A ``.npy`` array, read with ``allow_pickle=False``; missing or unreadable files are one
+    clear line."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise RobustlabError(f"{path}: file not found; check the path") from None
+    except ValueError as err:
+        raise RobustlabError(f"{path}: not a readable .npy array ({err})") from None
+    if not isinstance(array, np.ndarray):
+        raise RobustlabError(f"{path}: expected one array (.npy), not an archive")
+    return array
 
 
 def save_tensors(

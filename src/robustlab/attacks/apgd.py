@@ -40,7 +40,8 @@ from torch import nn
 from robustlab.attacks.base import (
     Attack,
     AttackResult,
-    check_eps,
+    check_choice,
+    check_radius,
     check_range,
     check_steps,
     per_example_norm,
@@ -126,14 +127,8 @@ class APGD(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__(model, seed=seed)
-        if norm not in ("linf", "l2"):
-            raise ValueError(f"norm {norm!r} must be 'linf' or 'l2'")
-        if loss not in ("ce", "dlr"):
-            raise ValueError(f"loss {loss!r} must be 'ce' or 'dlr'")
-        self.norm, self.loss = norm, loss
-        self.eps = check_eps("eps", eps) if norm == "linf" else float(eps)
-        if self.eps <= 0:
-            raise ValueError(f"eps={eps} must be > 0")
+        self.eps, self.norm = check_radius(eps, norm), norm
+        self.loss = check_choice("loss", loss, ("ce", "dlr"))
         self.steps = check_steps("steps", steps)
         self.restarts = check_steps("restarts", restarts)
         self.rho = check_range("rho", rho, 0.0, 1.0)

@@ -102,6 +102,24 @@ def check_eps(name: str, value: float) -> float:
     return check_range(name, value, 0.0, 1.0, f"; pixels are in [0, 1], e.g. {name}=16/255")
 
 
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else a one-line error listing them."""
+    if value not in choices:
+        listed = " or ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} {value!r} must be {listed}")
+    return value
+
+
+def check_radius(eps: float, norm: str, *, positive: bool = True) -> float:
+    """A ball's radius: ℓ∞ radii are pixel units in [0, 1]; ℓ2 radii may exceed 1 (they sum
+    over pixels). ``positive``: zero is refused too."""
+    check_choice("norm", norm, ("linf", "l2"))
+    radius = check_eps("eps", eps) if norm == "linf" else float(eps)
+    if radius < 0 or (positive and radius == 0):
+        raise ValueError(f"eps={eps} must be > 0" if positive else f"eps={eps} must be >= 0")
+    return radius
+
+
 def check_steps(name: str, value: int) -> int:
     if int(value) != value or value < 1:
         raise ValueError(f"{name}={value} must be a positive integer")

@@ -18,6 +18,7 @@ from robustlab.attacks.base import (
     Attack,
     AttackResult,
     check_eps,
+    check_radius,
     check_steps,
     input_gradient,
     per_example_norm,
@@ -43,14 +44,11 @@ class PGD(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__(model, seed=seed)
-        if norm not in ("linf", "l2"):
-            raise ValueError(f"norm {norm!r} must be 'linf' or 'l2'")
-        self.norm = norm
-        # An ℓ2 radius can exceed 1 (it sums over pixels); ℓ∞ radii cannot.
-        self.eps = check_eps("eps", eps) if norm == "linf" else float(eps)
+        self.eps, self.norm = check_radius(eps, norm, positive=False), norm
+        # the step has the units of the radius
         self.step = check_eps("step", step) if norm == "linf" else float(step)
-        if self.eps < 0 or self.step <= 0:
-            raise ValueError(f"eps={eps} must be >= 0 and step={step} > 0")
+        if self.step <= 0:
+            raise ValueError(f"step={step} must be > 0")
         self.steps = check_steps("steps", steps)
         self.random_start = bool(random_start)
 

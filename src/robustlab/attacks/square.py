@@ -28,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.attacks.base import Attack, AttackResult, check_eps, check_range, check_steps
+from robustlab.attacks.base import (
+    Attack,
+    AttackResult,
+    check_choice,
+    check_radius,
+    check_range,
+    check_steps,
+)
 from robustlab.seeding import derive_seed
 
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -76,14 +83,8 @@ class Square(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__(model, seed=seed)
-        if norm not in ("linf", "l2"):
-            raise ValueError(f"norm {norm!r} must be 'linf' or 'l2'")
-        if loss not in ("margin", "ce"):
-            raise ValueError(f"loss {loss!r} must be 'margin' or 'ce'")
-        self.norm, self.loss = norm, loss
-        self.eps = check_eps("eps", eps) if norm == "linf" else float(eps)
-        if self.eps <= 0:
-            raise ValueError(f"eps={eps} must be > 0")
+        self.eps, self.norm = check_radius(eps, norm), norm
+        self.loss = check_choice("loss", loss, ("margin", "ce"))
         self.queries = check_steps("queries", queries)
         self.p_init = check_range("p_init", p_init, 1e-6, 1.0)
 

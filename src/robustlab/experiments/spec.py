@@ -52,7 +52,7 @@ from robustlab.evaluation.curve import EpsilonSearch
 from robustlab.evaluation.strong import STANDARD_ATTACKS, StrongConfig
 from robustlab.io import RobustlabError
 from robustlab.models import available as available_archs
-from robustlab.models.external import is_external
+from robustlab.models.external import FACTORY_HINT, is_external
 from robustlab.training import TrainConfig
 
 if sys.version_info >= (3, 11):
@@ -229,7 +229,7 @@ def _model(name: str, defaults: dict[str, Any], entry: dict[str, Any]) -> ModelE
     if arch not in available_archs() and not is_external(arch):
         raise ValueError(
             f"[models.{name}] unknown arch {arch!r}; use one of {', '.join(available_archs())}, "
-            "or a factory: torchvision:NAME, timm:NAME, package.module:function"
+            f"or {FACTORY_HINT}"
         )
     options = _model_options(name, arch, merged)
     defect = None

@@ -29,6 +29,7 @@ from robustlab.io import RobustlabError
 from robustlab.models.base import Normalize
 
 EXTRAS = {"torchvision": "torchvision", "timm": "timm"}
+FACTORY_HINT = "a factory: torchvision:NAME, timm:NAME, package.module:function"
 
 
 def is_external(arch: str) -> bool:
@@ -40,8 +41,7 @@ def resolve_factory(arch: str) -> Callable[..., nn.Module]:
     """The callable behind ``arch`` (module docstring); a clear error when it cannot be had."""
     source, _, name = arch.partition(":")
     if not source or not name:
-        raise ValueError(f"architecture {arch!r}: use torchvision:NAME, timm:NAME or "
-                         "package.module:function")  # fmt: skip
+        raise ValueError(f"architecture {arch!r}: use {FACTORY_HINT}")
     module_name = {"torchvision": "torchvision.models", "timm": "timm"}.get(source, source)
     try:
         module = importlib.import_module(module_name)

@@ -7,6 +7,7 @@ from typing import Any
 
 from robustlab.models.base import BlockNet, Widths
 from robustlab.models.densenet import densenet
+from robustlab.models.external import FACTORY_HINT
 from robustlab.models.lenet import lenet
 from robustlab.models.preact import preact_resnet
 from robustlab.models.resnet import BasicBlock, Bottleneck, resnet
@@ -69,8 +70,8 @@ def build(
     """
     if arch not in _ARCHS:
         raise ValueError(
-            f"unknown architecture {arch!r}; choose one of {', '.join(available())} or a "
-            "factory: torchvision:NAME, timm:NAME, package.module:function"
+            f"unknown architecture {arch!r}; choose one of {', '.join(available())} "
+            f"or {FACTORY_HINT}"
         )
     return _construct(arch, num_classes, in_channels, image_size, mean, std, widths or Widths(), kw)
 

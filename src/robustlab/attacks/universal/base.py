@@ -9,6 +9,8 @@ randomness from a generator seeded with ``seed``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -29,6 +31,33 @@ def project(delta: torch.Tensor, xi: float, norm: Norm) -> torch.Tensor:
         return delta.clamp(-xi, xi)
     length = delta.norm()
     return delta * (xi / length) if length > xi else delta
+
+
+def scale_to_ball(raw: torch.Tensor, xi: float, norm: Norm) -> torch.Tensor:
+    """A generator's raw output onto the ξ ball: ξ·tanh (ℓ∞), or rescaled to ℓ2 norm ξ; a
+    batch (4 axes) is scaled per perturbation, a single (C, H, W) one as a whole."""
+    if norm == "linf":
+        return xi * torch.tanh(raw)
+    dims = tuple(range(1, raw.ndim)) if raw.ndim == 4 else tuple(range(raw.ndim))
+    lengths = raw.square().sum(dim=dims, keepdim=True).sqrt()
+    scaled: torch.Tensor = raw * (xi / (lengths + 1e-12))
+    return scaled
+
+
+@contextmanager
+def conv_activations(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """The outputs of every Conv2d of ``model``, collected during the block's forward passes
+    (the list is the caller's to clear between passes); hooks removed after."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("this attack needs a model with Conv2d layers")
+    found: list[torch.Tensor] = []
+    hooks = [c.register_forward_hook(lambda _m, _i, out: found.append(out)) for c in convs]
+    try:
+        yield found
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def apply(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

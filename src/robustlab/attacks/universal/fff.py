@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustlab.attacks.universal.base import Norm, UniversalAttack, project
+from robustlab.attacks.universal.base import Norm, UniversalAttack, conv_activations, project
 
 
 class FFF(UniversalAttack):
@@ -34,14 +34,7 @@ class FFF(UniversalAttack):
     def _generate(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         shape = images.shape[1:]
         v = (torch.rand(shape, generator=generator, device=images.device) * 2 - 1) * self.xi
-        convs = [m for m in self.model.modules() if isinstance(m, nn.Conv2d)]
-        if not convs:
-            raise ValueError("FFF needs a model with Conv2d layers")
-        activations: list[torch.Tensor] = []
-        hooks = [
-            c.register_forward_hook(lambda _m, _i, out: activations.append(out)) for c in convs
-        ]
-        try:
+        with conv_activations(self.model) as activations:
             for _ in range(self.steps):
                 activations.clear()
                 v = v.detach().requires_grad_(True)
@@ -49,7 +42,4 @@ class FFF(UniversalAttack):
                 loss = -torch.stack([torch.log(a.abs().mean() + 1e-12) for a in activations]).sum()
                 (grad,) = torch.autograd.grad(loss, v)
                 v = project(v.detach() - self.step * grad.sign(), self.xi, self.norm)
-        finally:
-            for hook in hooks:
-                hook.remove()
         return v.detach()

@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.attacks.universal.base import Norm, UniversalAttack, apply, shuffled_batches
+from robustlab.attacks.universal.base import (
+    Norm,
+    UniversalAttack,
+    apply,
+    scale_to_ball,
+    shuffled_batches,
+)
 from robustlab.models.base import predict
 
 
@@ -48,10 +54,7 @@ class GAP(UniversalAttack):
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
 
     def _scale(self, raw: torch.Tensor) -> torch.Tensor:
-        if self.norm == "linf":
-            return self.xi * torch.tanh(raw)
-        length: torch.Tensor = raw.norm()
-        return raw * (self.xi / (length + 1e-12))
+        return scale_to_ball(raw, self.xi, self.norm)
 
     def _generate(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):

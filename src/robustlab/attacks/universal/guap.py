@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from robustlab.attacks.universal.base import Norm, UniversalAttack, project
+from robustlab.attacks.universal.base import Norm, UniversalAttack, conv_activations, project
 
 Prior = Literal["none", "range", "data"]
 
@@ -57,31 +57,20 @@ class GUAP(UniversalAttack):
     def _generate(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.prior == "data" and (images.ndim != 4 or len(images) == 0):
             raise ValueError("guap with prior='data' needs a batch of images (N, C, H, W)")
-        convs = [m for m in self.model.modules() if isinstance(m, nn.Conv2d)]
-        if not convs:
-            raise ValueError("guap needs a model with Conv2d layers")
         shape, device = images.shape[1:], images.device
         # δ = ξ·raw with raw in the unit ball: the learning rate is relative to ξ
         raw = (torch.rand(shape, generator=generator, device=device) * 2 - 1).requires_grad_()
         optimiser = torch.optim.Adam([raw], lr=self.lr)
-        activations: list[torch.Tensor] = []
-        hooks = [
-            c.register_forward_hook(lambda _m, _i, out: activations.append(out)) for c in convs
-        ]
-        try:
+        with conv_activations(self.model) as activations:
             for _ in range(self.steps):
                 activations.clear()
-                delta = self.xi * raw
-                self.model((self._prior(images, generator) + delta).clamp(0, 1))
+                self.model((self._prior(images, generator) + self.xi * raw).clamp(0, 1))
                 loss = -torch.stack([torch.log(a.norm() + 1e-12) for a in activations]).sum()
                 optimiser.zero_grad()
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimiser.step()
                 with torch.no_grad():
                     raw.copy_(project(self.xi * raw, self.xi, self.norm) / self.xi)
-        finally:
-            for hook in hooks:
-                hook.remove()
         return project(self.xi * raw.detach(), self.xi, self.norm)
 
     def _prior(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from robustlab.attacks.universal.base import UniversalPerturbation
-from robustlab.io import RobustlabError
+from robustlab.io import RobustlabError, load_npy
 
 Layout = Literal["matlab", "hwc", "chw"]
 LAYOUTS: tuple[Layout, ...] = ("matlab", "hwc", "chw")
@@ -84,13 +84,8 @@ def _centre_crop(array: np.ndarray, size: int, found: str) -> np.ndarray:
 
 
 def _read_npy(path: Path) -> np.ndarray:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise RobustlabError(f"{path}: file not found; check the path") from None
-    except ValueError as err:
-        raise RobustlabError(f"{path}: not a readable .npy array ({err})") from None
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
+    array = load_npy(path)
+    if array.dtype.kind not in "fiu":
         raise RobustlabError(f"{path}: expected a numeric array")
     return np.asarray(array, dtype=np.float64)
 

@@ -27,6 +27,7 @@ from robustlab.attacks.universal.base import (
     UniversalAttack,
     apply,
     fooling_rate,
+    scale_to_ball,
     shuffled_batches,
 )
 from robustlab.models.base import predict
@@ -82,11 +83,7 @@ class NAG(UniversalAttack):
         self.diversity, self.latent, self.samples = float(diversity), int(latent), int(samples)
 
     def _scale(self, raw: torch.Tensor) -> torch.Tensor:
-        if self.norm == "linf":
-            return self.xi * torch.tanh(raw)
-        lengths = raw.flatten(1).norm(dim=1).view(-1, *([1] * (raw.ndim - 1)))
-        scaled: torch.Tensor = raw * (self.xi / (lengths + 1e-12))
-        return scaled
+        return scale_to_ball(raw, self.xi, self.norm)
 
     def _generate(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         shape = (images.shape[1], images.shape[2], images.shape[3])

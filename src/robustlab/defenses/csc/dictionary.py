@@ -34,7 +34,7 @@ from robustlab.defenses.csc.cbpdn import (
     objective,
 )
 from robustlab.defenses.csc.stratified import ClusterModel
-from robustlab.io import RobustlabError, load_tensors, save_tensors
+from robustlab.io import RobustlabError, load_npy, load_tensors, save_tensors
 
 DICTIONARY_FILE = "dictionary.safetensors"
 DICTIONARY_FORMAT = "robustlab-csc-dictionary/1"
@@ -229,12 +229,7 @@ def load_released_dictionary(path: Path, channel_order: ChannelOrder = "bgr") ->
     """
     if channel_order not in ("bgr", "rgb"):
         raise RobustlabError(f"channel order {channel_order!r} must be 'bgr' or 'rgb'")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise RobustlabError(f"{path}: file not found; check the path") from None
-    except ValueError as err:
-        raise RobustlabError(f"{path}: not a readable .npy array ({err})") from None
+    array = load_npy(path)
     found = f"found shape {array.shape}, dtype {array.dtype}"
     if array.dtype.kind != "f" or array.ndim not in (3, 4) or array.shape[0] != array.shape[1]:
         raise RobustlabError(f"{path}: expected float filters (P, P, C, M) or (P, P, M) in "
