@@ -12,7 +12,7 @@ from torch import nn
 
 from robustlab.assemble import ModelConfig
 from robustlab.experiments.executor import run_spec
-from robustlab.experiments.spec import load_spec, parse_spec
+from robustlab.experiments.spec import PROTOCOLS, load_spec, parse_spec
 from robustlab.io import RobustlabError
 from robustlab.models.external import (
     ExternalNet,
@@ -36,7 +36,11 @@ def test_a_factory_runs_through_a_whole_spec(tmp_path: Path) -> None:
     seen = {(r["protocol"], r.get("target")) for r in records}
     for target in ("user", "user_defective", "user_pretrained", "user_jpeg", "user_sfr"):
         assert ("transfer", target) in seen and ("summary", target) in seen
-    assert {("strong", "user"), ("adaptive", "user_sfr"), ("universal", "user_sfr")} <= seen
+    assert {("strong", "user"), ("adaptive", "user_sfr"), ("universal", "user_sfr"),
+            ("whitebox", "user_pretrained"), ("decision", "user"),
+            ("ensemble_transfer", "user")} <= seen  # fmt: skip
+    protocols = {r["protocol"] for r in records}
+    assert set(PROTOCOLS) <= protocols  # every protocol type ran on the user's models
     runs = tmp_path / "results" / "runs"
     pretrained = next(runs.glob("user_pretrained-*"))
     meta = read_meta(pretrained)
