@@ -70,96 +70,96 @@ def markdown(records: list[Record]) -> str:
     """Tables a reviewer can read: the comparison first, then one per protocol, rates with
     Wilson 95 % intervals."""
     lines: list[str] = comparison_markdown(comparison_rows(records))
-    transfer_rows = [r for r in records if r["protocol"] in ("transfer", "ensemble_transfer")]
-    if transfer_rows:
-        lines += [
-            "## Transfer: success defense rate (filtered, appendix A.7) and unfiltered accuracy",
-            "",
-            "| source | target | attack | defense rate | accuracy | clean accuracy |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['source']} | {r['target']} | {r['attack']} | {_rate_text(r['defense_rate'])} | "
-            f"{_rate_text(r['accuracy'])} | {_rate_text(r['clean_accuracy'])} |"
-            for r in transfer_rows
-        ]
-        lines.append("")
-    white = [r for r in records if r["protocol"] == "whitebox"]
-    if white:
-        lines += ["## White-box accuracy", "", "| model | attack | accuracy | flags |",
-                  "|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {r['target']} | {r['attack']} | {_rate_text(r['accuracy'])} | "
-                  f"{', '.join(r.get('flags', [])) or '—'} |" for r in white]  # fmt: skip
-        lines.append("")
-    lines += strong_markdown([r for r in records if r["protocol"] == "strong"])
-    adaptive = [r for r in records if r["protocol"] == "adaptive"]
-    if adaptive:
-        lines += [
-            "## Adaptive white-box: the attack through the whole defended model",
-            "",
-            "| model | attack | surface | accuracy | clean | transfer from base | ±ε noise "
-            "| zero-grad share | loss clean → adv | flags |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in adaptive:
-            surface = r["surface"] + (f" ({r['bpda_part']})" if r["bpda_part"] else "")
-            moved = _rate_text(r["transfer_accuracy"]) if r["transfer_accuracy"] else "—"
-            lines.append(
-                f"| {r['target']} | {r['attack']} | {surface} | {_rate_text(r['accuracy'])} | "
-                f"{_rate_text(r['clean_accuracy'])} | {moved} | {_rate_text(r['noise_accuracy'])} "
-                f"| {r['zero_gradient_share']:.2f} | {r['loss_clean']:.2f} → "
-                f"{r['loss_adversarial']:.2f} | {', '.join(r['flags']) or '—'} |"
-            )
-        lines.append("")
-    universal = [r for r in records if r["protocol"] == "universal"]
-    if universal:
-        lines += [
-            "## Universal perturbations: fooling rate and restoration accuracy",
-            "",
-            "| model | attack | ξ | computed against | fooling rate | perturbed accuracy "
-            "| restoration |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['target']} | {r['attack']} | {r['xi']:g} | {r['against']} | "
-            f"{_rate_text(r['fooling_rate'])} | {_rate_text(r['perturbed_accuracy'])} | "
-            f"{_rate_text(r['restoration'])} |"
-            for r in universal
-        ]
-        lines.append("")
-    decision = [r for r in records if r["protocol"] == "decision"]
-    if decision:
-        lines += [
-            "## Decision-based (Boundary): S(M) = median ‖δ‖²/N",
-            "",
-            "| model | S(M) | n | failed | median queries |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['target']} | {r['score']['score']:.2e} | {r['score']['n']} | "
-            f"{r['score']['failed']} | {r['score']['median_queries']} |"
-            for r in decision
-        ]
-        lines.append("")
+    for section in (_transfer_section, _whitebox_section, _strong_section, _adaptive_section,
+                    _universal_section, _decision_section, _curve_sections):  # fmt: skip
+        lines += section(records)
+    return "\n".join(lines)
+
+
+def _table(title: str, headers: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown section: ``## title``, a header row and one row per entry (none if empty)."""
+    if not rows:
+        return []
+    return [
+        f"## {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+        *("| " + " | ".join(row) + " |" for row in rows), "",
+    ]  # fmt: skip
+
+
+def _of(records: list[Record], *protocols: str) -> list[Record]:
+    return [r for r in records if r["protocol"] in protocols]
+
+
+def _flags(record: Record) -> str:
+    return ", ".join(record.get("flags", [])) or "—"
+
+
+def _losses(record: Record) -> str:
+    return f"{record['loss_clean']:.2f} → {record['loss_adversarial']:.2f}"
+
+
+def _transfer_section(records: list[Record]) -> list[str]:
+    rows = [[r["source"], r["target"], r["attack"], _rate_text(r["defense_rate"]),
+             _rate_text(r["accuracy"]), _rate_text(r["clean_accuracy"])]
+            for r in _of(records, "transfer", "ensemble_transfer")]  # fmt: skip
+    return _table(
+        "Transfer: success defense rate (filtered, appendix A.7) and unfiltered accuracy",
+        ["source", "target", "attack", "defense rate", "accuracy", "clean accuracy"], rows,
+    )  # fmt: skip
+
+
+def _whitebox_section(records: list[Record]) -> list[str]:
+    rows = [[r["target"], r["attack"], _rate_text(r["accuracy"]), _flags(r)]
+            for r in _of(records, "whitebox")]  # fmt: skip
+    return _table("White-box accuracy", ["model", "attack", "accuracy", "flags"], rows)
+
+
+def _strong_section(records: list[Record]) -> list[str]:
+    return strong_markdown(_of(records, "strong"))
+
+
+def _adaptive_section(records: list[Record]) -> list[str]:
+    rows = []
+    for r in _of(records, "adaptive"):
+        surface = r["surface"] + (f" ({r['bpda_part']})" if r["bpda_part"] else "")
+        moved = _rate_text(r["transfer_accuracy"]) if r["transfer_accuracy"] else "—"
+        rows.append([r["target"], r["attack"], surface, _rate_text(r["accuracy"]),
+                     _rate_text(r["clean_accuracy"]), moved, _rate_text(r["noise_accuracy"]),
+                     f"{r['zero_gradient_share']:.2f}", _losses(r), _flags(r)])  # fmt: skip
+    headers = ["model", "attack", "surface", "accuracy", "clean", "transfer from base",
+               "±ε noise", "zero-grad share", "loss clean → adv", "flags"]  # fmt: skip
+    return _table("Adaptive white-box: the attack through the whole defended model", headers, rows)
+
+
+def _universal_section(records: list[Record]) -> list[str]:
+    rows = [[r["target"], r["attack"], f"{r['xi']:g}", r["against"],
+             _rate_text(r["fooling_rate"]), _rate_text(r["perturbed_accuracy"]),
+             _rate_text(r["restoration"])] for r in _of(records, "universal")]  # fmt: skip
+    headers = ["model", "attack", "ξ", "computed against", "fooling rate", "perturbed accuracy",
+               "restoration"]  # fmt: skip
+    return _table("Universal perturbations: fooling rate and restoration accuracy", headers, rows)
+
+
+def _decision_section(records: list[Record]) -> list[str]:
+    rows = [[r["target"], f"{r['score']['score']:.2e}", str(r["score"]["n"]),
+             str(r["score"]["failed"]), str(r["score"]["median_queries"])]
+            for r in _of(records, "decision")]  # fmt: skip
+    headers = ["model", "S(M)", "n", "failed", "median queries"]
+    return _table("Decision-based (Boundary): S(M) = median ‖δ‖²/N", headers, rows)
+
+
+def _curve_sections(records: list[Record]) -> list[str]:
+    lines: list[str] = []
     for kind, title, unit in (
         ("curve", "Robust accuracy against ε (APGD-CE; smallest ε per image by bisection)", "ε"),
         ("noise", "Additive Gaussian noise: accuracy on images every model gets right", "σ"),
         ("shuffle", "Patch shuffle: accuracy on images every model gets right", "k"),
     ):
-        for r in (r for r in records if r["protocol"] == kind):
+        for r in _of(records, kind):
             levels = curve_levels(r)
-            lines += [
-                f"## {title}",
-                "",
-                "| model | " + " | ".join(f"{unit}={lv}" for lv in levels) + " |",
-                "|---|" + "---|" * len(levels),
-            ]
-            lines += [
-                f"| {m} | " + " | ".join(_rate_text(row[lv]) for lv in levels) + " |"
-                for m, row in r["curves"].items()
-            ]
-            lines.append("")
-    return "\n".join(lines)
+            rows = [[m, *(_rate_text(row[lv]) for lv in levels)] for m, row in r["curves"].items()]
+            lines += _table(title, ["model", *(f"{unit}={lv}" for lv in levels)], rows)
+    return lines
 
 
 def strong_markdown(strong: list[Record]) -> list[str]:
@@ -167,22 +167,16 @@ def strong_markdown(strong: list[Record]) -> list[str]:
     if not strong:
         return []
     steps = list(strong[0]["after"])
-    lines = [
-        "## Strong (AutoAttack-style): robust accuracy after each attack, worst case per image",
-        "",
-        "| model | ε | clean | " + " | ".join(f"after {s}" for s in steps)
-        + " | broken by each | zero-grad share | flags |",
-        "|---|---|---|" + "---|" * len(steps) + "---|---|---|",
-    ]  # fmt: skip
+    rows = []
     for r in strong:
         after = [_rate_text(r["after"][s]) if s in r["after"] else "—" for s in steps]
         broken = ", ".join(f"{k} {v}" for k, v in r["broken"].items())
-        lines.append(
-            f"| {r['target']} | {r['eps']:g} | {_rate_text(r['clean_accuracy'])} | "
-            + " | ".join(after)
-            + f" | {broken} | {r['zero_gradient_share']:.2f} | {', '.join(r['flags']) or '—'} |"
-        )
-    return [*lines, ""]
+        rows.append([r["target"], f"{r['eps']:g}", _rate_text(r["clean_accuracy"]), *after,
+                     broken, f"{r['zero_gradient_share']:.2f}", _flags(r)])  # fmt: skip
+    headers = ["model", "ε", "clean", *(f"after {s}" for s in steps), "broken by each",
+               "zero-grad share", "flags"]  # fmt: skip
+    title = "Strong (AutoAttack-style): robust accuracy after each attack, worst case per image"
+    return _table(title, headers, rows)
 
 
 # --- the comparison table: one row per model, one column per protocol ---------------------
