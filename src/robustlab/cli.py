@@ -541,7 +541,7 @@ def _universal_import(args: argparse.Namespace) -> int:
 
 
 def _add_list_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("list", help="list architectures, datasets and attacks")
+    p = sub.add_parser("list", help="list architectures, datasets, attacks and universal attacks")
     p.set_defaults(handler=_list)
 
 
@@ -551,6 +551,7 @@ def _list(_: argparse.Namespace) -> int:
     print("architectures:", ", ".join(models.available()))
     print("datasets:", ", ".join(data.available()))
     print("attacks:", ", ".join(attacks.available()))
+    print("universal attacks:", ", ".join(UNIVERSAL_CHOICES))
     return 0
 
 
