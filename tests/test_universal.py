@@ -197,8 +197,10 @@ def test_new_universal_attacks_refuse_bad_parameters() -> None:
         build_universal("guap", model, prior="data")(torch.empty(0, 1, 8, 8))
 
 
-def test_the_cli_offers_every_universal_attack() -> None:
+def test_the_cli_offers_every_universal_attack(capsys: pytest.CaptureFixture) -> None:
     from robustlab.attacks.universal import UNIVERSAL_ATTACKS
-    from robustlab.cli import UNIVERSAL_CHOICES
+    from robustlab.cli import UNIVERSAL_CHOICES, main
 
     assert sorted(UNIVERSAL_CHOICES) == sorted(UNIVERSAL_ATTACKS)
+    assert main(["list"]) == 0
+    assert "universal attacks: uap, spgd, fff, gap, nag, singular, guap" in capsys.readouterr().out
