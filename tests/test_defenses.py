@@ -113,6 +113,10 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
     assert cards["defective"]["architecture"] == "lenet (defective 0.5)"
     table = (results / "results.md").read_text()
     assert table.startswith("## Comparison")
+    for row in ("| csc | csc (bpda) |", "| median | median (differentiable) |",
+                "| defective | defect bottom:0.5 |", "| adversarial | adversarial training 8/255 |",
+                "| standard | — |"):  # fmt: skip
+        assert row in table, row
     assert "## Strong (AutoAttack-style)" in table and "## Robust accuracy against ε" in table
     assert all(f"| {m} |" in table.split("## Transfer")[0] for m in [*DEFENDED, "standard"])
 

@@ -312,7 +312,9 @@ class Executor:
                     "ms_per_image": ms, "cost_ratio": ratio,
                     "added_parameters": added_parameters(model, base)}  # fmt: skip
 
-        return self.record(self._key("summary", self._ids([name, self.base_of(name)])), compute)
+        key = self._key("summary", self._ids([name, self.base_of(name)]))
+        # not part of the cached cell: a description of the spec's entry
+        return {**self.record(key, compute), "defense": self.spec.models[name].defense_text()}
 
     # protocols --------------------------------------------------------------------------------
 

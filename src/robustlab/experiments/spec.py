@@ -124,6 +124,24 @@ class ModelEntry:
     mean: tuple[float, ...] | None = None  # input normalisation (default: the data's)
     std: tuple[float, ...] | None = None
 
+    def defense_text(self) -> str:
+        """The entry's defense in a few words, for tables: a wrapping defense with its attack
+        surface, or the training-time ones (defect masks, regularizer, thermometer, label
+        smoothing, adversarial training; ε in 0-255 units); "—" for none."""
+        if self.defense is not None:
+            surface = self.defense.surface
+            return f"{self.defense.name} ({surface.kind})"
+        if self.members:
+            return "ensemble"
+        parts = [f"defect {self.defect}" if self.defect else "",
+                 self.regularizer or "",
+                 f"thermometer {self.thermometer}" if self.thermometer else "",
+                 f"label smoothing {self.train.label_smoothing:g}"
+                 if self.train.label_smoothing else "",
+                 f"adversarial training {round(self.train.adv_eps * 255):g}/255"
+                 if self.train.adv_eps else ""]  # fmt: skip
+        return ", ".join(p for p in parts if p) or "—"
+
     @property
     def trained(self) -> bool:
         """A model trained by the spec itself (not an ensemble, not a defended wrapper)."""

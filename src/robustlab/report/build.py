@@ -126,7 +126,8 @@ def _comparison_section(rows: list[ComparisonRow], command: str) -> str:
             cost += f" (×{row.cost_ratio:.1f})"
         rates = (row.clean, row.transfer, row.whitebox, row.adaptive, row.strong, row.universal)
         decision = "—" if row.decision is None else f"{row.decision:.2e}"
-        cells = [f"<td>{name_link('models', row.model)}</td>", *(cell(r) for r in rates)]
+        cells = [f"<td>{name_link('models', row.model)}</td>", f"<td>{esc(row.defense)}</td>",
+                 *(cell(r) for r in rates)]  # fmt: skip
         cells += [f'<td class="num">{decision}</td>', cell(row.noise32)]
         cells += [f'<td class="num">{cost}</td>', f'<td class="num">{row.added_parameters}</td>']
         cells.append(f"<td>{esc(', '.join(row.flags) or '—')}</td>")

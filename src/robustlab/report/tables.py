@@ -187,6 +187,7 @@ class ComparisonRow:
     """One model's worst case under each protocol (rates as record dicts, None if not run)."""
 
     model: str
+    defense: str = "—"  # what the row's defense is, and its attack surface
     clean: Record | None = None
     transfer: Record | None = None  # worst success defense rate over sources and attacks
     whitebox: Record | None = None  # worst accuracy over white-box attacks (plain gradients)
@@ -202,7 +203,7 @@ class ComparisonRow:
 
 
 COMPARISON_HEADERS = (
-    "model", "clean", "transfer (worst)", "white-box", "adaptive", "strong",
+    "model", "defense", "clean", "transfer (worst)", "white-box", "adaptive", "strong",
     "universal restoration", "decision S(M)", "noise σ=32", "ms/image (×base)", "added params",
     "flags",
 )  # fmt: skip
@@ -231,6 +232,7 @@ def comparison_rows(records: list[Record]) -> list[ComparisonRow]:
         rows.append(
             ComparisonRow(
                 model=name,
+                defense=summary.get("defense", "—"),
                 clean=summary["clean_accuracy"],
                 transfer=worst("transfer", "defense_rate"),
                 whitebox=worst("whitebox", "accuracy"),
@@ -258,7 +260,7 @@ def comparison_markdown(rows: list[ComparisonRow]) -> list[str]:
         "|" + "---|" * len(COMPARISON_HEADERS),
     ]
     for row in rows:
-        cells = [row.model] + [
+        cells = [row.model, row.defense] + [
             _rate_text(rate) if rate is not None else "—"
             for rate in (
                 row.clean,
