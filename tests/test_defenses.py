@@ -35,7 +35,7 @@ from tests.files import CHROMIUM, chromium, without_timing
 SPEC = Path(__file__).parent / "specs" / "defenses.toml"
 TRAINING_TIME = ("defective", "dropout", "smoothing", "adversarial", "thermometer")
 DEFENDED = {"jpeg": "bpda", "bits": "bpda", "median": "differentiable", "csc": "bpda",
-            "sfr": "differentiable"}  # fmt: skip
+            "sfr": "differentiable", "thermometer": "bpda"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,10 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
         assert 0 <= r["accuracy"]["hits"] <= r["clean_accuracy"]["n"]
     thermometer = next(r for r in records if r["protocol"] == "adaptive"
                        and r["target"] == "thermometer")  # fmt: skip
-    assert "zero_gradients" in thermometer["flags"]  # its encoding masks gradients: flagged
+    # its encoding declares BPDA: the adaptive attack follows the ramps, not zero gradients
+    assert thermometer["zero_gradient_share"] == 0 and "zero_gradients" not in thermometer["flags"]
+    plain = next(r for r in records if r["protocol"] == "whitebox" and r["target"] == "standard")
+    assert "zero_gradients" not in plain["flags"]
     summary = {r["target"]: r for r in records if r["protocol"] == "summary"}
     assert summary["sfr"]["added_parameters"] > 0 and summary["jpeg"]["added_parameters"] == 0
     assert summary["csc"]["cost_ratio"] > 1  # purification costs more than the classifier

@@ -109,6 +109,23 @@ def test_whitebox_attack_on_thermometer_model_sees_zero_gradient() -> None:
     assert torch.equal(adv, x)  # sign(0) = 0: no step is ever taken
 
 
+def test_thermometer_declares_bpda_and_its_view_has_gradients() -> None:
+    from robustlab.attacks import PGD
+    from robustlab.defenses.base import attack_view, surface_of
+
+    model = build("lenet", in_channels=1, image_size=12, thermometer=8, width=4).eval()
+    assert surface_of(model).kind == "bpda"
+    view = attack_view(model)
+    x = torch.rand(4, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(view(x), model(x), rtol=0, atol=0)  # the same bits forward
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(view(xg).logsumexp(1).sum(), xg)
+    assert grad.abs().sum() > 0  # the ramps pass a gradient
+    assert not model.encode.bpda and view.encode is not model.encode  # the model is untouched
+    y = model(x).argmax(1)
+    assert not torch.equal(PGD(view, eps=8 / 255, step=2 / 255, steps=3)(x, y), x)
+
+
 def test_dependencies_run_one_way() -> None:
     """models know no defenses (robustlab.assemble adds them) and io knows no models."""
     import ast

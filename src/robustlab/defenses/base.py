@@ -17,6 +17,7 @@ Attacks know no defenses: :func:`attack_view` turns a :class:`Defended` module i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -30,6 +31,7 @@ from torch import nn
 
 from robustlab.assemble import ModelConfig
 from robustlab.data import Dataset
+from robustlab.defenses.baselines import ThermometerEncoding
 from robustlab.io import read_json, write_json
 
 SurfaceKind = Literal["differentiable", "bpda", "randomized"]
@@ -168,18 +170,40 @@ class ExpectationOverTransformation(nn.Module):
         return mean
 
 
+def surface_of(model: nn.Module) -> Surface:
+    """The attack surface a model declares: a defended model's own; BPDA for a model with a
+    thermometer encoding (a training-time defense whose encoding has no useful gradient);
+    exact gradients otherwise."""
+    if isinstance(model, Defended):
+        return model.surface
+    if isinstance(getattr(model, "encode", None), ThermometerEncoding):
+        return Surface("bpda", part="thermometer encoding (ramp per level)")
+    return Surface()
+
+
 def attack_view(model: nn.Module) -> nn.Module:
     """What a white-box attacker differentiates: the model itself, its BPDA version (the
-    declared transform replaced by the identity in the backward pass) or its EOT average."""
+    declared transform replaced by the identity in the backward pass; a thermometer
+    encoding by its ramps) or its EOT average."""
+    surface = surface_of(model)
     if not isinstance(model, Defended):
-        return model
-    surface = model.surface
+        return _thermometer_view(model) if surface.kind == "bpda" else model
     if surface.kind == "bpda":
         view: nn.Module = Defended(model.classifier, surface, StraightThrough(model.transform))
         return view
     if surface.kind == "randomized":
         return ExpectationOverTransformation(model, surface.eot_samples)
     return model
+
+
+def _thermometer_view(model: nn.Module) -> nn.Module:
+    """A shallow copy of ``model`` (weights shared) whose encoding passes BPDA gradients."""
+    encode = getattr(model, "encode")  # noqa: B009
+    view = copy.copy(model)
+    view._modules = dict(model._modules)  # the original keeps its own encoding
+    device = next((b.device for b in model.buffers()), torch.device("cpu"))
+    view._modules["encode"] = ThermometerEncoding(encode.levels, bpda=True).to(device)
+    return view
 
 
 def added_parameters(defended: nn.Module, base: nn.Module) -> int:

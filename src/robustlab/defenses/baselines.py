@@ -59,20 +59,29 @@ class ThermometerEncoding(nn.Module):
     (N, C, H, W) becomes (N, C·L, H, W), channel-major (all levels of channel 0 first).
     The encoding is piecewise constant, so its gradient is zero almost everywhere: gradient
     attacks against it see no signal (gradient masking), transfer attacks still apply.
+
+    ``bpda=True`` (what :func:`~robustlab.defenses.base.attack_view` gives an attacker):
+    the same bits forward, and backward the gradient of a ramp per level,
+    ĝ_k(v) = clip(L·v − (k − 1), 0, 1), which equals τ_k outside ((k−1)/L, k/L): BPDA with a
+    differentiable approximation (Athalye et al. 2018, who broke thermometer encoding so).
     """
 
     thresholds: torch.Tensor
 
-    def __init__(self, levels: int) -> None:
+    def __init__(self, levels: int, bpda: bool = False) -> None:
         super().__init__()
         if levels < 2:
             raise ValueError(f"thermometer encoding needs at least 2 levels, got {levels}")
-        self.levels = levels
+        self.levels, self.bpda = levels, bpda
         self.register_buffer("thresholds", torch.arange(1, levels + 1) / levels, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         levels = x.unsqueeze(2)
-        bits = (levels >= self.thresholds.view(1, 1, -1, 1, 1).to(x.dtype)).to(x.dtype)
+        thresholds = self.thresholds.view(1, 1, -1, 1, 1).to(x.dtype)
+        bits = (levels >= thresholds).to(x.dtype)
+        if self.bpda:
+            ramp = (self.levels * (levels - thresholds) + 1).clamp(0, 1)
+            return (bits + (ramp - ramp.detach())).flatten(1, 2)
         # `+ 0 * levels` keeps the graph connected: gradient attacks get an honest zero
         # gradient instead of an error about an input that was not used
         return (bits + 0 * levels).flatten(1, 2)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks.adversarial_set import attack_in_batches
-from robustlab.defenses.base import Defended, attack_view
+from robustlab.defenses.base import attack_view, surface_of
 from robustlab.evaluation.stats import Rate
 from robustlab.models.base import frozen, model_device, predict
 
@@ -121,11 +121,10 @@ def adaptive_attack(
         flags.append("random_predictions")
     if near_chance:
         flags.append("near_chance")
-    surface = model.surface if isinstance(model, Defended) else None
+    surface = surface_of(model)
     return AdaptiveResult(
-        accuracy=accuracy, clean_accuracy=clean,
-        surface=surface.kind if surface else "differentiable",
-        bpda_part=surface.part if surface else "", zero_gradient_share=zero,
+        accuracy=accuracy, clean_accuracy=clean, surface=surface.kind,
+        bpda_part=surface.part, zero_gradient_share=zero,
         loss_clean=loss_clean, loss_adversarial=loss_adv, transfer_accuracy=transfer,
         noise_accuracy=noise, randomized=randomized, near_chance=near_chance, flags=flags,
     )  # fmt: skip

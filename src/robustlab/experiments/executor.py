@@ -391,7 +391,8 @@ class Executor:
                     return {"protocol": "adaptive", "target": name, "attack": attack,
                             "params": params, **result.to_dict()}  # fmt: skip
 
-                key = self._key("adaptive", self._ids([name, self.base_of(name)]), kind, params)
+                key = self._key("adaptive", self._ids([name, self.base_of(name)]), kind, params,
+                                *self._declared(name))  # fmt: skip
                 yield self.record(key, compute)
 
     def _strong(self, protocol: dict[str, Any]) -> Iterator[Record]:
@@ -408,7 +409,7 @@ class Executor:
         self, name: str, config: StrongConfig, eps: float, n: int, *, headline: bool
     ) -> Record:
         """One model under the strong protocol at one ε (0-255 units in ``eps``)."""
-        key = self._key("strong", self._ids([name]), _fields(config), n)
+        key = self._key("strong", self._ids([name]), _fields(config), n, *self._declared(name))
 
         def compute() -> Record:
             store = self.out / "strong" / config_hash(key)
@@ -427,7 +428,7 @@ class Executor:
         curves: dict[str, Any] = {}
         for name in protocol["models"]:
             key = self._key("curve", self._ids([name]), search.eps_max, search.search_steps,
-                            search.steps, levels, n)  # fmt: skip
+                            search.steps, levels, n, *self._declared(name))  # fmt: skip
 
             def compute(name: str = name, key: list[Any] = key) -> Record:
                 star = smallest_eps(self.model(name), self.x[:n], self.y[:n], search,
@@ -553,6 +554,13 @@ class Executor:
             }
 
         return self.record(self._key(kind, self._ids(names), levels), compute)
+
+    def _declared(self, name: str) -> list[str]:
+        """The attack surface a trained model declares (a thermometer encoding: BPDA), for
+        the keys of cells that attack through it; empty for the rest (a defended model's
+        surface is part of its defense's identity already)."""
+        entry = self.spec.models[name]
+        return [f"surface:bpda:thermometer{entry.thermometer}"] if entry.thermometer else []
 
     def _ids(self, models: list[str]) -> list[str]:
         """Models as what was made for them: a record is keyed by what was trained/prepared."""
