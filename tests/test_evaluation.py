@@ -137,3 +137,20 @@ def test_whitebox_and_decision_score() -> None:
     score = decision_score(model, x, y, {"steps": 200})
     assert score["n"] == 32 and score["failed"] < 8  # failures: no noise start was adversarial
     assert 0 < score["score"] < 0.25
+
+
+def test_wilson_bounds_contain_the_rate_at_the_extremes() -> None:
+    from robustlab.evaluation.stats import wilson_interval
+
+    for n in (1, 7, 100, 119, 300, 1000):
+        for hits in (0, n):
+            low, high = wilson_interval(hits, n)
+            assert low <= hits / n <= high
+
+
+def test_curve_figure_accepts_rates_at_zero() -> None:
+    from robustlab.report.figures import accuracy_curves, is_blank
+
+    zero = {"hits": 0, "n": 100, "rate": 0.0, "low": 1e-18, "high": 0.037}  # an old record
+    record = {"curves": {"m": {"1.0": zero, "2.0": zero}}}
+    assert not is_blank(accuracy_curves(record, "ε", "t"))

@@ -44,4 +44,8 @@ def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = p + z * z / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     denominator = 1 + z * z / n
-    return (max(0.0, (centre - spread) / denominator), min(1.0, (centre + spread) / denominator))
+    # in exact arithmetic low <= p <= high; in floating point, at p = 0 or 1, the bound can
+    # miss p by 1e-17 (a negative error bar, which plotting refuses): keep p inside
+    low = min(p, max(0.0, (centre - spread) / denominator))
+    high = max(p, min(1.0, (centre + spread) / denominator))
+    return (low, high)

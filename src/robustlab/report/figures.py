@@ -69,8 +69,8 @@ def accuracy_curves(record: Record, unit: str, title: str) -> bytes:
         ordered = sorted(row.items(), key=lambda item: float(item[0]))
         levels = [float(level) for level, _ in ordered]
         rates = [100 * r["rate"] for _, r in ordered]
-        low = [100 * (r["rate"] - r["low"]) for _, r in ordered]
-        high = [100 * (r["high"] - r["rate"]) for _, r in ordered]
+        low = [max(0.0, 100 * (r["rate"] - r["low"])) for _, r in ordered]  # records written
+        high = [max(0.0, 100 * (r["high"] - r["rate"])) for _, r in ordered]  # before the fix
         ax.errorbar(levels, rates, yerr=[low, high], marker="o", capsize=3, label=model)
     ax.set_xlabel(unit)
     ax.set_ylabel("accuracy (%)")
