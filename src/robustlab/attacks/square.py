@@ -109,7 +109,7 @@ class Square(Attack):
             active = (margin > 0).nonzero().squeeze(1)
             if len(active) == 0:
                 break
-            size = self._square_side(it - 1, x)
+            size = self._square_side(it - 2, x)  # search steps count from 0
             proposal = self._propose(
                 x[active], best[active], size, self._draws(it), rows=active, batch=len(x)
             )
@@ -143,9 +143,9 @@ class Square(Attack):
     def _draws(self, iteration: int) -> torch.Generator:
         return torch.Generator().manual_seed(derive_seed(self.seed, self.name, iteration))
 
-    def _square_side(self, iteration: int, x: torch.Tensor) -> int:
-        """Side s of the square at this iteration: s² ≈ p · H·W (at least 1, 3 for ℓ2)."""
-        it = int((iteration - 1) / self.queries * 10000)  # the schedule is defined for 10,000
+    def _square_side(self, step: int, x: torch.Tensor) -> int:
+        """Side s of the square at search step ``step``: s² ≈ p · H·W (at least 1, 3 for ℓ2)."""
+        it = int(step / self.queries * 10000)  # the schedule is defined for 10,000
         p = self.p_init / 2 ** sum(it > q for q in _P_HALVINGS)
         side = max(round(math.sqrt(p * x.shape[2] * x.shape[3])), 1)
         if self.norm == "l2":

@@ -130,6 +130,43 @@ def adaptive_attack(
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class GradientChecks:
+    """AutoAttack's checks of a white-box evaluation: the share of correctly classified images
+    whose input gradient is all zero, and predictions that change between two passes."""
+
+    zero_gradient_share: float
+    randomized: bool
+
+    @property
+    def flags(self) -> list[str]:
+        return ["zero_gradients"] * (self.zero_gradient_share > 0) + [
+            "random_predictions"
+        ] * self.randomized
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"zero_gradient_share": self.zero_gradient_share, "randomized": self.randomized,
+                "flags": self.flags}  # fmt: skip
+
+
+def gradient_checks(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    differentiated: nn.Module | None = None,
+    clean_pred: torch.Tensor | None = None,
+) -> GradientChecks:
+    """:class:`GradientChecks` of ``model`` on ``x``; the gradients are those of
+    ``differentiated`` (what the attack differentiates; default the model itself).
+    ``clean_pred``: the model's predictions on ``x`` if already known (the first pass)."""
+    first = clean_pred if clean_pred is not None else predict(model, x)
+    right = first == y.cpu()
+    view = differentiated if differentiated is not None else model
+    zero = zero_gradient_share(view, x[right], y[right]) if right.any() else 0.0
+    return GradientChecks(zero, not torch.equal(first, predict(model, x)))
+
+
 def sign_noise(x: torch.Tensor, params: Mapping[str, Any], seed: int) -> torch.Tensor:
     """x ± ε per pixel with random signs (ε of the attack): the black-box floor of ℓ∞ attacks."""
     eps = float(params.get("eps", 8 / 255))

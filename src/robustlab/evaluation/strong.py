@@ -32,7 +32,7 @@ from torch import nn
 
 from robustlab.attacks.adversarial_set import attack_in_batches
 from robustlab.defenses.base import attack_view
-from robustlab.evaluation.adaptive import BATCH, zero_gradient_share
+from robustlab.evaluation.adaptive import BATCH, gradient_checks
 from robustlab.evaluation.stats import Rate
 from robustlab.io import load_tensors, save_tensors
 from robustlab.models.base import predict
@@ -61,6 +61,10 @@ class StrongConfig:
         if unknown or not self.attacks:
             raise ValueError(f"strong attacks {unknown or '[]'}: use some of "
                              f"{', '.join(STRONG_ATTACKS)}")  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """The budgets as JSON-able values (record parameters and cache keys)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     def attack(self, name: str) -> tuple[str, dict[str, Any]]:
         """Registry name and parameters of one of the protocol's attacks."""
@@ -125,22 +129,17 @@ def strong_attack(
             if len(todo):
                 still[todo] = _survivors(model, x[todo], y[todo], config, name, seed)
             if path is not None:
-                meta = {"attack": name, "config": _describe(config), "n": len(labels)}
+                meta = {"attack": name, "config": config.to_dict(), "n": len(labels)}
                 save_tensors(path, {"robust": still.to(torch.uint8)}, meta)
         broken[name] = int((robust & ~still).sum())
         robust = robust & still
         after[name] = Rate(int(robust.sum()), len(labels))
-    right = clean_pred == labels
-    zero = zero_gradient_share(attack_view(model), x[right], y[right]) if right.any() else 0.0
-    randomized = not torch.equal(clean_pred, predict(model, x))
-    flags = []
-    if zero > 0:
-        flags.append("zero_gradients")
-    if randomized:
-        flags.append("random_predictions")
+    checks = gradient_checks(model, x, y, differentiated=attack_view(model),
+                             clean_pred=clean_pred)  # fmt: skip
+    flags = checks.flags
     if "square" in config.attacks and config.attacks.index("square") > 0 and broken["square"]:
         flags.append("square_beats_gradients")
-    return StrongResult(clean, after, broken, zero, randomized, flags)
+    return StrongResult(clean, after, broken, checks.zero_gradient_share, checks.randomized, flags)
 
 
 def _survivors(
@@ -154,16 +153,12 @@ def _survivors(
     return survived
 
 
-def _describe(config: StrongConfig) -> dict[str, Any]:
-    return {k: getattr(config, k) for k in config.__dataclass_fields__}
-
-
 def _load_flags(path: Path | None, config: StrongConfig, name: str, n: int) -> torch.Tensor | None:
     """Robust flags saved by an earlier, interrupted run of the same cell (None if absent)."""
     if path is None or not path.is_file():
         return None
     tensors, meta = load_tensors(path)
-    expected = {"attack": name, "config": _describe(config), "n": n}
+    expected = {"attack": name, "config": config.to_dict(), "n": n}
     if meta != _jsonable(expected):
         return None  # made with other settings: recompute (the caller's key should prevent it)
     return tensors["robust"].bool()

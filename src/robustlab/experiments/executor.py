@@ -37,7 +37,7 @@ from robustlab.attacks import AdversarialSet, Ensemble, load_set
 from robustlab.attacks.universal import UniversalPerturbation, build_universal
 from robustlab.data import load_dataset, sample, sample_indices
 from robustlab.defenses.base import PrepareContext, added_parameters, attack_view
-from robustlab.evaluation.adaptive import adaptive_attack, zero_gradient_share
+from robustlab.evaluation.adaptive import adaptive_attack, gradient_checks
 from robustlab.evaluation.curve import accuracy_at, save_success, smallest_eps
 from robustlab.evaluation.protocols import (
     decision_score,
@@ -367,7 +367,7 @@ class Executor:
                 ) -> Record:
                     model = self.model(name)
                     rate = whitebox_accuracy(model, self.x, self.y, kind, params, self.spec.seed)
-                    checks = gradient_checks(model, self.x, self.y)
+                    checks = gradient_checks(model, self.x, self.y).to_dict()
                     return {"protocol": "whitebox", "target": name, "attack": attack,
                             "params": params, "accuracy": rate.to_dict(), **checks}  # fmt: skip
 
@@ -409,14 +409,14 @@ class Executor:
         self, name: str, config: StrongConfig, eps: float, n: int, *, headline: bool
     ) -> Record:
         """One model under the strong protocol at one ε (0-255 units in ``eps``)."""
-        key = self._key("strong", self._ids([name]), _fields(config), n, *self._declared(name))
+        key = self._key("strong", self._ids([name]), config.to_dict(), n, *self._declared(name))
 
         def compute() -> Record:
             store = self.out / "strong" / config_hash(key)
             result = strong_attack(self.model(name), self.x[:n], self.y[:n], config,
                                    seed=self.spec.seed, store=store)  # fmt: skip
             return {"protocol": "strong", "target": name, "attack": "+".join(config.attacks),
-                    "eps": eps, "params": _fields(config), **result.to_dict()}  # fmt: skip
+                    "eps": eps, "params": config.to_dict(), **result.to_dict()}  # fmt: skip
 
         # not part of the cached cell: which ε is the headline depends on the spec's order
         return {**self.record(key, compute), "headline": headline}
@@ -565,22 +565,6 @@ class Executor:
     def _ids(self, models: list[str]) -> list[str]:
         """Models as what was made for them: a record is keyed by what was trained/prepared."""
         return [i for m in models for i in self.identity(m)]
-
-
-def _fields(config: StrongConfig) -> dict[str, Any]:
-    return {k: getattr(config, k) for k in config.__dataclass_fields__}
-
-
-def gradient_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-    """AutoAttack's checks of a white-box cell: zero input gradients (of ``model`` itself,
-    what the plain white-box attack differentiates) on correctly classified images, and
-    predictions that change between two passes (a randomized model)."""
-    pred = predict(model, x)
-    right = pred == y.cpu()
-    zero = zero_gradient_share(model, x[right], y[right]) if right.any() else 0.0
-    randomized = not torch.equal(pred, predict(model, x))
-    flags = ["zero_gradients"] * (zero > 0) + ["random_predictions"] * randomized
-    return {"zero_gradient_share": zero, "randomized": randomized, "flags": flags}
 
 
 def flag_rising_with_eps(cells: list[Record], group: Callable[[Record], Any]) -> list[Record]:
