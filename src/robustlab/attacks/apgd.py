@@ -154,15 +154,30 @@ class APGD(Attack):
             )
         broken = self._succeeded(logits, y, target)
         for restart in range(self.restarts):
-            todo = (~broken).nonzero().squeeze(1)
-            if len(todo) == 0:
+            if not self._restart(x, y, target, adv, broken, restart):
                 break
-            goal = None if target is None else target[todo]
-            start = self._start(x, restart)[todo]
-            search = self._single_run(x[todo], y[todo], goal, start)
-            adv[todo] = torch.where(_rows(search.success, x), search.found, search.best)
-            broken[todo] = search.success
         return AttackResult(adv)
+
+    def _restart(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        goals: torch.Tensor | None,
+        adv: torch.Tensor,
+        broken: torch.Tensor,
+        *draw: object,
+    ) -> bool:
+        """One run from a random start (``draw`` seeds it) on the examples not yet broken,
+        toward ``goals`` (per example; None: untargeted), updating ``adv`` and ``broken`` in
+        place. False when no example was left to attack."""
+        todo = (~broken).nonzero().squeeze(1)
+        if len(todo) == 0:
+            return False
+        goal = None if goals is None else goals[todo]
+        search = self._single_run(x[todo], y[todo], goal, self._start(x, *draw)[todo])
+        adv[todo] = torch.where(_rows(search.success, x), search.found, search.best)
+        broken[todo] = search.success
+        return True
 
     def _succeeded(
         self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None

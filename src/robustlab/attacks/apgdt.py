@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from robustlab.attacks.apgd import APGD, _rows
+from robustlab.attacks.apgd import APGD
 from robustlab.attacks.base import AttackResult, check_steps
 
 
@@ -76,14 +76,8 @@ class APGDT(APGD):
         broken = logits.argmax(1) != y
         for rank in range(1, self.target_classes + 1):
             for restart in range(self.restarts):
-                todo = (~broken).nonzero().squeeze(1)
-                if len(todo) == 0:
+                if not self._restart(x, y, ranked[:, rank], adv, broken, rank, restart):
                     return AttackResult(adv)
-                goal = ranked[todo, rank]
-                start = self._start(x, rank, restart)[todo]
-                search = self._single_run(x[todo], y[todo], goal, start)
-                adv[todo] = torch.where(_rows(search.success, x), search.found, search.best)
-                broken[todo] = search.success
         return AttackResult(adv)
 
     def _succeeded(
