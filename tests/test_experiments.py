@@ -59,6 +59,17 @@ def test_second_run_reuses_everything(tiny_results, tmp_path: Path) -> None:
     assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())  # nothing re-made
 
 
+def test_timing_log_accounts_for_the_work_once(tiny_results) -> None:
+    out, records = tiny_results
+    lines = [json.loads(line) for line in (out / "timings.jsonl").read_text().splitlines()]
+    kinds = {line["kind"] for line in lines}
+    assert {"train", "record", "adversarial set"} <= kinds
+    assert sum(line["kind"] == "record" for line in lines) == len(list(out.glob("records/*")))
+    assert all(line["seconds"] >= 0 for line in lines)  # exclusive of nested work, never < 0
+    cells = [line for line in lines if line["kind"] == "record"]
+    assert {c["protocol"] for c in cells} == {r["protocol"] for r in records}
+
+
 @pytest.mark.slow
 def test_resume_after_kill_gives_identical_results(tmp_path: Path) -> None:
     def command(out: Path) -> list[str]:

@@ -12,6 +12,8 @@ the final records are identical to those of an uninterrupted run:
     RESULTS/curves/<model>-<hash>.npz               success[eps_index, image] of the ε-curves
     RESULTS/records/<hash>.json          one result cell each
     RESULTS/results.json, .csv, .md      everything, gathered at the end
+    RESULTS/timings.jsonl                wall seconds of each piece of work done (a log, not a
+                                         result: appended as work finishes, never read back)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import platform
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -90,6 +93,7 @@ class Executor:
         self.spec, self.out, self.quiet, self.command = spec, Path(out), quiet, command
         self.device = resolve_device(device)
         self._models: dict[str, nn.Module] = {}
+        self._nested: list[float] = []  # seconds of timed work inside the current one
         test = load_dataset(spec.dataset, "test", spec.data_dir)
         self.indices = sample_indices(len(test), spec.n, spec.seed)
         self.x, self.y = test.subset(self.indices).tensors()
@@ -198,7 +202,8 @@ class Executor:
                 base_config=ModelConfig.from_dict(read_meta(run)["model"]),
                 device=self.device, seed=self.spec.seed, quiet=self.quiet,
             )  # fmt: skip
-            entry.defense.prepare(base, directory, context)
+            with self.timed("prepare", directory.name):
+                entry.defense.prepare(base, directory, context)
         return entry.defense.wrap(base, directory)
 
     def base_of(self, name: str) -> str:
@@ -216,21 +221,24 @@ class Executor:
                     dataset_meta={"data_dir": _absolute(self.spec.data_dir)},
                 )  # fmt: skip
             return
+        if (run / "meta.json").is_file() and read_meta(run).get("complete"):
+            return
         train_data = load_dataset(self.spec.dataset, "train", self.spec.data_dir)
         train_data = sample(train_data, entry.train_limit, entry.train.seed)
         test_data = load_dataset(self.spec.dataset, "test", self.spec.data_dir).subset(self.indices)
-        train(
-            self._model_config(entry),
-            train_data,
-            test_data,
-            entry.train,
-            run,
-            resume=True,
-            device=self.device,
-            quiet=self.quiet,
-            # absolute: the report and later commands reload the data from another folder
-            extra_meta={"dataset": {"data_dir": _absolute(self.spec.data_dir)}},
-        )
+        with self.timed("train", run.name):
+            train(
+                self._model_config(entry),
+                train_data,
+                test_data,
+                entry.train,
+                run,
+                resume=True,
+                device=self.device,
+                quiet=self.quiet,
+                # absolute: the report and later commands reload the data from another folder
+                extra_meta={"dataset": {"data_dir": _absolute(self.spec.data_dir)}},
+            )
 
     # adversarial sets and records -------------------------------------------------------------
 
@@ -243,18 +251,19 @@ class Executor:
         key = config_hash([[r.name for r in runs], attack, params, self.spec.n, self.spec.seed])
         path = self.out / "advs" / f"{key}.npz"
         if not path.is_file():
-            make_adversarial_set(
-                sources=runs,
-                attack=attack,
-                params=params,
-                out=path,
-                dataset=self.spec.dataset,
-                data_dir=_absolute(self.spec.data_dir),
-                n=self.spec.n,
-                seed=self.spec.seed,
-                device=str(self.device),
-                quiet=self.quiet,
-            )
+            with self.timed("adversarial set", path.stem):
+                make_adversarial_set(
+                    sources=runs,
+                    attack=attack,
+                    params=params,
+                    out=path,
+                    dataset=self.spec.dataset,
+                    data_dir=_absolute(self.spec.data_dir),
+                    n=self.spec.n,
+                    seed=self.spec.seed,
+                    device=str(self.device),
+                    quiet=self.quiet,
+                )
         return load_set(path)
 
     def record(self, key_data: Any, compute: Callable[[], Record]) -> Record:
@@ -263,12 +272,36 @@ class Executor:
         if path.is_file():
             cached: Record = read_json(path)
             return cached
-        record = {**compute(), "seed": self.spec.seed, "version": __version__}
+        with self.timed("record", path.stem) as what:
+            record = {**compute(), "seed": self.spec.seed, "version": __version__}
+            what.update({k: record[k] for k in _CELL_FIELDS if k in record})
         write_json(path, record)
         # as read back: a resumed run (records from disk) and an uninterrupted one (computed
         # records) then give the same key order, and byte-identical tables
         normalized: Record = json.loads(json.dumps(record, sort_keys=True))
         return normalized
+
+    @contextmanager
+    def timed(self, kind: str, name: str) -> Iterator[dict[str, Any]]:
+        """Append the wall seconds of the enclosed work to ``timings.jsonl``: where a run's
+        time goes (the dict yielded takes fields to log with it). Seconds are exclusive:
+        work timed inside other timed work (a model trained for a record) counts once, so
+        the lines add up to the run's time. Interrupted work is not logged."""
+        what: dict[str, Any] = {"kind": kind, "name": name}
+        start, inner = time.perf_counter(), len(self._nested)
+        self._nested.append(0.0)
+        try:
+            yield what
+        finally:
+            nested = self._nested.pop()
+            assert len(self._nested) == inner
+        elapsed = time.perf_counter() - start
+        if self._nested:
+            self._nested[-1] += elapsed
+        what["seconds"] = round(elapsed - nested, 3)
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "timings.jsonl", "a") as log:
+            log.write(json.dumps(what, sort_keys=True) + "\n")
 
     def _key(self, *parts: Any) -> list[Any]:
         return [*parts, self.spec.n, self.spec.seed]
@@ -505,9 +538,10 @@ class Executor:
             images, _ = subset.tensors()
             params = to_unit({**options, "xi": xi})
             view = attack_view(self.model(victim))
-            found = build_universal(attack, view, seed=self.spec.seed, **params)(
-                images.to(self.device)
-            )
+            with self.timed("universal", path.stem):
+                found = build_universal(attack, view, seed=self.spec.seed, **params)(
+                    images.to(self.device)
+                )
             found.config["victim"] = victim  # which model it fools (the report's galleries)
             found.save(path)
         return UniversalPerturbation.load(path).delta
@@ -565,6 +599,10 @@ class Executor:
     def _ids(self, models: list[str]) -> list[str]:
         """Models as what was made for them: a record is keyed by what was trained/prepared."""
         return [i for m in models for i in self.identity(m)]
+
+
+# what a timing line says about the cell it timed
+_CELL_FIELDS = ("protocol", "model", "target", "source", "attack")
 
 
 def flag_rising_with_eps(cells: list[Record], group: Callable[[Record], Any]) -> list[Record]:
