@@ -13,16 +13,27 @@ import pytest
 import torch
 from torch import nn
 
+from robustlab.assemble import ModelConfig
 from robustlab.attacks.universal import UniversalPerturbation
 from robustlab.defenses.base import (
     Defended,
     ExpectationOverTransformation,
     Surface,
     attack_view,
+    surface_of,
 )
 from robustlab.defenses.csc.dictionary import LearnedDictionary, random_dictionary, save_dictionary
 from robustlab.defenses.regeneration import auto_layers
 from robustlab.defenses.registry import defense_from_table
+from robustlab.defenses.training_time import (
+    AdversarialTraining,
+    DefectMasks,
+    LabelSmoothing,
+    SpatialDropout,
+    Thermometer,
+    defenses_of,
+    model_with,
+)
 from robustlab.defenses.transforms import BitDepthReduction, JPEGCompression, Median
 from robustlab.evaluation.adaptive import adaptive_attack
 from robustlab.experiments.executor import run_spec
@@ -272,6 +283,71 @@ def test_defense_tables_convert_units_once() -> None:
     assert defense is not None and defense.xi == pytest.approx(10 / 255)  # type: ignore[attr-defined]
     assert defense_from_table("purify", {"median": 3}).surface.kind == "differentiable"
     assert "quality=75" in repr(defense_from_table("purify", {"jpeg": 75}))
+
+
+def test_training_time_defenses_are_typed_and_build_the_same_configs() -> None:
+    entries = {"defective": {"defect": "bottom:0.1", "mask_seed": 3},
+               "dropout": {"regularizer": "dropblock"}, "thermo": {"thermometer": 8},
+               "both": {"label_smoothing": 0.1, "adv_train": "8:2:5"}}  # fmt: skip
+    models = parse_spec({**BASE, "models": entries}).models
+    kinds = {name: [type(d) for d in entry.training] for name, entry in models.items()}
+    assert kinds == {
+        "defective": [DefectMasks],
+        "dropout": [SpatialDropout],
+        "thermo": [Thermometer],
+        "both": [LabelSmoothing, AdversarialTraining],
+    }
+    # the configs they build are those runs have always been keyed by
+    both = models["both"]
+    assert both.train.adv_eps == 0 and both.train.label_smoothing == 0  # the plain recipe
+    recipe = both.recipe()
+    assert (recipe.adv_eps, recipe.adv_step, recipe.adv_steps) == (8 / 255, 2 / 255, 5)
+    assert recipe.label_smoothing == 0.1 and both.defense_text() == (
+        "label smoothing 0.1, adversarial training 8/255"
+    )
+    plain = ModelConfig("resnet8", in_channels=1, image_size=28)
+    for entry in models.values():
+        config = model_with(entry.training, plain)
+        assert defenses_of(config, entry.recipe()) == entry.training  # read back from a run
+    defect = model_with(models["defective"].training, plain).defect
+    assert defect is not None and (defect.keep_prob, defect.seed) == (0.1, 3)
+    # surfaces: only the thermometer's encoding needs BPDA, and it matches the loaded model's
+    surfaces = {n: [d.surface.kind for d in e.training] for n, e in models.items()}
+    assert surfaces["thermo"] == ["bpda"] and surfaces["both"] == ["differentiable"] * 2
+    thermo = model_with(models["thermo"].training, plain).build()
+    assert surface_of(thermo) == models["thermo"].training[0].surface
+    assert all(d.kind == "training" for e in models.values() for d in e.training)
+    assert repr(models["dropout"].training[0]) == (
+        "SpatialDropout(method='dropblock', block=3, keep=0.9)"
+    )
+
+
+def test_list_names_every_defense_by_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    from robustlab.cli import main
+    from robustlab.defenses.registry import PURIFIERS, TRAINING_KEYS
+
+    assert main(["list"]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert set(lines["training defenses (spec keys)"].split(", ")) == set(TRAINING_KEYS)
+    purify = {f"purify.{k}" for k in PURIFIERS}
+    assert set(lines["input defenses (spec keys)"].split(", ")) == purify
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"adv_train": "8:2"}, r"\[models.m\] adv_train must be \"EPS:STEP:STEPS\""),
+        ({"adv_train": "0:2:5"}, r"\[models.m\] adversarial training needs 0 < eps"),
+        ({"thermometer": 1}, r"\[models.m\] thermometer levels 1 must be at least 2"),
+        ({"thermometer": "16"}, r"\[models.m\] thermometer must be an integer"),
+        ({"regularizer": "dropout"}, r"\[models.m\] unknown regularizer 'dropout'"),
+        ({"label_smoothing": 1.5}, r"\[models.m\] label smoothing 1.5 must be in \(0, 1\)"),
+        ({"label_smoothing": "a"}, r"\[models.m\] label_smoothing must be a number"),
+    ],
+)  # fmt: skip
+def test_training_time_errors_name_the_key(entry: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_spec({**BASE, "models": {"m": entry}})
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium)")

@@ -135,8 +135,9 @@ def test_whitebox_and_decision_score() -> None:
         whitebox_accuracy(model, x, y, "pgd", {"eps": 0.5, "step": 0.05, "steps": 20}).value < 0.2
     )
     score = decision_score(model, x, y, {"steps": 200})
-    assert score["n"] == 32 and score["failed"] < 8  # failures: no noise start was adversarial
-    assert 0 < score["score"] < 0.25
+    assert score.n == 32 and score.failed < 8  # failures: no noise start was adversarial
+    assert 0 < score.score < 0.25 and score.median_queries is not None
+    assert set(score.to_dict()) == {"score", "n", "failed", "median_queries"}  # the record
 
 
 def test_wilson_bounds_contain_the_rate_at_the_extremes() -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from robustlab.experiments.executor import run_spec
 from robustlab.experiments.spec import load_spec, parse_spec
+from robustlab.experiments.timings import TimingLog, summarize
 from robustlab.io import RobustlabError
 from tests.files import without_timing
 
@@ -68,6 +69,24 @@ def test_timing_log_accounts_for_the_work_once(tiny_results) -> None:
     assert all(line["seconds"] >= 0 for line in lines)  # exclusive of nested work, never < 0
     cells = [line for line in lines if line["kind"] == "record"]
     assert {c["protocol"] for c in cells} == {r["protocol"] for r in records}
+    summary = summarize(out)
+    assert summary.total == pytest.approx(sum(line["seconds"] for line in lines))
+    assert sum(summary.by_kind.values()) == pytest.approx(summary.total)
+    assert summary.largest[0]["seconds"] == max(line["seconds"] for line in lines)
+
+
+def test_nested_timing_counts_once(tmp_path: Path) -> None:
+    log = TimingLog(tmp_path / "t.jsonl")
+    with log.timed("record", "outer"):
+        time.sleep(0.05)
+        with log.timed("train", "inner"):
+            time.sleep(0.3)
+    inner, outer = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert inner["name"] == "inner" and inner["seconds"] >= 0.3
+    # the outer piece excludes the inner one: about 0.05 s (inclusive it would be >= 0.35)
+    assert 0.05 <= outer["seconds"] < inner["seconds"]
+    with pytest.raises(RobustlabError, match="no timing log"):
+        summarize(tmp_path / "nowhere")
 
 
 @pytest.mark.slow
@@ -130,7 +149,7 @@ def test_demo_spec_for_both_datasets() -> None:
 
     fashion = demo_spec("fashion-mnist")
     assert set(fashion.models) == {"standard", "defective", "source"}
-    assert str(fashion.models["defective"].defect) == "bottom:0.1"
+    assert fashion.models["defective"].defense_text() == "defect bottom:0.1"
     assert [p["type"] for p in fashion.protocols] == ["transfer", "noise"]
     digits = demo_spec("digits")
     assert digits.dataset == "digits" and digits.models["standard"].train.pad == 0

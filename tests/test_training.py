@@ -14,6 +14,7 @@ import robustlab.runs
 from robustlab.cli import main
 from robustlab.data import load_dataset, sample
 from robustlab.defenses.defective import DefectSpec, masks
+from robustlab.defenses.training_time import DefectMasks, model_with
 from robustlab.experiments.jobs import model_config_for
 from robustlab.io import RobustlabError, load_tensors
 from robustlab.training import TrainConfig, train
@@ -29,7 +30,9 @@ def _digits(n_train: int = 300, n_test: int = 100):
 
 def test_one_epoch_on_a_slice_learns(tmp_path: Path, device: torch.device) -> None:
     train_data, test_data = _digits(600, 200)
-    config = model_config_for(train_data, "lenet", DefectSpec(0.5), width=8)
+    config = model_with(
+        [DefectMasks(DefectSpec(0.5))], model_config_for(train_data, "lenet", width=8)
+    )
     meta = train(
         config,
         train_data,
@@ -47,9 +50,8 @@ def test_one_epoch_on_a_slice_learns(tmp_path: Path, device: torch.device) -> No
 
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path: Path) -> None:
     train_data, test_data = _digits()
-    config = model_config_for(
-        train_data, "resnet8", DefectSpec(0.3, mode="channel", seed=5), width=4
-    )
+    defect = DefectMasks(DefectSpec(0.3, mode="channel", seed=5))
+    config = model_with([defect], model_config_for(train_data, "resnet8", width=4))
     train(
         config,
         train_data,
@@ -90,7 +92,9 @@ def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
 
 def test_resume_continues_to_the_same_weights(tmp_path: Path) -> None:
     train_data, test_data = _digits()
-    config = model_config_for(train_data, "resnet8", DefectSpec(0.5), width=4)
+    config = model_with(
+        [DefectMasks(DefectSpec(0.5))], model_config_for(train_data, "resnet8", width=4)
+    )
     train(config, train_data, test_data, TINY, tmp_path / "full", quiet=True)
     half = TrainConfig(**{**TINY.to_dict(), "epochs": 1, "milestones": None})
     train(config, train_data, test_data, half, tmp_path / "part", quiet=True)

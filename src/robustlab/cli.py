@@ -112,21 +112,22 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from robustlab.defenses.registry import training_defenses
     from robustlab.experiments.jobs import train_model
     from robustlab.training import FastPath, TrainConfig
 
-    names = ("adv_eps", "adv_step", "adv_steps")
-    adversarial = dict(zip(names, args.adv_train, strict=True)) if args.adv_train else {}
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, milestones=args.milestones,
-        label_smoothing=args.label_smoothing, pad=args.pad, flip=not args.no_flip, seed=args.seed,
-        schedule=args.schedule, **adversarial,
+        weight_decay=args.weight_decay, milestones=args.milestones, pad=args.pad,
+        flip=not args.no_flip, seed=args.seed, schedule=args.schedule,
     )  # fmt: skip
     defect = replace(args.defect, seed=args.mask_seed) if args.defect is not None else None
+    defenses = training_defenses(
+        defect=defect, regularizer=args.regularizer, thermometer=args.thermometer,
+        label_smoothing=args.label_smoothing, adv_train=args.adv_train,
+    )  # fmt: skip
     meta = train_model(
-        dataset=args.dataset, arch=args.arch, out=args.out, config=config, defect=defect,
-        regularizer=args.regularizer, thermometer=args.thermometer,
+        dataset=args.dataset, arch=args.arch, out=args.out, config=config, defenses=defenses,
         options={"width": args.width} if args.width is not None else None,
         data_dir=args.data_dir, download=args.download, train_limit=args.train_limit,
         test_limit=args.test_limit, resume=args.resume, force=args.force, device=args.device,
@@ -236,6 +237,27 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--report", action="store_true", help="also write RESULTS/report.html")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_run)
+
+
+def _add_timings_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "timings",
+        help="where a run's time went: minutes by kind of work, by protocol, largest pieces",
+        description="Sums RESULTS/timings.jsonl, which `robustlab run` appends to as each "
+        "model, defense, attack set and result cell finishes (exclusive seconds).",
+    )
+    p.add_argument("results", help="results directory of `robustlab run`")
+    p.add_argument("--top", type=_positive, default=10, help="largest pieces to list")
+    p.set_defaults(handler=_timings)
+
+
+def _timings(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from robustlab.experiments.timings import summarize
+
+    print("\n".join(summarize(Path(args.results), args.top).lines()))
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -547,11 +569,14 @@ def _add_list_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 def _list(_: argparse.Namespace) -> int:
     from robustlab import attacks, data, models
+    from robustlab.defenses import registry
 
     print("architectures:", ", ".join(models.available()))
     print("datasets:", ", ".join(data.available()))
     print("attacks:", ", ".join(attacks.available()))
     print("universal attacks:", ", ".join(UNIVERSAL_CHOICES))
+    for kind, spellings in registry.available().items():
+        print(f"{kind} defenses (spec keys):", ", ".join(spellings))
     return 0
 
 
@@ -567,8 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (_add_train_parser, _add_eval_clean_parser, _add_attack_parser, _add_run_parser,
-                _add_report_parser, _add_demo_parser, _add_csc_parser, _add_purify_parser,
-                _add_sfr_parser, _add_universal_parser, _add_list_parser)  # fmt: skip
+                _add_timings_parser, _add_report_parser, _add_demo_parser, _add_csc_parser,
+                _add_purify_parser, _add_sfr_parser, _add_universal_parser,
+                _add_list_parser)  # fmt: skip
     for add in commands:
         add(sub)
     return parser

@@ -66,11 +66,40 @@ class PrepareContext:
     quiet: bool = True
 
 
-class Defense(ABC):
-    """Base of every defense config (subclasses are frozen dataclasses)."""
+class BaseDefense(ABC):
+    """What every defense declares: a kind, a name, an attack surface and its config.
+
+    Subclasses are frozen dataclasses; their fields are the config (``describe``), hashed
+    into the cache ``key``. The kinds: ``training`` (:mod:`robustlab.defenses.training_time`:
+    built into the model or its recipe before training), ``input`` and ``regeneration``
+    (:class:`Defense`: wrap a trained model).
+    """
 
     kind: ClassVar[str]  # "training" | "input" | "regeneration"
     name: ClassVar[str]
+
+    @property
+    def surface(self) -> Surface:
+        """How a white-box attacker gets gradients through this defense (default: exact)."""
+        return Surface()
+
+    def key(self) -> str:
+        """A short hash of the config: with the base model's identity, the cache key."""
+        text = json.dumps(self.describe(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def describe(self) -> dict[str, Any]:
+        fields = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {"defense": self.name, **fields}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "defense")
+        return f"{type(self).__name__}({params})"
+
+
+class Defense(BaseDefense):
+    """Base of the defenses that wrap a trained model (input transformations, feature
+    regeneration): ``prepare`` into a directory, then ``wrap``."""
 
     @property
     @abstractmethod
@@ -84,22 +113,9 @@ class Defense(ABC):
     def wrap(self, base: nn.Module, directory: Path) -> Defended:
         """The defended model, from the base model and what :meth:`prepare` wrote."""
 
-    def key(self) -> str:
-        """A short hash of the config: with the base model's identity, the cache key."""
-        text = json.dumps(self.describe(), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-    def describe(self) -> dict[str, Any]:
-        fields = dataclasses.asdict(self)  # type: ignore[call-overload]
-        return {"defense": self.name, **fields}
-
     def is_prepared(self, directory: Path) -> bool:
         path = directory / DONE_FILE
         return path.is_file() and read_json(path).get("defense") == self.name
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "defense")
-        return f"{type(self).__name__}({params})"
 
 
 class Defended(nn.Module):
@@ -170,6 +186,10 @@ class ExpectationOverTransformation(nn.Module):
         return mean
 
 
+# a thermometer encoding's gradient is zero almost everywhere: attacked through its ramps
+THERMOMETER_SURFACE = Surface("bpda", part="thermometer encoding (ramp per level)")
+
+
 def surface_of(model: nn.Module) -> Surface:
     """The attack surface a model declares: a defended model's own; BPDA for a model with a
     thermometer encoding (a training-time defense whose encoding has no useful gradient);
@@ -177,7 +197,7 @@ def surface_of(model: nn.Module) -> Surface:
     if isinstance(model, Defended):
         return model.surface
     if isinstance(getattr(model, "encode", None), ThermometerEncoding):
-        return Surface("bpda", part="thermometer encoding (ramp per level)")
+        return THERMOMETER_SURFACE
     return Surface()
 
 

@@ -1,7 +1,9 @@
-"""Defenses from spec tables: ``purify = {...}`` and ``regenerate = {...}``.
+"""Defenses from spec entries and command-line options: ``purify = {...}`` and
+``regenerate = {...}`` tables (wrapping defenses) and the training-time keys of a trained
+model (``defect``, ``regularizer``, ``thermometer``, ``label_smoothing``, ``adv_train``).
 
-Units are already converted at the spec boundary (ξ in [0, 1] here). Every error names the
-key at fault and what to write instead.
+Units are already converted at the spec and command-line boundary (ξ, ε in [0, 1] here).
+Every error names the key at fault and what to write instead.
 """
 
 from __future__ import annotations
@@ -11,7 +13,16 @@ from typing import Any
 
 from robustlab.defenses.base import Defense
 from robustlab.defenses.csc.defense import CSCDefense
+from robustlab.defenses.defective import DefectSpec
 from robustlab.defenses.regeneration import RegenerationDefense
+from robustlab.defenses.training_time import (
+    AdversarialTraining,
+    DefectMasks,
+    LabelSmoothing,
+    SpatialDropout,
+    Thermometer,
+    TrainingDefense,
+)
 from robustlab.defenses.transforms import BitDepthDefense, JPEGDefense, MedianDefense
 
 # purify = { <selector> = value, ... }: the selector names the transform and gives its main
@@ -23,6 +34,15 @@ PURIFIERS: dict[str, tuple[type[Defense], str]] = {
     "median": (MedianDefense, "size"),
 }
 TABLES = ("purify", "regenerate")
+# a trained model's keys that name training-time defenses (mask_seed goes with defect)
+TRAINING_KEYS = {"defect": DefectMasks, "regularizer": SpatialDropout, "thermometer": Thermometer,
+                 "label_smoothing": LabelSmoothing, "adv_train": AdversarialTraining}  # fmt: skip
+
+
+def available() -> dict[str, list[str]]:
+    """The spec spellings of every defense, by kind (``robustlab list``)."""
+    return {"training": sorted(TRAINING_KEYS), "input": [f"purify.{k}" for k in PURIFIERS],
+            "regeneration": ["regenerate"]}  # fmt: skip
 
 
 def defense_from_table(table_name: str, table: dict[str, Any]) -> Defense:
@@ -64,3 +84,31 @@ def _check_type(where: str, key: str, value: Any, annotation: Any) -> None:
         raise ValueError(f"{where}: {key} must be an integer, got {value!r}")
     if text == "str" and not isinstance(value, str):
         raise ValueError(f"{where}: {key} must be a string, got {value!r}")
+
+
+def training_defenses(
+    *,
+    defect: DefectSpec | None = None,
+    regularizer: str | None = None,
+    thermometer: int | None = None,
+    label_smoothing: float = 0.0,
+    adv_train: tuple[float, float, int] | None = None,
+) -> tuple[TrainingDefense, ...]:
+    """The training-time defenses of a spec entry or of ``robustlab train``'s options, in
+    the order they are applied (``adv_train`` is ε, step, steps in [0, 1] units)."""
+    found: list[TrainingDefense] = []
+    if defect is not None:
+        found.append(DefectMasks(defect))
+    if regularizer is not None:
+        found.append(SpatialDropout(regularizer))
+    if thermometer:
+        if type(thermometer) is not int:
+            raise ValueError(
+                f"thermometer must be an integer number of levels, got {thermometer!r}"
+            )
+        found.append(Thermometer(thermometer))
+    if label_smoothing:
+        found.append(LabelSmoothing(label_smoothing))
+    if adv_train is not None:
+        found.append(AdversarialTraining(*adv_train))
+    return tuple(found)

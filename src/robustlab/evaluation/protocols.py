@@ -6,7 +6,9 @@ the counts they were computed from, so a record always says what n it rests on.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -101,9 +103,24 @@ def shuffle_probe(
     return result
 
 
+@dataclass(frozen=True)
+class DecisionResult:
+    """The Boundary attack's S(M) on ``n`` correctly classified images: the median of
+    ‖δ‖²/N (``inf`` when more than half failed; NaN for no image), the images it ``failed``
+    on and the median number of queries."""
+
+    score: float
+    n: int
+    failed: int
+    median_queries: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def decision_score(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: Mapping[str, Any], seed: int = 0
-) -> dict[str, Any]:
+) -> DecisionResult:
     """S(M): the median over images of ‖δ‖²/N of Boundary-attack adversarials (paper Table 4).
 
     Computed on images the model classifies correctly; failures (no adversarial found) are
@@ -114,11 +131,10 @@ def decision_score(
     result = attack_in_batches("boundary", model, dict(params), x, y, seed=seed, batch_size=BATCH)
     fooled = predict(model, result.adv) != y.cpu()
     distance = torch.where(fooled, mse(x.cpu(), result.adv.cpu()), torch.tensor(float("inf")))
-    return {
-        "score": float(distance.median()) if len(distance) else float("nan"),
-        "n": len(y),
-        "failed": int((~fooled).sum()),
-        "median_queries": float(result.queries.float().median())
-        if result.queries is not None
-        else None,
-    }
+    queries = result.queries
+    return DecisionResult(
+        score=float(distance.median()) if len(distance) else float("nan"),
+        n=len(y),
+        failed=int((~fooled).sum()),
+        median_queries=float(queries.float().median()) if queries is not None else None,
+    )

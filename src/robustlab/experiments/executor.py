@@ -12,8 +12,7 @@ the final records are identical to those of an uninterrupted run:
     RESULTS/curves/<model>-<hash>.npz               success[eps_index, image] of the ε-curves
     RESULTS/records/<hash>.json          one result cell each
     RESULTS/results.json, .csv, .md      everything, gathered at the end
-    RESULTS/timings.jsonl                wall seconds of each piece of work done (a log, not a
-                                         result: appended as work finishes, never read back)
+    RESULTS/timings.jsonl                where the time went (robustlab.experiments.timings)
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import json
 import platform
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from robustlab.attacks import AdversarialSet, Ensemble, load_set
 from robustlab.attacks.universal import UniversalPerturbation, build_universal
 from robustlab.data import load_dataset, sample, sample_indices
 from robustlab.defenses.base import PrepareContext, added_parameters, attack_view
+from robustlab.defenses.training_time import DefectMasks, Thermometer, model_with
 from robustlab.evaluation.adaptive import adaptive_attack, gradient_checks
 from robustlab.evaluation.curve import accuracy_at, save_success, smallest_eps
 from robustlab.evaluation.protocols import (
@@ -65,6 +64,7 @@ from robustlab.experiments.spec import (
     strong_configs,
     to_unit,
 )
+from robustlab.experiments.timings import LOG_FILE, TimingLog
 from robustlab.io import atomic_write, read_json, write_json
 from robustlab.models.base import eval_mode, model_device, predict
 from robustlab.report.robustbench import model_card, write_cards
@@ -93,7 +93,7 @@ class Executor:
         self.spec, self.out, self.quiet, self.command = spec, Path(out), quiet, command
         self.device = resolve_device(device)
         self._models: dict[str, nn.Module] = {}
-        self._nested: list[float] = []  # seconds of timed work inside the current one
+        self.timings = TimingLog(self.out / LOG_FILE)
         test = load_dataset(spec.dataset, "test", spec.data_dir)
         self.indices = sample_indices(len(test), spec.n, spec.seed)
         self.x, self.y = test.subset(self.indices).tensors()
@@ -148,7 +148,7 @@ class Executor:
 
     def _train_key(self, entry: ModelEntry) -> str:
         config = self._model_config(entry)
-        parts = [config.to_dict(), entry.train.to_dict(), entry.train_limit, self.spec.dataset]
+        parts = [config.to_dict(), entry.recipe().to_dict(), entry.train_limit, self.spec.dataset]
         if entry.weights is not None:  # imported, not trained: keyed by the weights' bytes
             parts = [config.to_dict(), hashlib.sha256(Path(entry.weights).read_bytes()).hexdigest()]
         if self.spec.data_dir is not None or self.spec.dataset == "imagefolder":
@@ -166,12 +166,11 @@ class Executor:
             digest.update(data.labels.tobytes())
         return digest.hexdigest()[:16]
 
-    def _model_config(self, entry: ModelEntry) -> Any:
+    def _model_config(self, entry: ModelEntry) -> ModelConfig:
         data = load_dataset(self.spec.dataset, "train", self.spec.data_dir)
-        config = model_config_for(
-            data, entry.arch, entry.defect, entry.regularizer, entry.thermometer, **entry.options
-        )
-        return replace(config, mean=entry.mean or config.mean, std=entry.std or config.std)
+        config = model_config_for(data, entry.arch, **entry.options)
+        config = replace(config, mean=entry.mean or config.mean, std=entry.std or config.std)
+        return model_with(entry.training, config)
 
     def model(self, name: str) -> nn.Module:
         """Train the entry if its run is missing or unfinished (prepare its defense if it has
@@ -202,7 +201,7 @@ class Executor:
                 base_config=ModelConfig.from_dict(read_meta(run)["model"]),
                 device=self.device, seed=self.spec.seed, quiet=self.quiet,
             )  # fmt: skip
-            with self.timed("prepare", directory.name):
+            with self.timings.timed("prepare", directory.name):
                 entry.defense.prepare(base, directory, context)
         return entry.defense.wrap(base, directory)
 
@@ -226,12 +225,12 @@ class Executor:
         train_data = load_dataset(self.spec.dataset, "train", self.spec.data_dir)
         train_data = sample(train_data, entry.train_limit, entry.train.seed)
         test_data = load_dataset(self.spec.dataset, "test", self.spec.data_dir).subset(self.indices)
-        with self.timed("train", run.name):
+        with self.timings.timed("train", run.name):
             train(
                 self._model_config(entry),
                 train_data,
                 test_data,
-                entry.train,
+                entry.recipe(),
                 run,
                 resume=True,
                 device=self.device,
@@ -251,7 +250,7 @@ class Executor:
         key = config_hash([[r.name for r in runs], attack, params, self.spec.n, self.spec.seed])
         path = self.out / "advs" / f"{key}.npz"
         if not path.is_file():
-            with self.timed("adversarial set", path.stem):
+            with self.timings.timed("adversarial set", path.stem):
                 make_adversarial_set(
                     sources=runs,
                     attack=attack,
@@ -272,7 +271,7 @@ class Executor:
         if path.is_file():
             cached: Record = read_json(path)
             return cached
-        with self.timed("record", path.stem) as what:
+        with self.timings.timed("record", path.stem) as what:
             record = {**compute(), "seed": self.spec.seed, "version": __version__}
             what.update({k: record[k] for k in _CELL_FIELDS if k in record})
         write_json(path, record)
@@ -280,28 +279,6 @@ class Executor:
         # records) then give the same key order, and byte-identical tables
         normalized: Record = json.loads(json.dumps(record, sort_keys=True))
         return normalized
-
-    @contextmanager
-    def timed(self, kind: str, name: str) -> Iterator[dict[str, Any]]:
-        """Append the wall seconds of the enclosed work to ``timings.jsonl``: where a run's
-        time goes (the dict yielded takes fields to log with it). Seconds are exclusive:
-        work timed inside other timed work (a model trained for a record) counts once, so
-        the lines add up to the run's time. Interrupted work is not logged."""
-        what: dict[str, Any] = {"kind": kind, "name": name}
-        start, inner = time.perf_counter(), len(self._nested)
-        self._nested.append(0.0)
-        try:
-            yield what
-        finally:
-            nested = self._nested.pop()
-            assert len(self._nested) == inner
-        elapsed = time.perf_counter() - start
-        if self._nested:
-            self._nested[-1] += elapsed
-        what["seconds"] = round(elapsed - nested, 3)
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "timings.jsonl", "a") as log:
-            log.write(json.dumps(what, sort_keys=True) + "\n")
 
     def _key(self, *parts: Any) -> list[Any]:
         return [*parts, self.spec.n, self.spec.seed]
@@ -325,7 +302,8 @@ class Executor:
             return "ensemble of " + ", ".join(self._architecture(m) for m in entry.members)
         if entry.base is not None and entry.defense is not None:
             return f"{entry.defense.name} on {self._architecture(entry.base)}"
-        return entry.arch + (f" (defective {entry.defect.keep_prob:g})" if entry.defect else "")
+        defect = [d.spec for d in entry.training if isinstance(d, DefectMasks)]
+        return entry.arch + (f" (defective {defect[0].keep_prob:g})" if defect else "")
 
     # the comparison's own cells: clean accuracy and cost of every evaluated model --------------
 
@@ -538,7 +516,7 @@ class Executor:
             images, _ = subset.tensors()
             params = to_unit({**options, "xi": xi})
             view = attack_view(self.model(victim))
-            with self.timed("universal", path.stem):
+            with self.timings.timed("universal", path.stem):
                 found = build_universal(attack, view, seed=self.spec.seed, **params)(
                     images.to(self.device)
                 )
@@ -556,7 +534,7 @@ class Executor:
             def compute(name: str = name) -> Record:
                 score = decision_score(
                     self.model(name), self.x[:n], self.y[:n], params, self.spec.seed
-                )
+                ).to_dict()
                 return {
                     "protocol": "decision",
                     "target": name,
@@ -593,8 +571,10 @@ class Executor:
         """The attack surface a trained model declares (a thermometer encoding: BPDA), for
         the keys of cells that attack through it; empty for the rest (a defended model's
         surface is part of its defense's identity already)."""
-        entry = self.spec.models[name]
-        return [f"surface:bpda:thermometer{entry.thermometer}"] if entry.thermometer else []
+        training = self.spec.models[name].training
+        return [
+            f"surface:bpda:thermometer{d.levels}" for d in training if isinstance(d, Thermometer)
+        ]
 
     def _ids(self, models: list[str]) -> list[str]:
         """Models as what was made for them: a record is keyed by what was trained/prepared."""

@@ -15,7 +15,7 @@ from robustlab.attacks import AdversarialSet, Ensemble
 from robustlab.attacks import build as build_attack
 from robustlab.attacks.adversarial_set import generate_set, save_set
 from robustlab.data import Dataset, load_dataset, sample, sample_indices
-from robustlab.defenses.defective import DefectSpec
+from robustlab.defenses.training_time import TrainingDefense, model_with, recipe_with
 from robustlab.distributed import local_device
 from robustlab.evaluation.clean import accuracy
 from robustlab.io import RobustlabError, prepare_output
@@ -41,19 +41,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     return local_device(device)
 
 
-def model_config_for(
-    data: Dataset,
-    arch: str,
-    defect: DefectSpec | None = None,
-    regularizer: str | None = None,
-    thermometer: int | None = None,
-    **options: Any,
-) -> ModelConfig:
-    """A model config sized for ``data``: its classes, channels, image size and statistics."""
+def model_config_for(data: Dataset, arch: str, **options: Any) -> ModelConfig:
+    """A plain model config sized for ``data``: its classes, channels, image size and
+    statistics (training-time defenses are built in by
+    :func:`robustlab.defenses.training_time.model_with`)."""
     return ModelConfig(
         arch=arch, num_classes=len(data.classes), in_channels=data.channels,
-        image_size=data.image_size, mean=data.mean, std=data.std, defect=defect,
-        regularizer=regularizer, thermometer=thermometer, options=options,
+        image_size=data.image_size, mean=data.mean, std=data.std, options=options,
     )  # fmt: skip
 
 
@@ -63,9 +57,7 @@ def train_model(
     arch: str,
     out: str | Path,
     config: TrainConfig,
-    defect: DefectSpec | None = None,
-    regularizer: str | None = None,
-    thermometer: int | None = None,
+    defenses: Sequence[TrainingDefense] = (),
     options: dict[str, Any] | None = None,
     data_dir: str | None = None,
     download: bool = False,
@@ -77,14 +69,14 @@ def train_model(
     quiet: bool = False,
     fast: FastPath | None = None,
 ) -> dict[str, Any]:
-    """Train ``arch`` on ``dataset`` into the run directory ``out``; return its metadata."""
+    """Train ``arch`` with the training-time ``defenses`` on ``dataset`` into the run
+    directory ``out``; return its metadata."""
     train_data = sample(
         load_dataset(dataset, "train", data_dir, download), train_limit, config.seed
     )
     test_data = sample(load_dataset(dataset, "test", data_dir, download), test_limit, config.seed)
-    model_config = model_config_for(
-        train_data, arch, defect, regularizer, thermometer, **(options or {})
-    )
+    model_config = model_with(defenses, model_config_for(train_data, arch, **(options or {})))
+    config = recipe_with(defenses, config)
     dataset_meta = {"data_dir": data_dir, "train_limit": train_limit, "test_limit": test_limit}
     return train(
         model_config, train_data, test_data, config, out, resume=resume, force=force,

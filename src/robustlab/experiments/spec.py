@@ -47,7 +47,8 @@ from robustlab.data import available as available_datasets
 from robustlab.defenses.base import Defense
 from robustlab.defenses.defective import DefectSpec
 from robustlab.defenses.registry import TABLES as DEFENSE_TABLES
-from robustlab.defenses.registry import defense_from_table
+from robustlab.defenses.registry import TRAINING_KEYS, defense_from_table, training_defenses
+from robustlab.defenses.training_time import TrainingDefense, recipe_with
 from robustlab.evaluation.curve import EpsilonSearch
 from robustlab.evaluation.strong import STANDARD_ATTACKS, StrongConfig
 from robustlab.io import RobustlabError
@@ -112,11 +113,9 @@ class ModelEntry:
     name: str
     arch: str = "resnet8"
     options: dict[str, Any] = field(default_factory=dict)
-    defect: DefectSpec | None = None
-    regularizer: str | None = None
-    thermometer: int | None = None
+    training: tuple[TrainingDefense, ...] = ()  # built into the model or its recipe
     train_limit: int | None = None
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)  # the recipe before ``training``
     members: tuple[str, ...] = ()
     base: str | None = None  # a defended entry: the defense wraps this trained model
     defense: Defense | None = None
@@ -126,21 +125,16 @@ class ModelEntry:
 
     def defense_text(self) -> str:
         """The entry's defense in a few words, for tables: a wrapping defense with its attack
-        surface, or the training-time ones (defect masks, regularizer, thermometer, label
-        smoothing, adversarial training; ε in 0-255 units); "—" for none."""
+        surface, or the training-time ones (ε in 0-255 units); "—" for none."""
         if self.defense is not None:
-            surface = self.defense.surface
-            return f"{self.defense.name} ({surface.kind})"
+            return f"{self.defense.name} ({self.defense.surface.kind})"
         if self.members:
             return "ensemble"
-        parts = [f"defect {self.defect}" if self.defect else "",
-                 self.regularizer or "",
-                 f"thermometer {self.thermometer}" if self.thermometer else "",
-                 f"label smoothing {self.train.label_smoothing:g}"
-                 if self.train.label_smoothing else "",
-                 f"adversarial training {round(self.train.adv_eps * 255):g}/255"
-                 if self.train.adv_eps else ""]  # fmt: skip
-        return ", ".join(p for p in parts if p) or "—"
+        return ", ".join(d.text() for d in self.training) or "—"
+
+    def recipe(self) -> TrainConfig:
+        """The training recipe with the training-time defenses applied."""
+        return recipe_with(self.training, self.train)
 
     @property
     def trained(self) -> bool:
@@ -250,19 +244,10 @@ def _model(name: str, defaults: dict[str, Any], entry: dict[str, Any]) -> ModelE
             f"or {FACTORY_HINT}"
         )
     options = _model_options(name, arch, merged)
-    defect = None
-    if "defect" in merged:
-        try:
-            defect = DefectSpec.parse(merged["defect"], seed=int(merged.get("mask_seed", 0)))
-        except ValueError as err:
-            raise ValueError(f"[models.{name}] defect: {err}") from None
-    train = {k: v for k, v in merged.items() if k in TRAIN_KEYS and k != "adv_train"}
+    train = {k: v for k, v in merged.items() if k in TRAIN_KEYS and k not in TRAINING_KEYS}
     _check_types(f"[models.{name}]", train)
     if "milestones" in train:
         train["milestones"] = tuple(train["milestones"])
-    if "adv_train" in merged:
-        eps, step, steps = str(merged["adv_train"]).split(":")
-        train.update(adv_eps=float(eps) / 255, adv_step=float(step) / 255, adv_steps=int(steps))
     try:
         config = TrainConfig(**train)
     except ValueError as err:
@@ -271,15 +256,43 @@ def _model(name: str, defaults: dict[str, Any], entry: dict[str, Any]) -> ModelE
         name=name,
         arch=arch,
         options=options,
-        defect=defect,
-        regularizer=merged.get("regularizer"),
-        thermometer=merged.get("thermometer"),
+        training=_training_defenses(name, merged),
         train_limit=merged.get("train_limit"),
         train=config,
         weights=merged.get("weights"),
         mean=tuple(merged["mean"]) if "mean" in merged else None,
         std=tuple(merged["std"]) if "std" in merged else None,
     )
+
+
+def _training_defenses(name: str, merged: dict[str, Any]) -> tuple[TrainingDefense, ...]:
+    """``defect`` (+ ``mask_seed``), ``regularizer``, ``thermometer``, ``label_smoothing``
+    and ``adv_train = "EPS:STEP:STEPS"`` (0-255 units) of a trained entry."""
+    where = f"[models.{name}]"
+    _check_types(where, {k: merged[k] for k in ("label_smoothing",) if k in merged})
+    try:
+        defect = None
+        if "defect" in merged:
+            defect = DefectSpec.parse(merged["defect"], seed=int(merged.get("mask_seed", 0)))
+    except ValueError as err:
+        raise ValueError(f"{where} defect: {err}") from None
+    adversarial = None
+    if "adv_train" in merged:
+        try:
+            eps, step, steps = str(merged["adv_train"]).split(":")
+            unit = to_unit({"eps": float(eps), "step": float(step)})
+            adversarial = (unit["eps"], unit["step"], int(steps))
+        except ValueError:
+            raise ValueError(f"{where} adv_train must be \"EPS:STEP:STEPS\" in 0-255 units, "
+                             f"e.g. \"8:2:7\"; got {merged['adv_train']!r}") from None  # fmt: skip
+    try:
+        return training_defenses(
+            defect=defect, regularizer=merged.get("regularizer"),
+            thermometer=merged.get("thermometer"),
+            label_smoothing=float(merged.get("label_smoothing", 0.0)), adv_train=adversarial,
+        )  # fmt: skip
+    except ValueError as err:
+        raise ValueError(f"{where} {err}") from None
 
 
 def _model_options(name: str, arch: str, merged: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""Where a run's time goes: ``RESULTS/timings.jsonl``, one line per piece of work.
+
+A line is written when a piece finishes: its ``kind`` (``train``, ``prepare``, ``adversarial
+set``, ``universal``, ``record``), ``name``, what the caller adds (a record's protocol and
+model) and ``seconds``, *exclusive* of timed work nested inside it (a model trained for a
+record counts under ``train`` only), so the lines of a run add up to its time. Work found on
+disk is not timed again; a killed piece is not logged. The log is never read back by a run:
+results do not depend on it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from robustlab.io import RobustlabError
+
+LOG_FILE = "timings.jsonl"
+
+
+class TimingLog:
+    """Appends exclusive wall seconds of nested pieces of work to ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._nested: list[float] = []  # seconds of timed work inside each open piece
+
+    @contextmanager
+    def timed(self, kind: str, name: str) -> Iterator[dict[str, Any]]:
+        """Time the enclosed work; the dict yielded takes fields to log with it."""
+        what: dict[str, Any] = {"kind": kind, "name": name}
+        start = time.perf_counter()
+        self._nested.append(0.0)
+        try:
+            yield what
+        finally:
+            nested = self._nested.pop()
+        elapsed = time.perf_counter() - start
+        if self._nested:
+            self._nested[-1] += elapsed
+        what["seconds"] = round(elapsed - nested, 3)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as log:
+            log.write(json.dumps(what, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class TimingSummary:
+    """Seconds by kind of work and by protocol, and the largest pieces."""
+
+    total: float
+    by_kind: dict[str, float]
+    by_protocol: dict[str, float]
+    largest: list[dict[str, Any]]
+
+    def lines(self) -> list[str]:
+        out = [f"total {self.total / 60:.1f} min of logged work"]
+        out += [f"  {kind:16} {s / 60:7.1f} min" for kind, s in _descending(self.by_kind)]
+        out += ["records by protocol:"]
+        out += [f"  {name:16} {s / 60:7.1f} min" for name, s in _descending(self.by_protocol)]
+        out += ["largest pieces:"]
+        for piece in self.largest:
+            subject = piece.get("model") or piece.get("target") or piece["name"]
+            detail = " ".join(str(piece[k]) for k in ("protocol", "attack") if k in piece)
+            out.append(f"  {piece['seconds'] / 60:7.1f} min  {piece['kind']} {detail} {subject}")
+        return out
+
+
+def summarize(results: Path, top: int = 10) -> TimingSummary:
+    """Sum the timing log of a results directory."""
+    path = results / LOG_FILE
+    if not path.is_file():
+        raise RobustlabError(f"{path}: no timing log; run `robustlab run SPEC --out {results}`")
+    pieces = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by_kind: dict[str, float] = defaultdict(float)
+    by_protocol: dict[str, float] = defaultdict(float)
+    for piece in pieces:
+        by_kind[piece["kind"]] += piece["seconds"]
+        if piece["kind"] == "record":
+            by_protocol[piece.get("protocol", "?")] += piece["seconds"]
+    largest = sorted(pieces, key=lambda p: -p["seconds"])[:top]
+    total = sum(p["seconds"] for p in pieces)
+    return TimingSummary(total, dict(by_kind), dict(by_protocol), largest)
+
+
+def _descending(table: dict[str, float]) -> list[tuple[str, float]]:
+    return sorted(table.items(), key=lambda item: -item[1])
