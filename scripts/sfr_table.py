@@ -31,7 +31,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for attack, xi, against in ROWS:
         start = time.time()
-        r = evaluate_sfr(args.sfr_dir, attack, xi / 255, against, args.n)
+        r = evaluate_sfr(args.sfr_dir, attack, xi / 255, against=against, n=args.n)
         base, sfr = r["baseline"], r["defended"]
         clean = f"{100 * base['clean']:.1f}% / {100 * sfr['clean']:.1f}%"
         fooled = f"{100 * base['fooling_rate']:.1f}% / {100 * sfr['fooling_rate']:.1f}%"

@@ -129,12 +129,18 @@ def test_whitebox_and_decision_score() -> None:
     x = torch.rand(32, 1, 4, 4)
     y = model(x).argmax(1)
     assert (
-        whitebox_accuracy(model, x, y, "pgd", {"eps": 0.0, "step": 0.01, "steps": 1}).value == 1.0
+        whitebox_accuracy(
+            model, x, y, attack="pgd", params={"eps": 0.0, "step": 0.01, "steps": 1}
+        ).value
+        == 1.0
     )
     assert (
-        whitebox_accuracy(model, x, y, "pgd", {"eps": 0.5, "step": 0.05, "steps": 20}).value < 0.2
+        whitebox_accuracy(
+            model, x, y, attack="pgd", params={"eps": 0.5, "step": 0.05, "steps": 20}
+        ).value
+        < 0.2
     )
-    score = decision_score(model, x, y, {"steps": 200})
+    score = decision_score(model, x, y, params={"steps": 200})
     assert score.n == 32 and score.failed < 8  # failures: no noise start was adversarial
     assert 0 < score.score < 0.25 and score.median_queries is not None
     assert set(score.to_dict()) == {"score", "n", "failed", "median_queries"}  # the record

@@ -28,6 +28,7 @@ def build_model(
     arch: str,
     num_classes: int = 10,
     in_channels: int = 3,
+    *,
     image_size: int = 32,
     defect: DefectSpec | None = None,
     mean: Sequence[float] | None = None,
@@ -90,9 +91,10 @@ class ModelConfig:
         if is_external(self.arch):
             return self._build_external()
         return build_model(
-            self.arch, self.num_classes, self.in_channels, self.image_size, self.defect,
-            self.mean, self.std, self.regularizer, self.regularizer_block, self.regularizer_keep,
-            self.thermometer, **self.options,
+            self.arch, self.num_classes, self.in_channels, image_size=self.image_size,
+            defect=self.defect, mean=self.mean, std=self.std, regularizer=self.regularizer,
+            regularizer_block=self.regularizer_block, regularizer_keep=self.regularizer_keep,
+            thermometer=self.thermometer, **self.options,
         )  # fmt: skip
 
     def _build_external(self) -> nn.Module:

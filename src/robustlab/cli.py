@@ -266,7 +266,9 @@ def _run(args: argparse.Namespace) -> int:
     from robustlab.report.tables import markdown
 
     command = f"robustlab run {args.spec} --out {args.out}"
-    records = run_spec(load_spec(args.spec), args.out, args.device, args.quiet, command)
+    records = run_spec(
+        load_spec(args.spec), args.out, args.device, quiet=args.quiet, command=command
+    )
     print(markdown(records))
     print(f"results: {args.out}/results.md, results.csv, results.json")
     if args.report:
@@ -343,9 +345,10 @@ def _csc_learn(args: argparse.Namespace) -> int:
     from robustlab.experiments.jobs import resolve_device
 
     path = learn_csc_dictionary(
-        args.dataset, args.out, args.filters, args.size, args.lmbda, args.images,
-        LearnOptions(iterations=args.iterations, seed=args.seed), args.clusters,
-        args.data_dir, args.download, resolve_device(args.device), args.force, args.command_line,
+        args.dataset, args.out, args.filters, size=args.size, lmbda=args.lmbda,
+        images=args.images, options=LearnOptions(iterations=args.iterations, seed=args.seed),
+        clusters=args.clusters, data_dir=args.data_dir, download=args.download,
+        device=resolve_device(args.device), force=args.force, command=args.command_line,
     )  # fmt: skip
     print(f"dictionary: {path}")
     return 0
@@ -400,7 +403,7 @@ def _purify(args: argparse.Namespace) -> int:
     purifier = CSCPurifier(args.dict, args.lmbda, options, rescale=args.rescale,
                            channel_order=args.channel_order)  # fmt: skip
     done, skipped = purify_folder(
-        args.in_dir, args.out_dir, purifier, args.size,
+        args.in_dir, args.out_dir, purifier, size=args.size,
         device=resolve_device(args.device), quiet=args.quiet, force=args.force,
     )  # fmt: skip
     print(f"purified {done} images into {args.out_dir} ({skipped} already there)")
@@ -493,10 +496,11 @@ def _sfr_train(args: argparse.Namespace) -> int:
     from robustlab.experiments.sfr import train_sfr
 
     meta = train_sfr(
-        args.run, args.out, args.layers, args.attack, args.xi / 255, args.uaps,
-        args.attack_images, args.train_limit, args.epochs, args.batch_size, args.lr,
-        args.fraction, args.seed, resolve_device(args.device), args.force, args.quiet,
-        args.command_line,
+        args.run, args.out, args.layers, attack=args.attack, xi=args.xi / 255, uaps=args.uaps,
+        attack_images=args.attack_images, train_limit=args.train_limit, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, fraction=args.fraction, seed=args.seed,
+        device=resolve_device(args.device), force=args.force, quiet=args.quiet,
+        command=args.command_line,
     )  # fmt: skip
     losses = ", ".join(f"{h['loss']:.3f}" for h in meta["history"])
     print(f"SFR: {args.out} (FRUs on {', '.join(args.layers)}; loss per epoch {losses})")
@@ -509,11 +513,12 @@ def _sfr_eval(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     if args.input:
-        print(classify_image(args.sfr_dir, args.input, args.attack, args.xi / 255,
-                             args.defense == "on", args.against, args.seed, device))  # fmt: skip
+        print(classify_image(args.sfr_dir, args.input, args.attack, xi=args.xi / 255,
+                             defense=args.defense == "on", against=args.against, seed=args.seed,
+                             device=device))  # fmt: skip
         return 0
-    result = evaluate_sfr(args.sfr_dir, args.attack, args.xi / 255, args.against, args.n,
-                          seed=args.seed, device=device,
+    result = evaluate_sfr(args.sfr_dir, args.attack, args.xi / 255, against=args.against,
+                          n=args.n, seed=args.seed, device=device,
                           perturbation_file=args.perturbation)  # fmt: skip
     print(f"{result['attack']} ξ={255 * result['xi']:.4g}/255 against the {result['against']}, "
           f"n={result['n']}")  # fmt: skip

@@ -37,6 +37,7 @@ def whitebox_accuracy(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
+    *,
     attack: str,
     params: Mapping[str, Any],
     seed: int = 0,
@@ -50,6 +51,7 @@ def noise_curve(
     models: Mapping[str, nn.Module],
     x: torch.Tensor,
     y: torch.Tensor,
+    *,
     sigmas: Sequence[float],
     seed: int = 0,
 ) -> dict[str, dict[float, Rate]]:
@@ -88,6 +90,7 @@ def shuffle_probe(
     models: Mapping[str, nn.Module],
     x: torch.Tensor,
     y: torch.Tensor,
+    *,
     ks: Sequence[int] = (2, 4, 8),
     seed: int = 0,
 ) -> dict[str, dict[int, Rate]]:
@@ -119,7 +122,12 @@ class DecisionResult:
 
 
 def decision_score(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: Mapping[str, Any], seed: int = 0
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    params: Mapping[str, Any],
+    seed: int = 0,
 ) -> DecisionResult:
     """S(M): the median over images of ‖δ‖²/N of Boundary-attack adversarials (paper Table 4).
 

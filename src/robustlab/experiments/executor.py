@@ -87,6 +87,7 @@ class Executor:
         spec: Spec,
         out: str | Path,
         device: str = "auto",
+        *,
         quiet: bool = False,
         command: str | None = None,
     ) -> None:
@@ -377,7 +378,9 @@ class Executor:
                     name: str = name, attack: str = attack, kind: str = kind, params: Any = params
                 ) -> Record:
                     model = self.model(name)
-                    rate = whitebox_accuracy(model, self.x, self.y, kind, params, self.spec.seed)
+                    rate = whitebox_accuracy(
+                        model, self.x, self.y, attack=kind, params=params, seed=self.spec.seed
+                    )
                     checks = gradient_checks(model, self.x, self.y).to_dict()
                     return {"protocol": "whitebox", "target": name, "attack": attack,
                             "params": params, "accuracy": rate.to_dict(), **checks}  # fmt: skip
@@ -533,7 +536,7 @@ class Executor:
 
             def compute(name: str = name) -> Record:
                 score = decision_score(
-                    self.model(name), self.x[:n], self.y[:n], params, self.spec.seed
+                    self.model(name), self.x[:n], self.y[:n], params=params, seed=self.spec.seed
                 ).to_dict()
                 return {
                     "protocol": "decision",
@@ -547,23 +550,32 @@ class Executor:
 
     def _noise(self, protocol: dict[str, Any]) -> Iterator[Record]:
         sigmas = [float(s) for s in protocol["sigmas"]]
-        yield self._probe("noise", protocol["models"], sigmas, noise_curve)
+
+        def probe(models: dict[str, nn.Module]) -> dict[str, dict[float, Rate]]:
+            return noise_curve(models, self.x, self.y, sigmas=sigmas, seed=self.spec.seed)
+
+        yield self._probe("noise", protocol["models"], sigmas, probe)
 
     def _shuffle(self, protocol: dict[str, Any]) -> Iterator[Record]:
         ks = [int(k) for k in protocol.get("ks", [2, 4, 8])]
-        yield self._probe("shuffle", protocol["models"], ks, shuffle_probe)
+
+        def probe(models: dict[str, nn.Module]) -> dict[str, dict[int, Rate]]:
+            return shuffle_probe(models, self.x, self.y, ks=ks, seed=self.spec.seed)
+
+        yield self._probe("shuffle", protocol["models"], ks, probe)
 
     def _probe(
-        self, kind: str, names: list[str], levels: list[Any], probe: Callable[..., Any]
+        self,
+        kind: str,
+        names: list[str],
+        levels: list[Any],
+        probe: Callable[[dict[str, nn.Module]], dict[str, dict[Any, Rate]]],
     ) -> Record:
         """One cell of a per-level accuracy curve over images every model gets right."""
 
         def compute() -> Record:
             models = {m: self.model(m) for m in names}
-            return {
-                "protocol": kind,
-                "curves": _rates(probe(models, self.x, self.y, levels, self.spec.seed)),
-            }
+            return {"protocol": kind, "curves": _rates(probe(models))}
 
         return self.record(self._key(kind, self._ids(names), levels), compute)
 
@@ -631,12 +643,13 @@ def run_spec(
     spec: Spec,
     out: str | Path,
     device: str = "auto",
+    *,
     quiet: bool = False,
     command: str | None = None,
 ) -> list[Record]:
     """Carry out ``spec`` into ``out`` (resumable); return the records."""
     torch.manual_seed(spec.seed)
-    return Executor(spec, out, device, quiet, command).run()
+    return Executor(spec, out, device, quiet=quiet, command=command).run()
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -52,6 +52,7 @@ def train_sfr(
     run: str | Path,
     out: str | Path,
     layers: list[str],
+    *,
     attack: str = "uap",
     xi: float = 10 / 255,
     uaps: int = 3,
@@ -133,6 +134,7 @@ def _evaluation_perturbation(
     directory: str | Path,
     meta: dict[str, Any],
     models: dict[str, nn.Module],
+    *,
     attack: str,
     xi: float,
     against: str,
@@ -160,6 +162,7 @@ def evaluate_sfr(
     directory: str | Path,
     attack: str = "uap",
     xi: float = 10 / 255,
+    *,
     against: str = "baseline",
     n: int = 1000,
     attack_images: int = 256,
@@ -187,8 +190,9 @@ def evaluate_sfr(
         xi = float(perturbation.delta.abs().max())
     else:
         perturbation = _evaluation_perturbation(
-            directory, meta, models, attack, xi, against, seed, attack_images, device
-        )
+            directory, meta, models, attack=attack, xi=xi, against=against, seed=seed,
+            attack_images=attack_images, device=device,
+        )  # fmt: skip
     x_adv = apply(x, perturbation.delta.to(device))
     labels = y.cpu()
     predictions = {name: (predict(m, x), predict(m, x_adv)) for name, m in models.items()}
@@ -217,6 +221,7 @@ def classify_image(
     directory: str | Path,
     image: str | Path,
     attack: str = "uap",
+    *,
     xi: float = 10 / 255,
     defense: bool = True,
     against: str = "baseline",
@@ -238,8 +243,9 @@ def classify_image(
     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
     models = {"baseline": base, "defended": defended}
     perturbation = _evaluation_perturbation(
-        directory, meta, models, attack, xi, against, seed, 256, device
-    )
+        directory, meta, models, attack=attack, xi=xi, against=against, seed=seed,
+        attack_images=256, device=device,
+    )  # fmt: skip
     classes = meta["dataset"].get("classes") or []
     labels = [int(predict(model, x)[0]), int(predict(model, apply(x, perturbation.delta))[0])]
     names = [classes[i] if i < len(classes) else str(i) for i in labels]
