@@ -152,48 +152,40 @@ def train(
         _check_same_settings(run_dir, start, model_config, config)
         if start.get("epoch", 0) >= config.epochs:
             return start
-    torch.manual_seed(config.seed)
-    model = model_config.build()
-    if init is not None:
-        model.load_state_dict(init)
-    model = model.to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )  # fmt: skip
+    loop = _Loop.build(model_config, config, device=device, fast=fast, quiet=quiet, init=init)
     history: list[dict[str, Any]] = []
     if start is not None and (run_dir / STATE_FILE).is_file():
-        history = _load_state(run_dir / STATE_FILE, model, optimizer)
-    meta: dict[str, Any] = {
-        "dataset": {"name": train_data.name, "data_dir": None, "classes": list(train_data.classes)}
-    }
-    for key, value in (extra_meta or {}).items():
-        meta[key] = {**meta[key], **value} if key == "dataset" else value
-    if fast.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    # Under torchrun: DDP averages the gradients of every process's share of each batch
-    trained = _data_parallel(model, device)
-    if fast.compile:
-        trained = torch.compile(trained)  # type: ignore[assignment]
-    meta["fast_path"] = asdict(fast)
+        history = _load_state(run_dir / STATE_FILE, loop.model, loop.optimizer)
+    meta = _run_meta(train_data, extra_meta, fast)
     for epoch in range(len(history), config.epochs):
-        stats = _train_epoch(
-            trained, model, optimizer, train_data, config, epoch, device, quiet, fast
-        )
-        stats["test_accuracy"] = accuracy(model, test_data, batch_size=512)
+        stats = loop.epoch(train_data, epoch)
+        stats["test_accuracy"] = accuracy(loop.model, test_data, batch_size=512)
         history.append(stats)
         if not quiet:
             tqdm.write(
                 f"epoch {epoch + 1}/{config.epochs}: loss {stats['train_loss']:.4f} "
                 f"train acc {stats['train_accuracy']:.4f} test acc {stats['test_accuracy']:.4f}"
             )
-        _save_state(run_dir / STATE_FILE, model, optimizer, history)
+        _save_state(run_dir / STATE_FILE, loop.model, loop.optimizer, history)
         meta.update(
             train=config.to_dict(), history=history, epoch=epoch + 1,
             complete=epoch + 1 == config.epochs, test_accuracy=stats["test_accuracy"],
         )  # fmt: skip
-        save_run(run_dir, model, model_config, **meta)
+        save_run(run_dir, loop.model, model_config, **meta)
     return read_meta(run_dir)
+
+
+def _run_meta(
+    train_data: Dataset, extra_meta: dict[str, Any] | None, fast: FastPath
+) -> dict[str, Any]:
+    """The metadata a run starts with: its dataset (merged with the caller's) and fast path."""
+    meta: dict[str, Any] = {
+        "dataset": {"name": train_data.name, "data_dir": None, "classes": list(train_data.classes)}
+    }
+    for key, value in (extra_meta or {}).items():
+        meta[key] = {**meta[key], **value} if key == "dataset" else value
+    meta["fast_path"] = asdict(fast)
+    return meta
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> dict[str, Any] | None:
@@ -241,63 +233,99 @@ def _data_parallel(model: nn.Module, device: str | torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def _train_epoch(
-    trained: nn.Module,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    data: Dataset,
-    config: TrainConfig,
-    epoch: int,
-    device: str | torch.device,
-    quiet: bool,
-    fast: FastPath,
-) -> dict[str, Any]:
-    model.train()
-    started = time.perf_counter()
-    total_loss, correct, seen = 0.0, 0, 0
-    stream = batches(
-        data, config.batch_size, shuffle=True, augmentation=Augment(config.pad, config.flip),
-        seed=config.seed * 100_003 + epoch, device=device,
-    )  # fmt: skip
-    steps = -(-len(data) // config.batch_size)
-    # disable=None: no bar when stderr is not a terminal (logs, CI), unless quiet
-    bar = tqdm(
-        stream,
-        total=steps,
-        desc=f"epoch {epoch + 1}/{config.epochs}",
-        disable=True if quiet else None,
-        leave=False,
-    )
-    share = slice(distributed.rank(), None, distributed.world_size())
-    for step, (x, y) in enumerate(bar):
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr_at(epoch, step / steps)
-        x, y = x[share], y[share]  # this process's rows of the global batch
-        if config.adv_eps > 0:  # Madry et al.: train on PGD adversarials of the current model
-            seed = derive_seed(config.seed, epoch, step)
-            attack = PGD(model, config.adv_eps, config.adv_step, config.adv_steps, True, seed=seed)
-            x = attack(x, y)  # the attack restores train mode after itself
+@dataclass
+class _Loop:
+    """What every epoch of one training run shares: the model (saved and evaluated), what
+    the steps run (the model, DDP-wrapped and/or compiled), the optimizer and the recipe."""
+
+    model: nn.Module
+    trained: nn.Module
+    optimizer: torch.optim.Optimizer
+    config: TrainConfig
+    device: str | torch.device
+    fast: FastPath
+    quiet: bool
+
+    @classmethod
+    def build(
+        cls,
+        model_config: ModelConfig,
+        config: TrainConfig,
+        *,
+        device: str | torch.device,
+        fast: FastPath,
+        quiet: bool,
+        init: Mapping[str, torch.Tensor] | None,
+    ) -> _Loop:
+        torch.manual_seed(config.seed)  # the initialisation depends on the seed only
+        model = model_config.build()
+        if init is not None:
+            model.load_state_dict(init)
+        model = model.to(device)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )  # fmt: skip
         if fast.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # Under torchrun: DDP averages the gradients of every process's share of each batch
+        trained = _data_parallel(model, device)
+        if fast.compile:
+            trained = torch.compile(trained)  # type: ignore[assignment]
+        return cls(model, trained, optimizer, config, device, fast, quiet)
+
+    def epoch(self, data: Dataset, epoch: int) -> dict[str, Any]:
+        """One epoch over ``data`` (its order depends on the seed and the epoch only)."""
+        config = self.config
+        self.model.train()
+        started = time.perf_counter()
+        total_loss, correct, seen = 0.0, 0, 0
+        stream = batches(
+            data, config.batch_size, shuffle=True, augmentation=Augment(config.pad, config.flip),
+            seed=config.seed * 100_003 + epoch, device=self.device,
+        )  # fmt: skip
+        steps = -(-len(data) // config.batch_size)
+        # disable=None: no bar when stderr is not a terminal (logs, CI), unless quiet
+        bar = tqdm(stream, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=True if self.quiet else None, leave=False)  # fmt: skip
+        share = slice(distributed.rank(), None, distributed.world_size())
+        for step, (x, y) in enumerate(bar):
+            for group in self.optimizer.param_groups:
+                group["lr"] = config.lr_at(epoch, step / steps)
+            x, y = x[share], y[share]  # this process's rows of the global batch
+            loss, logits = self._step(x, y, derive_seed(config.seed, epoch, step))
+            total_loss += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        total_loss, right, count = distributed.sum_over_processes(total_loss, correct, seen)
+        return {
+            "epoch": epoch + 1,
+            "lr": config.lr_at(epoch),
+            "lr_end": config.lr_at(epoch, (steps - 1) / steps),
+            "train_loss": total_loss / max(1, count),
+            "train_accuracy": right / max(1, count),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+
+    def _step(
+        self, x: torch.Tensor, y: torch.Tensor, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns the loss and logits of the batch trained on."""
+        config = self.config
+        if config.adv_eps > 0:  # Madry et al.: train on PGD adversarials of the current model
+            attack = PGD(self.model, config.adv_eps, config.adv_step, config.adv_steps, True,
+                         seed=seed)  # fmt: skip
+            x = attack(x, y)  # the attack restores train mode after itself
+        if self.fast.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=fast.bf16):
-            logits = trained(x)
+        with torch.autocast(torch.device(self.device).type, torch.bfloat16, enabled=self.fast.bf16):
+            logits = self.trained(x)
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
-        total_loss += float(loss.detach()) * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(y)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
-    total_loss, right, count = distributed.sum_over_processes(total_loss, correct, seen)
-    return {
-        "epoch": epoch + 1,
-        "lr": config.lr_at(epoch),
-        "lr_end": config.lr_at(epoch, (steps - 1) / steps),
-        "train_loss": total_loss / max(1, count),
-        "train_accuracy": right / max(1, count),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+        self.optimizer.step()
+        return loss, logits
 
 
 def _save_state(
