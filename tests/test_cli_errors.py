@@ -62,6 +62,10 @@ CASES = {
                             "cannot write here"),
     "unknown device": (lambda t: ["train", "--dataset", "digits", "--arch", "lenet", "--device",
                                   "tpu", "--out", str(t / "run")], "unknown device 'tpu'"),
+    "bad adversarial training": (lambda t: ["train", "--dataset", "digits", "--arch", "lenet",
+                                            "--adv-train", "0:2:5", "--out", str(t / "run")],
+                                 "adversarial training needs 0 < eps"),
+    "timings of a folder without a run": (lambda t: ["timings", str(t)], "no timing log"),
 }  # fmt: skip
 
 
