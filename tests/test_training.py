@@ -14,7 +14,15 @@ import robustlab.runs
 from robustlab.cli import main
 from robustlab.data import load_dataset, sample
 from robustlab.defenses.defective import DefectSpec, masks
-from robustlab.defenses.training_time import DefectMasks, model_with
+from robustlab.defenses.training_time import (
+    AdversarialTraining,
+    DefectMasks,
+    LabelSmoothing,
+    configs_of,
+    defenses_of,
+    model_with,
+    recipe_with,
+)
 from robustlab.experiments.jobs import model_config_for
 from robustlab.io import RobustlabError, load_tensors
 from robustlab.training import TrainConfig, train
@@ -260,3 +268,15 @@ def test_a_per_step_schedule_is_recorded_and_refuses_other_epochs_on_resume(
                  "1", "--pad", "0", "--train-limit", "128", "--schedule", "cosine",
                  "--out", str(tmp_path / "c"), "--quiet", "--device", "cpu"])  # fmt: skip
     assert code == 0 and robustlab.runs.read_meta(tmp_path / "c")["train"]["schedule"] == "cosine"
+
+
+def test_a_run_records_its_training_time_defenses(tmp_path: Path) -> None:
+    train_data, test_data = _digits(128, 32)
+    defenses = (DefectMasks(DefectSpec(0.5, seed=3)), LabelSmoothing(0.1),
+                AdversarialTraining(eps=8 / 255, step=4 / 255, steps=1))  # fmt: skip
+    config = model_with(defenses, model_config_for(train_data, "lenet", width=4))
+    recipe = recipe_with(defenses, TrainConfig(epochs=1, batch_size=64, pad=0))
+    train(config, train_data, test_data, recipe, tmp_path / "run", quiet=True)
+    assert configs_of(tmp_path / "run") == (config, recipe)  # meta.json round trip
+    assert defenses_of(*configs_of(tmp_path / "run")) == defenses
+    assert defenses_of(*configs_of(tmp_path / "run")) != defenses[:2]

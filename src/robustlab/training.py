@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,16 @@ class TrainConfig:
         data = asdict(self)
         data["milestones"] = list(self.milestones) if self.milestones is not None else None
         return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """The inverse of :meth:`to_dict` (a run's ``meta.json`` ``train``; keys of older
+        versions that no longer exist are ignored)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("milestones") is not None:
+            values["milestones"] = tuple(values["milestones"])
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,13 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from robustlab.assemble import ModelConfig
 from robustlab.defenses.base import THERMOMETER_SURFACE, BaseDefense, Surface
 from robustlab.defenses.baselines import REGULARIZERS
 from robustlab.defenses.defective import DefectSpec
+from robustlab.runs import read_meta
 from robustlab.training import TrainConfig
 
 
@@ -171,7 +173,8 @@ def recipe_with(defenses: Iterable[TrainingDefense], recipe: TrainConfig) -> Tra
 
 def defenses_of(model: ModelConfig, recipe: TrainConfig) -> tuple[TrainingDefense, ...]:
     """The training-time defenses a trained run's configs record (the inverse of
-    :func:`model_with` and :func:`recipe_with` on plain configs)."""
+    :func:`model_with` and :func:`recipe_with` on plain configs); for a run directory:
+    ``defenses_of(*configs_of(run))``."""
     found: list[TrainingDefense] = []
     if model.defect is not None:
         found.append(DefectMasks(model.defect))
@@ -186,3 +189,10 @@ def defenses_of(model: ModelConfig, recipe: TrainConfig) -> tuple[TrainingDefens
     if recipe.adv_eps:
         found.append(AdversarialTraining(recipe.adv_eps, recipe.adv_step, recipe.adv_steps))
     return tuple(found)
+
+
+def configs_of(run_dir: str | Path) -> tuple[ModelConfig, TrainConfig]:
+    """The model config and training recipe a run directory records (imported runs, which
+    were not trained here, have the default recipe)."""
+    meta = read_meta(run_dir)
+    return ModelConfig.from_dict(meta["model"]), TrainConfig.from_dict(meta.get("train") or {})
