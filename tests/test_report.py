@@ -1,6 +1,8 @@
 """The HTML report: self-contained, every link resolves, figures drawn, renders in Chromium."""
 
 import base64
+import copy
+import json
 import re
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from robustlab.experiments.spec import load_spec
 from robustlab.io import RobustlabError
 from robustlab.report import write_report
 from robustlab.report.figures import is_blank
+from robustlab.report.records import record_problem
 from tests.files import CHROMIUM, chromium
 
 TINY = Path(__file__).parent / "specs" / "tiny.toml"
@@ -61,6 +64,27 @@ def test_report_errors_and_cli(tmp_path: Path, report: Path, capsys: pytest.Capt
     assert (tmp_path / "r.html").is_file() and (tmp_path / "r_figures" / "gallery.png").is_file()
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_every_record_fits_its_schema_and_a_damaged_one_is_named(
+    report: Path, tmp_path: Path
+) -> None:
+    results = json.loads((report.parent / "results.json").read_text())
+    protocols = {r["protocol"] for r in results["records"]}
+    assert {"transfer", "whitebox", "decision", "noise", "shuffle", "summary"} <= protocols
+    assert all(record_problem(r) is None for r in results["records"])
+    damaged = copy.deepcopy(results)
+    index = next(i for i, r in enumerate(damaged["records"]) if r["protocol"] == "whitebox")
+    del damaged["records"][index]["accuracy"]
+    (tmp_path / "results.json").write_text(json.dumps(damaged))
+    with pytest.raises(
+        RobustlabError, match=rf"record {index}: whitebox record without 'accuracy'"
+    ):
+        write_report(tmp_path)
+    assert not (tmp_path / "report.html").exists()  # nothing half-written
+    bad_rate = {**results["records"][index], "accuracy": {"rate": 0.5}}
+    assert "accuracy is not a rate" in str(record_problem(bad_rate))
+    assert record_problem({"protocol": "magic"}) == "unknown protocol 'magic'"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium)")

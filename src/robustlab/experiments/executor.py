@@ -67,6 +67,7 @@ from robustlab.experiments.spec import (
 from robustlab.experiments.timings import LOG_FILE, TimingLog
 from robustlab.io import atomic_write, read_json, write_json
 from robustlab.models.base import eval_mode, model_device, predict
+from robustlab.report.records import check_record
 from robustlab.report.robustbench import model_card, write_cards
 from robustlab.report.tables import Record, markdown, write_csv
 from robustlab.runs import read_meta
@@ -112,6 +113,8 @@ class Executor:
             # where each number came from, for the report's links (not part of the cached cell)
             records += [{**cell, "protocol_index": index} for cell in cells]
         records += [self._summary(name) for name in self.compared_models()]
+        for record in records:
+            check_record(record)
         command = self.command or f"robustlab run {self.spec.path or 'SPEC'} --out {self.out}"
         write_json(
             self.out / "results.json",
@@ -275,6 +278,7 @@ class Executor:
         with self.timings.timed("record", path.stem) as what:
             record = {**compute(), "seed": self.spec.seed, "version": __version__}
             what.update({k: record[k] for k in _CELL_FIELDS if k in record})
+        check_record(record)  # a bug, not bad input: never write a cell the report cannot read
         write_json(path, record)
         # as read back: a resumed run (records from disk) and an uninterrupted one (computed
         # records) then give the same key order, and byte-identical tables
@@ -457,7 +461,7 @@ class Executor:
             curves[name] = {str(v): rate for v, rate in zip(levels, cell["rates"], strict=True)}
         yield {"protocol": "curve", "attack": "apgd-ce", "eps_max": search.eps_max * 255,
                "resolution": search.resolution * 255, "steps": search.steps, "n": n,
-               "curves": curves}  # fmt: skip
+               "curves": curves, "seed": self.spec.seed, "version": __version__}  # fmt: skip
 
     def _universal(self, protocol: dict[str, Any]) -> Iterator[Record]:
         yield from self._imported_universal(protocol)

@@ -29,6 +29,7 @@ from robustlab.report.html import (
     table,
     transfer_tables,
 )
+from robustlab.report.records import record_problem
 from robustlab.report.tables import (
     COMPARISON_HEADERS,
     ComparisonRow,
@@ -49,6 +50,11 @@ def write_report(
             f"{results_dir}: no results.json; run `robustlab run SPEC --out {results_dir}` first"
         )
     results = read_json(results_dir / "results.json")
+    for index, record in enumerate(results.get("records", [])):
+        problem = record_problem(record)
+        if problem is not None:
+            raise RobustlabError(f"{results_dir}/results.json record {index}: {problem}; re-run "
+                                 "`robustlab run` with this robustlab to rewrite it")  # fmt: skip
     out = Path(out) if out is not None else results_dir / "report.html"
     pictures: dict[str, bytes] = {}
     sections = _sections(results, results_dir, pictures, gallery_size)
