@@ -11,6 +11,7 @@ import numpy as np
 
 from robustlab import __version__
 from robustlab.io import RobustlabError
+from robustlab.units import from_255
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -44,7 +45,7 @@ def _milestones(text: str) -> tuple[int, ...]:
 def _adv_train(text: str) -> tuple[float, float, int]:
     try:
         eps, step, steps = text.split(":")
-        return float(eps) / 255, float(step) / 255, int(steps)
+        return from_255(float(eps)), from_255(float(step)), int(steps)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} must be EPS:STEP:STEPS, e.g. 8:2:7") from None
 
@@ -209,7 +210,7 @@ def _attack(args: argparse.Namespace) -> int:
         if value is not None:
             if not 0 <= value <= 255:
                 raise ValueError(f"--{key} {value} must be in 0..255 pixel units, e.g. --{key} 16")
-            params[key] = value / 255
+            params[key] = from_255(value)
     if args.sigma is not None:
         params["sigma"] = args.sigma  # the noise attack takes σ in 0-255 units itself
     adv_set = make_adversarial_set(
@@ -496,7 +497,7 @@ def _sfr_train(args: argparse.Namespace) -> int:
     from robustlab.experiments.sfr import train_sfr
 
     meta = train_sfr(
-        args.run, args.out, args.layers, attack=args.attack, xi=args.xi / 255, uaps=args.uaps,
+        args.run, args.out, args.layers, attack=args.attack, xi=from_255(args.xi), uaps=args.uaps,
         attack_images=args.attack_images, train_limit=args.train_limit, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, fraction=args.fraction, seed=args.seed,
         device=resolve_device(args.device), force=args.force, quiet=args.quiet,
@@ -513,11 +514,11 @@ def _sfr_eval(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     if args.input:
-        print(classify_image(args.sfr_dir, args.input, args.attack, xi=args.xi / 255,
+        print(classify_image(args.sfr_dir, args.input, args.attack, xi=from_255(args.xi),
                              defense=args.defense == "on", against=args.against, seed=args.seed,
                              device=device))  # fmt: skip
         return 0
-    result = evaluate_sfr(args.sfr_dir, args.attack, args.xi / 255, against=args.against,
+    result = evaluate_sfr(args.sfr_dir, args.attack, from_255(args.xi), against=args.against,
                           n=args.n, seed=args.seed, device=device,
                           perturbation_file=args.perturbation)  # fmt: skip
     print(f"{result['attack']} ξ={255 * result['xi']:.4g}/255 against the {result['against']}, "

@@ -62,7 +62,6 @@ from robustlab.experiments.spec import (
     Spec,
     curve_settings,
     strong_configs,
-    to_unit,
 )
 from robustlab.experiments.timings import LOG_FILE, TimingLog
 from robustlab.io import atomic_write, read_json, write_json
@@ -73,6 +72,7 @@ from robustlab.report.tables import Record, markdown, write_csv
 from robustlab.runs import read_meta
 from robustlab.seeding import derive_seed
 from robustlab.training import train
+from robustlab.units import from_255, to_unit
 
 
 def config_hash(data: Any) -> str:
@@ -453,7 +453,7 @@ class Executor:
                                     seed=self.spec.seed)  # fmt: skip
                 path = self.out / "curves" / f"{name}-{config_hash(key)}.npz"
                 save_success(path, star, levels, self.indices[:n])
-                rates = accuracy_at(star, [v / 255 for v in levels])
+                rates = accuracy_at(star, [from_255(v) for v in levels])
                 return {"protocol": "curve_cell", "target": name, "success_file": str(path),
                         "rates": [r.to_dict() for r in rates.values()]}  # fmt: skip
 

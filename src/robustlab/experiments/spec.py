@@ -55,6 +55,7 @@ from robustlab.io import RobustlabError
 from robustlab.models import available as available_archs
 from robustlab.models.external import FACTORY_HINT, is_external
 from robustlab.training import TrainConfig
+from robustlab.units import PIXEL_UNITS, to_unit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -95,15 +96,7 @@ PROTOCOLS = {
     "noise": {"models", "sigmas"},
     "shuffle": {"models", "ks"},
 }
-PIXEL_UNITS = ("eps", "step", "xi")  # converted from 0-255 to [0, 1]; sigma stays in 0-255
 GRADIENT_ATTACKS = ("fgsm", "pgd", "mifgsm", "cw")
-
-
-def to_unit(params: dict[str, Any]) -> dict[str, Any]:
-    """Spec values in 0-255 pixel units (eps, step, xi) in the [0, 1] units of the library:
-    the one place where units are converted."""
-    return {k: (v / 255 if k in PIXEL_UNITS and isinstance(v, int | float) else v)
-            for k, v in params.items()}  # fmt: skip
 
 
 @dataclass(frozen=True)

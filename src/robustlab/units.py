@@ -1,0 +1,19 @@
+"""Pixel units: specs and the command line speak 0-255 (ε = 8 means 8/255); the library
+works in [0, 1]. This module is the one place where one becomes the other."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PIXEL_UNITS = ("eps", "step", "xi")  # converted from 0-255 to [0, 1]; sigma stays in 0-255
+
+
+def from_255(value: float) -> float:
+    """A pixel quantity in 0-255 units (ε, step, ξ) in the library's [0, 1] units."""
+    return value / 255
+
+
+def to_unit(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters with their 0-255 pixel quantities (eps, step, xi) in [0, 1] units."""
+    return {k: (from_255(v) if k in PIXEL_UNITS and isinstance(v, int | float) else v)
+            for k, v in params.items()}  # fmt: skip
