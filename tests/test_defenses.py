@@ -125,6 +125,10 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
     assert cards["jpeg"]["autoattack_acc"] == f"{100 * strong_jpeg['accuracy']['rate']:.2f}"
     assert cards["csc"]["autoattack_acc"] is None and cards["csc"]["eps"] is None
     assert cards["defective"]["architecture"] == "lenet (defective 0.5)"
+    defenses = {name: [d["defense"] for d in card["robustlab"]["defense"]]
+                for name, card in cards.items()}  # fmt: skip
+    assert defenses["defective"] == ["defect"] and defenses["jpeg"] == ["jpeg"]
+    assert defenses["standard"] == [] and defenses["adversarial"] == ["adversarial_training"]
     table = (results / "results.md").read_text()
     assert table.startswith("## Comparison")
     for row in ("| csc | csc (bpda) |", "| median | median (differentiable) |",

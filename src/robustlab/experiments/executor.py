@@ -297,9 +297,16 @@ class Executor:
         return model_card(
             name, records, architecture=self._architecture(name), dataset=self.spec.dataset,
             forward_passes=passes,
-            extra={"defense": entry.defense.describe() if entry.defense else None,
-                   "n": self.spec.n, "seed": self.spec.seed, "command": command},
+            extra={"defense": self._defense_configs(entry), "n": self.spec.n,
+                   "seed": self.spec.seed, "command": command},
         )  # fmt: skip
+
+    @staticmethod
+    def _defense_configs(entry: ModelEntry) -> list[dict[str, Any]]:
+        """The configs of an entry's defenses: the wrapping one, or the training-time ones."""
+        if entry.defense is not None:
+            return [entry.defense.describe()]
+        return [d.describe() for d in entry.training]
 
     def _architecture(self, name: str) -> str:
         entry = self.spec.models[name]

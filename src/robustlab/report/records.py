@@ -38,7 +38,7 @@ SCHEMAS: dict[str, Schema] = {
     "adaptive": Schema(("target", "attack", "surface"), ("accuracy", "clean_accuracy"),
                        ("params", "flags", "loss_rises", "masking")),
     "strong": Schema(("target", "attack"), ("accuracy", "clean_accuracy"),
-                     ("params", "after", "broken", "flags", "eps", "headline")),
+                     ("params", "after", "broken", "flags", "eps")),
     "curve_cell": Schema(("target",), (), ("rates", "success_file")),
     "curve": Schema(("attack",), (), ("curves", "eps_max", "resolution", "steps", "n")),
     "universal": Schema(("target", "attack", "against"),
