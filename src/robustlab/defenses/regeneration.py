@@ -280,7 +280,7 @@ class RegenerationDefense(Defense):
     xi: float = 10 / 255
     uaps: int = 3
     epochs: int = 3
-    train_limit: int = 5000
+    train_limit: int | None = 5000  # None: the whole training split
     batch_size: int = 64
     lr: float = 1e-3
     attack_images: int = 256
@@ -337,7 +337,8 @@ class RegenerationDefense(Defense):
                                            "history": history})  # fmt: skip
 
     def wrap(self, base: nn.Module, directory: Path) -> Defended:
-        layers = read_json(directory / DONE_FILE)["chosen_layers"]
+        done = directory / DONE_FILE  # (SFR directories from before the Defense have none)
+        layers = read_json(done)["chosen_layers"] if done.is_file() else self.resolve_layers(base)
         defended = add_regeneration(base, layers, self.fraction).to(model_device(base))
         fru, _ = load_tensors(directory / "fru.safetensors")
         missing = set(fru_state(defended)) - set(fru)

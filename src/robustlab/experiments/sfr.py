@@ -1,9 +1,10 @@
 """Library functions behind ``robustlab sfr``: train FRUs on a run, evaluate them.
 
-An SFR directory holds ``base.safetensors`` (the undefended model's weights),
-``fru.safetensors`` (the regeneration units and their selected channels),
-``meta.json`` (model config, layers, training settings and history) and
-``perturbations/`` (every universal perturbation computed for it, reused).
+An SFR directory is a prepared :class:`~robustlab.defenses.regeneration.RegenerationDefense`
+(``fru.safetensors``: the regeneration units and their selected channels; ``defense.json``;
+``perturbations/``: every universal perturbation computed for it, reused) plus what makes it
+self-contained: ``base.safetensors`` (the undefended model's weights) and ``meta.json``
+(model config, layers, training settings and history).
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from robustlab import __version__
 from robustlab.assemble import ModelConfig
 from robustlab.attacks.universal import UniversalPerturbation, apply
 from robustlab.data import Dataset, load_dataset, sample
+from robustlab.defenses.base import DONE_FILE, PrepareContext
 from robustlab.defenses.regeneration import (
-    add_regeneration,
-    fru_state,
+    RegenerationDefense,
     restoration_accuracy,
-    train_frus,
     universal_perturbation,
 )
 from robustlab.io import (
@@ -68,40 +68,38 @@ def train_sfr(
     quiet: bool = False,
     command: str = "",
 ) -> dict[str, Any]:
-    """Train FRUs on ``layers`` of a run against ``attack`` perturbations; write ``out``."""
+    """Train FRUs on ``layers`` of a run against ``attack`` perturbations; write ``out``.
+
+    A front-end over :class:`~robustlab.defenses.regeneration.RegenerationDefense` (the
+    spec's ``regenerate`` defense): its ``prepare`` computes the perturbations and trains the
+    units into ``out``; this adds the base weights and a ``meta.json`` that make the
+    directory self-contained."""
     out = Path(out)
     prepare_output(out / "meta.json", force)
     base_meta = read_meta(run)
     base = load(run, device)
-    add_regeneration(base, layers, fraction)  # bad layer names fail here, before any attack
+    defense = RegenerationDefense(
+        layers=tuple(layers), fraction=fraction, attack=attack, xi=xi, uaps=uaps, epochs=epochs,
+        train_limit=train_limit, batch_size=batch_size, lr=lr, attack_images=attack_images,
+    )  # fmt: skip
+    defense.resolve_layers(base)  # bad layer names fail here, before any attack
     if force:  # --force recomputes everything, the cached perturbations too
         shutil.rmtree(out / "perturbations", ignore_errors=True)
-    data = _train_split(base_meta, train_limit, seed)
-    pixels, _ = data.tensors(device)
-    perturbations = []
-    for k in range(uaps):  # each from its own seeded subset of the training images
-        pick = torch.randperm(
-            len(pixels), generator=torch.Generator().manual_seed(derive_seed(seed, k))
-        )
-        params = {"xi": xi, "seed": derive_seed(seed, "uap", k)}
-        cache = out / "perturbations" / f"train-{attack}-{k}.safetensors"
-        found = universal_perturbation(
-            cache, base, attack, pixels[pick[:attack_images].to(device)], params
-        )
-        perturbations.append(found.delta.to(device))
-    defended = add_regeneration(base, layers, fraction).to(device)
-    history = train_frus(
-        defended, data, perturbations, xi, epochs=epochs, batch_size=batch_size, lr=lr,
-        seed=seed, device=device, quiet=quiet,
+    info = base_meta["dataset"]
+    context = PrepareContext(
+        train=load_dataset(info["name"], "train", info.get("data_dir")),
+        test=load_dataset(info["name"], "test", info.get("data_dir")),
+        base_config=ModelConfig.from_dict(base_meta["model"]),
+        device=torch.device(device), seed=seed, quiet=quiet,
     )  # fmt: skip
-    defended.eval()
+    defense.prepare(base, out, context)
     save_tensors(out / "base.safetensors", base.state_dict())
-    save_tensors(out / "fru.safetensors", fru_state(defended))
     meta = {
         "format": SFR_FORMAT, "version": __version__, "model": base_meta["model"],
         "dataset": base_meta["dataset"], "base_run": str(run), "layers": list(layers),
         "fraction": fraction, "attack": attack, "xi": xi, "uaps": uaps, "epochs": epochs,
-        "train_limit": train_limit, "seed": seed, "history": history, "command": command,
+        "train_limit": train_limit, "seed": seed,
+        "history": read_json(out / DONE_FILE)["history"], "command": command,
     }  # fmt: skip
     write_json(out / "meta.json", meta)
     return meta
@@ -121,13 +119,9 @@ def load_sfr(
         raise RobustlabError(f"{directory}/meta.json: unknown format {meta.get('format')!r}")
     base = ModelConfig.from_dict(meta["model"]).build()
     base.load_state_dict(load_tensors(directory / "base.safetensors")[0])
-    defended = add_regeneration(base, meta["layers"], meta["fraction"])
-    fru, _ = load_tensors(directory / "fru.safetensors")
-    missing = set(fru_state(defended)) - set(fru)
-    if missing:
-        raise RobustlabError(f"{directory}/fru.safetensors lacks {sorted(missing)[0]}; retrain")
-    defended.load_state_dict({**defended.state_dict(), **fru})
-    return base.to(device).eval(), defended.to(device).eval(), meta
+    base = base.to(device).eval()
+    defense = RegenerationDefense(layers=tuple(meta["layers"]), fraction=meta["fraction"])
+    return base, defense.wrap(base, directory), meta
 
 
 def _evaluation_perturbation(
