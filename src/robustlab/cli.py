@@ -625,6 +625,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"robustlab: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `robustlab ... | head`: the reader left, nothing went wrong here
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (no second error when Python flushes)
+        return 0
     except OSError as err:  # read-only or full disk, a path that is a file, a missing file
         if debug:
             raise
