@@ -272,6 +272,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(markdown(records))
     print(f"results: {args.out}/results.md, results.csv, results.json")
+    print(f"where the time went: robustlab timings {args.out}")
     if args.report:
         from robustlab.report import write_report
 
