@@ -337,6 +337,20 @@ def test_list_names_every_defense_by_kind(capsys: pytest.CaptureFixture[str]) ->
     assert set(lines["input defenses (spec keys)"].split(", ")) == purify
 
 
+def test_the_command_line_and_specs_build_the_same_training_defenses() -> None:
+    from robustlab.cli import _training_defenses, build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--dataset", "digits", "--arch", "lenet", "--out", "unused",
+         "--defect", "bottom:0.1", "--mask-seed", "3", "--regularizer", "dropblock",
+         "--thermometer", "8", "--label-smoothing", "0.1", "--adv-train", "8:2:5"]
+    )  # fmt: skip
+    entry = {"defect": "bottom:0.1", "mask_seed": 3, "regularizer": "dropblock",
+             "thermometer": 8, "label_smoothing": 0.1, "adv_train": "8:2:5"}  # fmt: skip
+    from_spec = parse_spec({**BASE, "models": {"m": entry}}).models["m"].training
+    assert _training_defenses(args) == from_spec and len(from_spec) == 5
+
+
 @pytest.mark.parametrize(
     "entry, message",
     [

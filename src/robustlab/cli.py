@@ -6,12 +6,16 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from robustlab import __version__
 from robustlab.io import RobustlabError
 from robustlab.units import from_255
+
+if TYPE_CHECKING:  # the command line imports torch-heavy modules only when a command runs
+    from robustlab.defenses.training_time import TrainingDefense
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -110,10 +114,20 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.set_defaults(handler=_train)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _training_defenses(args: argparse.Namespace) -> tuple[TrainingDefense, ...]:
+    """``robustlab train``'s defense options, through the function spec entries use."""
     from dataclasses import replace
 
     from robustlab.defenses.registry import training_defenses
+
+    defect = replace(args.defect, seed=args.mask_seed) if args.defect is not None else None
+    return training_defenses(
+        defect=defect, regularizer=args.regularizer, thermometer=args.thermometer,
+        label_smoothing=args.label_smoothing, adv_train=args.adv_train,
+    )  # fmt: skip
+
+
+def _train(args: argparse.Namespace) -> int:
     from robustlab.experiments.jobs import train_model
     from robustlab.training import FastPath, TrainConfig
 
@@ -122,13 +136,9 @@ def _train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, milestones=args.milestones, pad=args.pad,
         flip=not args.no_flip, seed=args.seed, schedule=args.schedule,
     )  # fmt: skip
-    defect = replace(args.defect, seed=args.mask_seed) if args.defect is not None else None
-    defenses = training_defenses(
-        defect=defect, regularizer=args.regularizer, thermometer=args.thermometer,
-        label_smoothing=args.label_smoothing, adv_train=args.adv_train,
-    )  # fmt: skip
     meta = train_model(
-        dataset=args.dataset, arch=args.arch, out=args.out, config=config, defenses=defenses,
+        dataset=args.dataset, arch=args.arch, out=args.out, config=config,
+        defenses=_training_defenses(args),
         options={"width": args.width} if args.width is not None else None,
         data_dir=args.data_dir, download=args.download, train_limit=args.train_limit,
         test_limit=args.test_limit, resume=args.resume, force=args.force, device=args.device,
