@@ -127,7 +127,8 @@ def test_thermometer_declares_bpda_and_its_view_has_gradients() -> None:
 
 
 def test_dependencies_run_one_way() -> None:
-    """models know no defenses (robustlab.assemble adds them) and io knows no models."""
+    """models know no defenses (robustlab.assemble adds them), io knows no models, the
+    report knows no executor."""
     import ast
     from pathlib import Path
 
@@ -148,3 +149,6 @@ def test_dependencies_run_one_way() -> None:
         }
         assert not bad, (path.name, bad)
     assert not {m for m in imports(root / "io.py") if m.startswith("robustlab.models")}
+    for path in (root / "report").glob("*.py"):  # the report reads records, never runs them
+        executes = {"robustlab.experiments.executor", "robustlab.experiments.jobs"}
+        assert not imports(path) & executes, path.name
