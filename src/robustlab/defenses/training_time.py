@@ -5,15 +5,15 @@ with a ``name``, an attack :class:`~robustlab.defenses.base.Surface` and a ``des
 config; where those wrap a trained model, these edit the model config (``on_model``) or the
 training recipe (``on_recipe``) before training:
 
-========================  ======================================  =========================
-defense                   applies to                              surface
-========================  ======================================  =========================
-:class:`DefectMasks`      the model: fixed random neuron masks    exact gradients
-:class:`SpatialDropout`   the model: dropout2d / DropBlock        exact (eval mode: none)
-:class:`Thermometer`      the model: thermometer input encoding   BPDA (ramp per level)
-:class:`LabelSmoothing`   the recipe: smoothed targets            exact gradients
-:class:`AdversarialTraining`  the recipe: PGD examples per batch  exact gradients
-========================  ======================================  =========================
+============================  ======================================  =====================
+defense                       edits                                   attack surface
+============================  ======================================  =====================
+:class:`DefectMasks`          the model: fixed random neuron masks    exact gradients
+:class:`SpatialDropout`       the model: dropout2d / DropBlock        exact (off in eval)
+:class:`Thermometer`          the model: thermometer input encoding   BPDA (ramp per level)
+:class:`LabelSmoothing`       the recipe: smoothed targets            exact gradients
+:class:`AdversarialTraining`  the recipe: PGD examples per batch      exact gradients
+============================  ======================================  =====================
 
 The trained run is the defended model, saved like any run (safetensors + meta.json); its
 configs record the defenses, and :func:`defenses_of` reads them back. Pixel quantities are in
