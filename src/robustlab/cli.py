@@ -12,7 +12,7 @@ import numpy as np
 
 from robustlab import __version__
 from robustlab.io import RobustlabError
-from robustlab.units import from_255
+from robustlab.units import from_255, pgd_budget
 
 if TYPE_CHECKING:  # the command line imports torch-heavy modules only when a command runs
     from robustlab.defenses.training_time import TrainingDefense
@@ -48,8 +48,7 @@ def _milestones(text: str) -> tuple[int, ...]:
 
 def _adv_train(text: str) -> tuple[float, float, int]:
     try:
-        eps, step, steps = text.split(":")
-        return from_255(float(eps)), from_255(float(step)), int(steps)
+        return pgd_budget(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} must be EPS:STEP:STEPS, e.g. 8:2:7") from None
 

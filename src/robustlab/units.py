@@ -13,6 +13,13 @@ def from_255(value: float) -> float:
     return value / 255
 
 
+def pgd_budget(text: str) -> tuple[float, float, int]:
+    """``"EPS:STEP:STEPS"`` in 0-255 units (adversarial training's PGD, e.g. ``"8:2:7"``) as
+    ε and step in [0, 1] and a step count; ValueError when it is not of that form."""
+    eps, step, steps = str(text).split(":")
+    return from_255(float(eps)), from_255(float(step)), int(steps)
+
+
 def to_unit(params: dict[str, Any]) -> dict[str, Any]:
     """Parameters with their 0-255 pixel quantities (eps, step, xi) in [0, 1] units."""
     return {k: (from_255(v) if k in PIXEL_UNITS and isinstance(v, int | float) else v)

@@ -55,7 +55,7 @@ from robustlab.io import RobustlabError
 from robustlab.models import available as available_archs
 from robustlab.models.external import FACTORY_HINT, is_external
 from robustlab.training import TrainConfig
-from robustlab.units import PIXEL_UNITS, to_unit
+from robustlab.units import PIXEL_UNITS, pgd_budget, to_unit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -272,9 +272,7 @@ def _training_defenses(name: str, merged: dict[str, Any]) -> tuple[TrainingDefen
     adversarial = None
     if "adv_train" in merged:
         try:
-            eps, step, steps = str(merged["adv_train"]).split(":")
-            unit = to_unit({"eps": float(eps), "step": float(step)})
-            adversarial = (unit["eps"], unit["step"], int(steps))
+            adversarial = pgd_budget(merged["adv_train"])
         except ValueError:
             raise ValueError(f"{where} adv_train must be \"EPS:STEP:STEPS\" in 0-255 units, "
                              f"e.g. \"8:2:7\"; got {merged['adv_train']!r}") from None  # fmt: skip
