@@ -76,15 +76,16 @@ def test_timing_log_accounts_for_the_work_once(tiny_results) -> None:
 
 
 def test_nested_timing_counts_once(tmp_path: Path) -> None:
-    log = TimingLog(tmp_path / "t.jsonl")
+    now = [0.0]  # a clock the test moves: no sleeping, no dependence on the machine's speed
+    log = TimingLog(tmp_path / "t.jsonl", clock=lambda: now[0])
     with log.timed("record", "outer"):
-        time.sleep(0.05)
+        now[0] += 2.0
         with log.timed("train", "inner"):
-            time.sleep(0.3)
+            now[0] += 5.0
+        now[0] += 1.0
     inner, outer = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
-    assert inner["name"] == "inner" and inner["seconds"] >= 0.3
-    # the outer piece excludes the inner one: about 0.05 s (inclusive it would be >= 0.35)
-    assert 0.05 <= outer["seconds"] < inner["seconds"]
+    assert (inner["name"], inner["seconds"]) == ("inner", 5.0)
+    assert (outer["name"], outer["seconds"]) == ("outer", 3.0)  # 8 s less the inner 5
     with pytest.raises(RobustlabError, match="no timing log"):
         summarize(tmp_path / "nowhere")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,21 +27,21 @@ LOG_FILE = "timings.jsonl"
 class TimingLog:
     """Appends exclusive wall seconds of nested pieces of work to ``path``."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.path, self.clock = path, clock
         self._nested: list[float] = []  # seconds of timed work inside each open piece
 
     @contextmanager
     def timed(self, kind: str, name: str) -> Iterator[dict[str, Any]]:
         """Time the enclosed work; the dict yielded takes fields to log with it."""
         what: dict[str, Any] = {"kind": kind, "name": name}
-        start = time.perf_counter()
+        start = self.clock()
         self._nested.append(0.0)
         try:
             yield what
         finally:
             nested = self._nested.pop()
-        elapsed = time.perf_counter() - start
+        elapsed = self.clock() - start
         if self._nested:
             self._nested[-1] += elapsed
         what["seconds"] = round(elapsed - nested, 3)
