@@ -18,6 +18,7 @@ from robustlab.models.external import (
     ExternalNet,
     defect_layers,
     read_state_dict,
+    trusting,
     resolve_factory,
 )
 from robustlab.runs import load, read_meta
@@ -46,11 +47,14 @@ def test_a_factory_runs_through_a_whole_spec(tmp_path: Path) -> None:
     meta = read_meta(pretrained)
     assert meta["imported"]["weights"] == str(weights.resolve()) and "train" not in meta
     assert meta["model"]["arch"] == "tests.factories:tiny_cnn" and meta["model"]["std"] == [0.25]
-    model = load(pretrained)
+    with pytest.raises(RobustlabError, match="--trust-factory tests.factories:tiny_cnn"):
+        load(pretrained)  # outside the spec that named it, the factory is not trusted
+    with trusting(["tests.factories:tiny_cnn"]):
+        model = load(pretrained)
+        defective = load(next(runs.glob("user_defective-*")))
     assert isinstance(model, ExternalNet)
     expected = torch.load(weights, weights_only=True)
     torch.testing.assert_close(model.net[0].weight, expected["0.weight"])  # the user's weights
-    defective = load(next(runs.glob("user_defective-*")))
     masked = [n for n, m in defective.named_modules() if hasattr(m, "defect_mask")]
     assert masked == ["net.1", "net.4", "net.7"]  # the first three BatchNorm layers
 

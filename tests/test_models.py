@@ -75,7 +75,7 @@ def test_model_config_round_trip() -> None:
         "dropout2d",
         options={"width": 8},
     )
-    again = ModelConfig.from_dict(config.to_dict())
+    again = ModelConfig.from_dict(config.to_dict(), origin="test")
     assert again == config
     torch.manual_seed(0)
     a = config.build()
@@ -97,7 +97,7 @@ def test_thermometer_encoding_bits() -> None:
     model.eval()(x).sum().backward()
     assert x.grad is not None and torch.count_nonzero(x.grad) == 0  # gradient masking
     config = ModelConfig("resnet8", thermometer=16)
-    assert ModelConfig.from_dict(config.to_dict()).build().encode.levels == 16
+    assert ModelConfig.from_dict(config.to_dict(), origin="test").build().encode.levels == 16
 
 
 def test_whitebox_attack_on_thermometer_model_sees_zero_gradient() -> None:

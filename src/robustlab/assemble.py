@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,10 +19,11 @@ from torch import nn
 
 from robustlab.defenses.baselines import ThermometerEncoding, make_regularizer
 from robustlab.defenses.defective import DefectSpec, make_defective
+from robustlab.io import RobustlabError
 from robustlab.models import BlockNet
 from robustlab.models import build as build_plain
 from robustlab.models.base import Widths, resolve_blocks
-from robustlab.models.external import build_external, defect_layers, is_external
+from robustlab.models.external import build_external, check_trusted, defect_layers, is_external
 
 
 def build_model(
@@ -121,11 +123,33 @@ class ModelConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+    def from_dict(cls, data: dict[str, Any], *, origin: str | Path) -> ModelConfig:
+        """The config stored in the file ``origin`` (a run's meta.json, an SFR directory).
+
+        Files are data: the architecture must be one :func:`check_trusted` allows (a factory
+        read from a file runs only when the user named it) and every option a JSON value."""
+        if not isinstance(data, dict):
+            raise RobustlabError(f"{origin}: the model config is not a JSON object; restore it")
         data = dict(data)
+        check_trusted(data.get("arch"), origin)
+        options = data.get("options", {})
+        if not isinstance(options, dict) or not _plain_data(options):
+            raise RobustlabError(f"{origin}: model options must be JSON data; restore the file")
         if data.get("defect") is not None:
             data["defect"] = DefectSpec.from_dict(data["defect"])
         for key in ("mean", "std"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
+
+
+def _plain_data(value: Any) -> bool:
+    """True for what JSON holds (numbers, strings, booleans, null, lists and string-keyed
+    tables of them): arguments read from a file are data, never callables."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return True
+    if isinstance(value, list):
+        return all(_plain_data(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
+    return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -59,6 +60,14 @@ def _add_data_args(parser: argparse.ArgumentParser, dataset_required: bool = Tru
     )
     parser.add_argument("--data-dir", help="folder (or archive) holding the dataset's files")
     parser.add_argument("--download", action="store_true", help="download the dataset if missing")
+
+
+def _add_trust_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-factory", action="append", default=[], metavar="MODULE:FUNCTION",
+        help="import this model factory when a run's meta.json names it (files never name code "
+        "robustlab runs on their own; also ROBUSTLAB_TRUST=A,B); repeatable",
+    )  # fmt: skip
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -155,6 +164,7 @@ def _add_eval_clean_parser(sub: argparse._SubParsersAction) -> None:  # type: ig
     p.add_argument("--data-dir", help="override the dataset folder recorded in the run")
     p.add_argument("--limit", type=int, help="evaluate a seeded random subset of N images")
     p.add_argument("--device", default="auto")
+    _add_trust_arg(p)
     p.set_defaults(handler=_eval_clean)
 
 
@@ -201,6 +211,7 @@ def _add_attack_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--out", required=True, help="adversarial set file (.npz)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.add_argument("--quiet", action="store_true")
+    _add_trust_arg(p)
     p.set_defaults(handler=_attack)
 
 
@@ -246,6 +257,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--device", default="auto")
     p.add_argument("--report", action="store_true", help="also write RESULTS/report.html")
     p.add_argument("--quiet", action="store_true")
+    _add_trust_arg(p)
     p.set_defaults(handler=_run)
 
 
@@ -296,13 +308,18 @@ def _add_report_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     )
     p.add_argument("results", help="results directory of `robustlab run`")
     p.add_argument("--out", help="HTML file to write (default RESULTS/report.html)")
+    p.add_argument(
+        "--force", action="store_true",
+        help="replace an existing --out that is not a robustlab report (never an input)",
+    )  # fmt: skip
+    _add_trust_arg(p)
     p.set_defaults(handler=_report)
 
 
 def _report(args: argparse.Namespace) -> int:
     from robustlab.report import write_report
 
-    print(f"report: {write_report(args.results, args.out)}")
+    print(f"report: {write_report(args.results, args.out, force=args.force)}")
     return 0
 
 
@@ -439,6 +456,7 @@ def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "layers", help="list a run's Conv2d layer names; 'auto' marks those layers = \"auto\" picks"
     )
     layers.add_argument("run")
+    _add_trust_arg(layers)
     layers.set_defaults(handler=_sfr_layers)
     train = sfr.add_parser(
         "train",
@@ -462,6 +480,7 @@ def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     train.add_argument("--out", required=True, help="SFR directory to write")
     train.add_argument("--force", action="store_true")
     train.add_argument("--quiet", action="store_true")
+    _add_trust_arg(train)
     train.set_defaults(handler=_sfr_train)
     ev = sfr.add_parser(
         "eval",
@@ -486,6 +505,7 @@ def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ev.add_argument("--n", type=int, default=1000, help="test images (1000)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="auto")
+    _add_trust_arg(ev)
     ev.set_defaults(handler=_sfr_eval)
 
 
@@ -561,7 +581,7 @@ def _add_universal_parser(sub: argparse._SubParsersAction) -> None:  # type: ign
     imp.add_argument("--crop", type=int, help="centre crop to CROP x CROP")
     imp.add_argument("--dataset", help="HDF5 dataset name (default: the file's only one)")
     imp.add_argument("--out", required=True, help="output file, e.g. uap-resnet50.safetensors")
-    imp.add_argument("--force", action="store_true", help="replace an existing OUT")
+    imp.add_argument("--force", action="store_true", help="replace an existing OUT (not FILE)")
     imp.set_defaults(handler=_universal_import)
 
 
@@ -569,7 +589,7 @@ def _universal_import(args: argparse.Namespace) -> int:
     from robustlab.attacks.universal.importing import import_perturbation
     from robustlab.io import prepare_output
 
-    out = prepare_output(args.out, args.force)
+    out = prepare_output(args.out, args.force, inputs=[args.file])
     found = import_perturbation(args.file, args.layout, channel_order=args.channel_order,
                                 scale=args.scale, crop=args.crop, dataset=args.dataset)  # fmt: skip
     found.save(out)
@@ -594,6 +614,15 @@ def _list(_: argparse.Namespace) -> int:
     for kind, spellings in registry.available().items():
         print(f"{kind} defenses (spec keys):", ", ".join(spellings))
     return 0
+
+
+def _trusted(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
+    """The factories named by --trust-factory, trusted while the command runs."""
+    if not getattr(args, "trust_factory", None):
+        return contextlib.nullcontext()  # and no torch import for commands that load no model
+    from robustlab.models.external import trusting
+
+    return trusting(args.trust_factory)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -629,7 +658,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (one printer: rank 0)
     debug = debug or os.environ.get("ROBUSTLAB_DEBUG", "") not in ("", "0")
     try:
-        return handler(args)
+        with _trusted(args):
+            return handler(args)
     except (RobustlabError, ValueError) as err:
         if debug:
             raise

@@ -8,13 +8,20 @@ here unpickles: checkpoints and adversarial sets are safetensors plus JSON.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
+import inspect
 import io
 import json
 import os
+import re
+import socket
+import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import torch
@@ -157,10 +164,177 @@ def check_writable(directory: str | Path) -> None:
         ) from None
 
 
-def prepare_output(path: str | Path, force: bool) -> Path:
-    """Check that ``path`` may be written: refuse to replace an existing one without ``force``."""
+def prepare_output(
+    path: str | Path, force: bool, *, inputs: Iterable[str | Path] = ()
+) -> Path:
+    """Check that ``path`` may be written: refuse to replace an existing one without ``force``,
+    and refuse always when it is, or lies inside, one of the command's ``inputs``."""
     path = Path(path)
+    for source in inputs:
+        if is_within(path, source):
+            raise RobustlabError(f"{path} would overwrite the input {source}; choose another "
+                                 "output path")  # fmt: skip
     if path.exists() and not force:
         raise RobustlabError(f"{path} already exists; pass --force to overwrite it")
     check_writable(path.parent)
     return path
+
+
+def is_within(path: str | Path, root: str | Path) -> bool:
+    """True when ``path`` is ``root`` or inside it (links resolved)."""
+    path, root = Path(path).resolve(), Path(root).resolve()
+    return path == root or root in path.parents
+
+
+# Names from specs (models, attacks, protocols, experiments) become file and folder names and
+# table cells: identifiers only, so none is a path (no "/", no ".." or leading "."), a
+# formula (leading "=", "+", "-", "@"), a markdown cell break ("|") or a control character.
+NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
+_NAME = re.compile(NAME_PATTERN)
+
+
+def check_name(name: object, where: str) -> str:
+    """``name`` if it is an identifier (:data:`NAME_PATTERN`), else a one-line error."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(
+            f"{where}: name {name!r} is not an identifier; use letters, digits, '_', '.' and "
+            f"'-' (not first), at most 64 characters ({NAME_PATTERN})"
+        )
+    return name
+
+
+def check_title(title: object, where: str) -> str:
+    """``title`` (a protocol's heading: free text, never a path) if it is one line of printable
+    text of at most 200 characters, else a one-line error."""
+    if not isinstance(title, str) or not title.isprintable() or not 0 < len(title) <= 200:
+        raise ValueError(f"{where}: name {title!r} must be one line of printable text, at most "
+                         "200 characters")  # fmt: skip
+    return title
+
+
+def under(root: str | Path, *parts: str) -> Path:
+    """``root / part / ...``, refused when a part is absolute, holds a separator or ``..``,
+    or the result (links resolved) leaves ``root``: every path built from a name goes here."""
+    root = Path(root)
+    for part in parts:
+        if not part or part in (".", "..") or "/" in part or "\\" in part or "\0" in part:
+            raise RobustlabError(f"{part!r}: not a plain file name; names in specs and records "
+                                 f"must match {NAME_PATTERN}")  # fmt: skip
+    path = root.joinpath(*parts)
+    if not is_within(path, root):
+        raise RobustlabError(f"{path}: leaves {root} (a link?); remove it or choose another "
+                             "output folder")  # fmt: skip
+    return path
+
+
+LOCK_FILE = ".robustlab.lock"
+
+
+class FolderLock:
+    """One writer per output folder: an advisory ``flock`` on ``folder/.robustlab.lock``.
+
+    A second writer stops with one line naming the holder's PID and command (or, with
+    ``wait=True``, waits for it: cache entries that many may build). The kernel drops the
+    lock of a process that dies, so a stale lock file is simply taken over. Under
+    torch.distributed only rank 0 writes, so only rank 0 locks.
+
+    Examples
+    --------
+    >>> with FolderLock("runs/a", "robustlab train"):  # doctest: +SKIP
+    ...     ...
+    """
+
+    def __init__(self, folder: str | Path, command: str = "", *, wait: bool = False,
+                 name: str = LOCK_FILE) -> None:  # fmt: skip
+        self.path = Path(folder) / name
+        self.command, self.wait = command or " ".join(sys.argv[:3]), wait
+        self._fd: int | None = None
+        self._created: list[Path] = []  # folders made for the lock, removed again if empty
+
+    def __enter__(self) -> FolderLock:
+        if not distributed.is_main():
+            return self
+        folder = self.path.parent.absolute()
+        self._created = [p for p in (folder, *folder.parents) if not p.exists()]
+        while True:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            except OSError:
+                if self.wait:  # a read-only cache: readers need no lock, a builder fails later
+                    return self
+                raise
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                self._created = []  # the holder's folder now
+                raise RobustlabError(
+                    f"{self.path.parent} is being written by {holder}; wait for it to "
+                    "finish or choose another output folder"
+                ) from None
+            # the holder before us may have removed the file after we opened it: retry on
+            # the file that is there now, or two writers would hold two different locks
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                "since": time.time()}  # fmt: skip
+        os.write(fd, json.dumps(info).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # while locked: a waiter then retries on a fresh file
+        os.close(self._fd)
+        self._fd = None
+        for folder in self._created:  # innermost first: nothing left behind by a refusal
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _lock_holder(fd: int) -> str:
+    """'process PID (command) on HOST' from a lock file, as far as it can be read."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"process {int(info['pid'])} ({info.get('command', '?')}) on {info['host']}"
+    except (ValueError, KeyError, TypeError, OSError):
+        return "another process (it is just starting)"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def writes_output(param: str, command: str, *, file: bool = False) -> Callable[[F], F]:
+    """Decorator: the call holds the :class:`FolderLock` of its argument ``param`` (a folder;
+    with ``file``, a file, locked as ``.NAME.lock`` beside it), checked writable first, so a
+    second writer of the same output stops before any work."""
+
+    def decorate(function: F) -> F:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            target = Path(signature.bind(*args, **kwargs).arguments[param])
+            folder, name = (target.parent, f".{target.name}.lock") if file else (target, LOCK_FILE)
+            check_writable(folder)
+            with FolderLock(folder, command, name=name):
+                return function(*args, **kwargs)
+
+        return locked  # type: ignore[return-value]
+
+    return decorate

@@ -7,6 +7,7 @@ version, so a run can be rebuilt exactly, without unpickling anything.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,39 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def model_config(run_dir: str | Path, meta: dict[str, Any] | None = None) -> ModelConfig:
+    """The model config of a run, as data: a factory named in its meta.json is imported only
+    when the user trusts it (:func:`robustlab.models.external.check_trusted`)."""
+    meta = read_meta(run_dir) if meta is None else meta
+    try:
+        return ModelConfig.from_dict(meta["model"], origin=Path(run_dir) / META_FILE)
+    except (TypeError, ValueError, KeyError) as err:
+        raise RobustlabError(f"{run_dir}/meta.json: malformed model config ({err})") from None
+
+
+def check_run(run_dir: str | Path, expected: ModelConfig) -> ModelConfig:
+    """The run's model config, refused unless it is ``expected`` (the config a caller keyed
+    the folder by): a folder edited to describe another model is never evaluated."""
+    config = model_config(run_dir)
+    if _as_json(config.to_dict()) != _as_json(expected.to_dict()):
+        raise RobustlabError(f"{run_dir}/meta.json describes another model than the one this "
+                             "folder is keyed by; delete the folder to retrain it")  # fmt: skip
+    return config
+
+
 def load(
-    run_dir: str | Path, device: str | torch.device = "cpu", *, allow_incomplete: bool = False
+    run_dir: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    allow_incomplete: bool = False,
+    expected: ModelConfig | None = None,
 ) -> nn.Module:
     """Rebuild the model of a run directory, in eval mode on ``device``.
 
     A run whose training was interrupted is refused unless ``allow_incomplete``: its
-    numbers would silently describe a half-trained model.
+    numbers would silently describe a half-trained model. With ``expected`` (the config a
+    caller keyed the folder by), a meta.json that describes another model is refused before
+    anything is built: the folder was edited or belongs to something else.
     """
     meta = read_meta(run_dir)
     if meta.get("complete") is False and not allow_incomplete:
@@ -63,8 +90,9 @@ def load(
             f"{run_dir}: training stopped at epoch {meta.get('epoch')} of {epochs}; finish it "
             "with the same `robustlab train ... --resume`"
         )
+    config = model_config(run_dir, meta) if expected is None else check_run(run_dir, expected)
     try:
-        model = ModelConfig.from_dict(meta["model"]).build()
+        model = config.build()
     except (TypeError, ValueError, KeyError) as err:
         raise RobustlabError(f"{run_dir}/meta.json: malformed model config ({err})") from None
     tensors, _ = load_tensors(Path(run_dir) / MODEL_FILE)
@@ -74,3 +102,7 @@ def load(
         first = str(err).splitlines()[0]
         raise RobustlabError(f"{run_dir}: weights do not match meta.json ({first})") from None
     return model.to(device).eval()
+
+
+def _as_json(data: Any) -> Any:
+    return json.loads(json.dumps(data, sort_keys=True))

@@ -40,7 +40,7 @@ from robustlab.assemble import ModelConfig
 from robustlab.attacks.pgd import PGD
 from robustlab.data import Augment, Dataset, batches
 from robustlab.evaluation.clean import accuracy
-from robustlab.io import RobustlabError, check_writable, load_tensors, save_tensors
+from robustlab.io import RobustlabError, load_tensors, save_tensors, writes_output
 from robustlab.runs import META_FILE, MODEL_FILE, read_meta, save_run
 from robustlab.seeding import derive_seed
 
@@ -134,6 +134,7 @@ class FastPath:
     compile: bool = False
 
 
+@writes_output("run_dir", "robustlab train")  # one writer: a second one stops, naming the first
 def train(
     model_config: ModelConfig,
     train_data: Dataset,
@@ -157,7 +158,6 @@ def train(
     fast = fast or FastPath()
     run_dir = Path(run_dir)
     start = _prepare_run_dir(run_dir, resume, force)
-    check_writable(run_dir)
     if start:
         _check_same_settings(run_dir, start, model_config, config)
         if start.get("epoch", 0) >= config.epochs:
@@ -168,21 +168,29 @@ def train(
         history = _load_state(run_dir / STATE_FILE, loop.model, loop.optimizer)
     meta = _run_meta(train_data, extra_meta, fast)
     for epoch in range(len(history), config.epochs):
-        stats = loop.epoch(train_data, epoch)
-        stats["test_accuracy"] = accuracy(loop.model, test_data, batch_size=512)
-        history.append(stats)
-        if not quiet:
-            tqdm.write(
-                f"epoch {epoch + 1}/{config.epochs}: loss {stats['train_loss']:.4f} "
-                f"train acc {stats['train_accuracy']:.4f} test acc {stats['test_accuracy']:.4f}"
-            )
+        _epoch(loop, epoch, train_data, test_data, history, quiet=quiet)
         _save_state(run_dir / STATE_FILE, loop.model, loop.optimizer, history)
         meta.update(
             train=config.to_dict(), history=history, epoch=epoch + 1,
-            complete=epoch + 1 == config.epochs, test_accuracy=stats["test_accuracy"],
+            complete=epoch + 1 == config.epochs, test_accuracy=history[-1]["test_accuracy"],
         )  # fmt: skip
         save_run(run_dir, loop.model, model_config, **meta)
     return read_meta(run_dir)
+
+
+def _epoch(
+    loop: _Loop, epoch: int, train_data: Dataset, test_data: Dataset,
+    history: list[dict[str, Any]], *, quiet: bool,
+) -> None:  # fmt: skip
+    """One epoch, its test accuracy appended to ``history`` (and printed unless ``quiet``)."""
+    stats = loop.epoch(train_data, epoch)
+    stats["test_accuracy"] = accuracy(loop.model, test_data, batch_size=512)
+    history.append(stats)
+    if not quiet:
+        tqdm.write(
+            f"epoch {epoch + 1}/{loop.config.epochs}: loss {stats['train_loss']:.4f} "
+            f"train acc {stats['train_accuracy']:.4f} test acc {stats['test_accuracy']:.4f}"
+        )
 
 
 def _run_meta(

@@ -25,7 +25,7 @@ from robustlab.data.readers import (
     read_image_folder,
     read_imagenet_layout,
 )
-from robustlab.io import RobustlabError, atomic_write, load_tensors, save_tensors
+from robustlab.io import FolderLock, RobustlabError, atomic_write, load_tensors, save_tensors
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -358,11 +358,19 @@ def _cached(
     name: str, source: DatasetSource, root: Path
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     path = cache_dir() / f"{name}-{_cache_key(name, root)}.safetensors"
-    if path.is_file():
-        try:
-            return load_tensors(path)
-        except RobustlabError:
-            path.unlink()  # a corrupt cache is rebuilt rather than reported
+    # one builder per cache entry: a second process waits for it, then reads its file
+    with FolderLock(path.parent, "dataset cache", wait=True, name=f".{path.name}.lock"):
+        if path.is_file():
+            try:
+                return load_tensors(path)
+            except RobustlabError:
+                path.unlink()  # a corrupt cache is rebuilt rather than reported
+        return _build_cache(path, source, root)
+
+
+def _build_cache(
+    path: Path, source: DatasetSource, root: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     splits, classes = source.reader(root)
     if source.stats is not None:
         mean, std = (list(v) for v in source.stats)

@@ -31,7 +31,7 @@ from robustlab.assemble import ModelConfig
 from robustlab.defenses.base import THERMOMETER_SURFACE, BaseDefense, Surface
 from robustlab.defenses.baselines import REGULARIZERS
 from robustlab.defenses.defective import DefectSpec
-from robustlab.runs import read_meta
+from robustlab.runs import model_config, read_meta
 from robustlab.training import TrainConfig
 
 
@@ -195,4 +195,4 @@ def configs_of(run_dir: str | Path) -> tuple[ModelConfig, TrainConfig]:
     """The model config and training recipe a run directory records (imported runs, which
     were not trained here, have the default recipe)."""
     meta = read_meta(run_dir)
-    return ModelConfig.from_dict(meta["model"]), TrainConfig.from_dict(meta.get("train") or {})
+    return model_config(run_dir, meta), TrainConfig.from_dict(meta.get("train") or {})

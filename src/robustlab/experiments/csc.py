@@ -32,10 +32,12 @@ from robustlab.io import (
     prepare_output,
     read_json,
     write_json,
+    writes_output,
 )
 from robustlab.seeding import derive_seed
 
 
+@writes_output("out", "robustlab csc learn")
 def learn_csc_dictionary(
     dataset: str,
     out: str | Path,
@@ -114,6 +116,7 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+@writes_output("out_dir", "robustlab purify")
 def purify_folder(
     in_dir: str | Path,
     out_dir: str | Path,

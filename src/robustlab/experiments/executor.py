@@ -64,12 +64,13 @@ from robustlab.experiments.spec import (
     strong_configs,
 )
 from robustlab.experiments.timings import LOG_FILE, TimingLog
-from robustlab.io import atomic_write, read_json, write_json
+from robustlab.io import atomic_write, read_json, under, write_json, writes_output
 from robustlab.models.base import eval_mode, model_device, predict
+from robustlab.models.external import is_external, trusting
 from robustlab.report.records import check_record
 from robustlab.report.robustbench import model_card, write_cards
 from robustlab.report.tables import Record, markdown, write_csv
-from robustlab.runs import read_meta
+from robustlab.runs import check_run, model_config, read_meta
 from robustlab.seeding import derive_seed
 from robustlab.training import train
 from robustlab.units import from_255, to_unit
@@ -102,6 +103,7 @@ class Executor:
 
     def run(self) -> list[Record]:
         """All protocols, in spec order; writes results.json/.csv/.md and returns the records."""
+        self.check_runs()
         records: list[Record] = []
         protocols = tqdm(
             list(enumerate(self.spec.protocols)), desc="protocols", unit="protocol",
@@ -138,7 +140,15 @@ class Executor:
             return [d for member in entry.members for d in self.run_dirs(member)]
         if entry.base is not None:
             raise ValueError(f"model {name!r} is defended: it has no run directory")
-        return [self.out / "runs" / f"{name}-{self._train_key(entry)}"]
+        return [under(self.out, "runs", f"{name}-{self._train_key(entry)}")]
+
+    def check_runs(self) -> None:
+        """Every run folder already there describes the model it is keyed by, before any work
+        (a folder edited to name other code or another model stops the run here)."""
+        for name, entry in self.spec.models.items():
+            run = self.run_dirs(name)[0] if entry.trained else None
+            if run is not None and (run / "meta.json").is_file():
+                check_run(run, self._model_config(entry))
 
     def identity(self, name: str) -> list[str]:
         """What a model is, as names of what was made: run directories, and for a defended
@@ -188,13 +198,15 @@ class Executor:
                 self._models[name] = self._defended(entry)
             else:
                 self._train(entry)
-                self._models[name] = robustlab.load(self.run_dirs(name)[0], self.device)
+                self._models[name] = robustlab.load(
+                    self.run_dirs(name)[0], self.device, expected=self._model_config(entry)
+                )
         return self._models[name]
 
     def _defended(self, entry: ModelEntry) -> nn.Module:
         assert entry.defense is not None and entry.base is not None
         base = self.model(entry.base)
-        directory = self.out / "defenses" / self.identity(entry.name)[0]
+        directory = under(self.out, "defenses", self.identity(entry.name)[0])
         if not entry.defense.is_prepared(directory):
             run = self.run_dirs(entry.base)[0]
             context = PrepareContext(
@@ -202,7 +214,7 @@ class Executor:
                 test=load_dataset(self.spec.dataset, "test", self.spec.data_dir).subset(
                     self.indices
                 ),
-                base_config=ModelConfig.from_dict(read_meta(run)["model"]),
+                base_config=model_config(run),
                 device=self.device, seed=self.spec.seed, quiet=self.quiet,
             )  # fmt: skip
             with self.timings.timed("prepare", directory.name):
@@ -458,7 +470,7 @@ class Executor:
             def compute(name: str = name, key: list[Any] = key) -> Record:
                 star = smallest_eps(self.model(name), self.x[:n], self.y[:n], search,
                                     seed=self.spec.seed)  # fmt: skip
-                path = self.out / "curves" / f"{name}-{config_hash(key)}.npz"
+                path = under(self.out, "curves", f"{name}-{config_hash(key)}.npz")
                 save_success(path, star, levels, self.indices[:n])
                 rates = accuracy_at(star, [from_255(v) for v in levels])
                 return {"protocol": "curve_cell", "target": name, "success_file": str(path),
@@ -523,7 +535,7 @@ class Executor:
         """δ of ``attack`` at strength ``xi`` (0-255) against ``victim``'s attack view, computed
         once on seeded training images and cached by everything it depends on."""
         key = config_hash([self._ids([victim]), attack, xi, attack_images, options, self.spec.seed])
-        path = self.out / "universal" / f"{attack}-{key}.safetensors"
+        path = under(self.out, "universal", f"{attack}-{key}.safetensors")
         if not path.is_file():
             train_data = load_dataset(self.spec.dataset, "train", self.spec.data_dir)
             subset = sample(train_data, attack_images, derive_seed(self.spec.seed, "uap"))
@@ -650,6 +662,7 @@ def ms_per_image(model: nn.Module, x: torch.Tensor, count: int = 64) -> float:
         return 1000 * (time.perf_counter() - start) / max(1, len(batch))
 
 
+@writes_output("out", "robustlab run")  # one writer per results directory
 def run_spec(
     spec: Spec,
     out: str | Path,
@@ -658,9 +671,14 @@ def run_spec(
     quiet: bool = False,
     command: str | None = None,
 ) -> list[Record]:
-    """Carry out ``spec`` into ``out`` (resumable); return the records."""
+    """Carry out ``spec`` into ``out`` (resumable); return the records.
+
+    One writer per results directory (a second stops, naming the first); the factories the
+    spec names are trusted while it runs (the run folders it reads back name them too)."""
     torch.manual_seed(spec.seed)
-    return Executor(spec, out, device, quiet=quiet, command=command).run()
+    factories = [entry.arch for entry in spec.models.values() if is_external(entry.arch)]
+    with trusting(factories):
+        return Executor(spec, out, device, quiet=quiet, command=command).run()
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from robustlab.data import Dataset, load_dataset, sample, sample_indices
 from robustlab.defenses.training_time import TrainingDefense, model_with, recipe_with
 from robustlab.distributed import local_device
 from robustlab.evaluation.clean import accuracy
-from robustlab.io import RobustlabError, prepare_output
+from robustlab.io import RobustlabError, prepare_output, writes_output
 from robustlab.models.external import ExternalNet, load_weights, read_state_dict
 from robustlab.runs import load, read_meta, save_run
 from robustlab.training import FastPath, TrainConfig, train
@@ -151,6 +151,7 @@ def load_sources(
     return (models[0] if len(models) == 1 else Ensemble(models).eval()), metas[0]
 
 
+@writes_output("out", "robustlab attack", file=True)
 def make_adversarial_set(
     *,
     sources: Sequence[str | Path],
@@ -170,7 +171,7 @@ def make_adversarial_set(
     quiet: bool = False,
 ) -> AdversarialSet:
     """Attack the source run(s) on ``n`` seeded test images and save the set to ``out``."""
-    out = prepare_output(out, force)
+    out = prepare_output(out, force, inputs=sources)
     build_attack(attack, nn.Identity(), **params)  # bad parameters fail before any work
     model, meta = load_sources(sources, resolve_device(device))
     name = dataset or meta["dataset"]["name"]

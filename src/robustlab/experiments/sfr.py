@@ -35,9 +35,10 @@ from robustlab.io import (
     read_json,
     save_tensors,
     write_json,
+    writes_output,
 )
 from robustlab.models.base import predict
-from robustlab.runs import load, read_meta
+from robustlab.runs import load, model_config, read_meta
 from robustlab.seeding import derive_seed
 
 SFR_FORMAT = "robustlab-sfr/1"
@@ -48,6 +49,7 @@ def _train_split(meta: dict[str, Any], limit: int | None, seed: int) -> Dataset:
     return sample(load_dataset(info["name"], "train", info.get("data_dir")), limit, seed)
 
 
+@writes_output("out", "robustlab sfr train")
 def train_sfr(
     run: str | Path,
     out: str | Path,
@@ -75,7 +77,7 @@ def train_sfr(
     units into ``out``; this adds the base weights and a ``meta.json`` that make the
     directory self-contained."""
     out = Path(out)
-    prepare_output(out / "meta.json", force)
+    prepare_output(out / "meta.json", force, inputs=[run])
     base_meta = read_meta(run)
     base = load(run, device)
     defense = RegenerationDefense(
@@ -89,7 +91,7 @@ def train_sfr(
     context = PrepareContext(
         train=load_dataset(info["name"], "train", info.get("data_dir")),
         test=load_dataset(info["name"], "test", info.get("data_dir")),
-        base_config=ModelConfig.from_dict(base_meta["model"]),
+        base_config=model_config(run, base_meta),
         device=torch.device(device), seed=seed, quiet=quiet,
     )  # fmt: skip
     defense.prepare(base, out, context)
@@ -117,7 +119,10 @@ def load_sfr(
     meta = read_json(directory / "meta.json")
     if meta.get("format") != SFR_FORMAT:
         raise RobustlabError(f"{directory}/meta.json: unknown format {meta.get('format')!r}")
-    base = ModelConfig.from_dict(meta["model"]).build()
+    try:
+        base = ModelConfig.from_dict(meta["model"], origin=directory / "meta.json").build()
+    except (TypeError, ValueError, KeyError) as err:
+        raise RobustlabError(f"{directory}/meta.json: malformed model config ({err})") from None
     base.load_state_dict(load_tensors(directory / "base.safetensors")[0])
     base = base.to(device).eval()
     defense = RegenerationDefense(layers=tuple(meta["layers"]), fraction=meta["fraction"])

@@ -51,7 +51,7 @@ from robustlab.defenses.registry import TRAINING_KEYS, defense_from_table, train
 from robustlab.defenses.training_time import TrainingDefense, recipe_with
 from robustlab.evaluation.curve import EpsilonSearch
 from robustlab.evaluation.strong import STANDARD_ATTACKS, StrongConfig
-from robustlab.io import RobustlabError
+from robustlab.io import RobustlabError, check_name, check_title
 from robustlab.models import available as available_archs
 from robustlab.models.external import FACTORY_HINT, is_external
 from robustlab.training import TrainConfig
@@ -194,6 +194,11 @@ def parse_spec(raw: dict[str, Any], default_name: str = "experiment") -> Spec:
         raise ValueError(f"[experiment] dataset {dataset!r} is missing or unknown; "
                          f"use one of {', '.join(available_datasets())}")  # fmt: skip
     defaults = raw.get("train", {})
+    for section in ("models", "attacks"):
+        for name in raw.get(section, {}):
+            check_name(name, f"[{section}]")  # names become folder names and table cells
+    if "name" in experiment:
+        check_name(experiment["name"], "[experiment]")
     models = {
         name: _model(name, defaults, entry or {}) for name, entry in raw.get("models", {}).items()
     }
@@ -495,6 +500,8 @@ def _protocol(
     unknown = set(entry) - PROTOCOLS[kind] - {"type", "name"}
     if unknown:
         raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    if "name" in entry:
+        check_title(entry["name"], where)
     for key in ("sources", "targets", "models"):
         for model in entry.get(key, []):
             if model not in models:

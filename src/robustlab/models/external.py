@@ -6,6 +6,14 @@ An architecture name with a colon names a factory instead of a zoo model:
 - ``"timm:resnet18"``: ``timm.create_model("resnet18", pretrained=False)``;
 - ``"mypackage.models:make_net"``: ``mypackage.models.make_net()``.
 
+**Trust.** Importing a ``package.module:function`` runs its code, so robustlab imports one
+only when the user names it: on the command line (``--arch``, ``--trust-factory``), in the
+spec being run, or in ``ROBUSTLAB_TRUST`` (comma-separated factory names). A factory name
+read back from a file (a run's ``meta.json``, the spec copy in ``results.json``, an SFR
+directory) is checked with :func:`check_trusted` and refused otherwise. ``torchvision:NAME``
+and ``timm:NAME`` are looked up in those libraries' model registries (never imported by
+name), so they need no trust; zoo names are looked up in robustlab's registry.
+
 Factory keyword arguments come from the model options' ``factory_args`` (e.g.
 ``{num_classes = 10}``). The network is wrapped in :class:`ExternalNet`, which normalises
 pixels in [0, 1] with the given mean/std first, as every robustlab model does. Nothing is
@@ -17,8 +25,12 @@ optional.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable, Sequence
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +44,51 @@ EXTRAS = {"torchvision": "torchvision", "timm": "timm"}
 FACTORY_HINT = "a factory: torchvision:NAME, timm:NAME, package.module:function"
 
 
+TRUST_ENV = "ROBUSTLAB_TRUST"
+REGISTRY_SOURCES = ("torchvision", "timm")  # model names looked up in a registry, not imported
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_granted: ContextVar[frozenset[str]] = ContextVar("trusted_factories", default=frozenset())
+
+
 def is_external(arch: str) -> bool:
     """True for a factory name (``source:name``), False for a zoo architecture."""
     return ":" in arch
+
+
+def trusted_factories() -> frozenset[str]:
+    """The factories the user named: :func:`trusting` blocks and ``ROBUSTLAB_TRUST``."""
+    from_env = {n.strip() for n in os.environ.get(TRUST_ENV, "").split(",") if n.strip()}
+    return _granted.get() | from_env
+
+
+@contextlib.contextmanager
+def trusting(names: Iterable[str]) -> Iterator[None]:
+    """Within the block, also trust the factories ``names`` (those the user named)."""
+    token = _granted.set(_granted.get() | {n for n in names if is_external(n)})
+    try:
+        yield
+    finally:
+        _granted.reset(token)
+
+
+def check_trusted(arch: object, origin: str | Path) -> str:
+    """``arch`` read from the file ``origin``, if building it runs no code the user did not
+    name (module docstring); else a one-line error naming the factory and the fix."""
+    if not isinstance(arch, str):
+        raise RobustlabError(f"{origin}: architecture {arch!r} is not a name; restore the file")
+    if not is_external(arch):
+        return arch  # a zoo name: looked up in the registry by models.build
+    source, _, name = arch.partition(":")
+    if source in REGISTRY_SOURCES:
+        if not _MODEL_NAME.fullmatch(name):
+            raise RobustlabError(f"{origin}: {source} model name {name!r} is not a plain name")
+        return arch
+    if arch not in trusted_factories():
+        raise RobustlabError(
+            f"{origin} names the factory {arch!r}, and robustlab imports no code named in a "
+            f"file; if you trust it, pass --trust-factory {arch} (or set {TRUST_ENV}={arch})"
+        )
+    return arch
 
 
 def resolve_factory(arch: str) -> Callable[..., nn.Module]:

@@ -16,10 +16,19 @@ from torch import nn
 import robustlab
 from robustlab.attacks import AdversarialSet, load_set
 from robustlab.data import load_dataset
-from robustlab.io import RobustlabError, atomic_write, read_json
+from robustlab.io import (
+    RobustlabError,
+    atomic_write,
+    check_name,
+    check_writable,
+    is_within,
+    read_json,
+    under,
+)
 from robustlab.report import figures
 from robustlab.report.galleries import defense_galleries, prediction_pairs
 from robustlab.report.html import (
+    GENERATOR,
     esc,
     image,
     name_link,
@@ -41,10 +50,19 @@ Record = dict[str, Any]
 
 
 def write_report(
-    results_dir: str | Path, out: str | Path | None = None, gallery_size: int = 6
+    results_dir: str | Path,
+    out: str | Path | None = None,
+    gallery_size: int = 6,
+    *,
+    force: bool = False,
 ) -> Path:
-    """Build the report of ``results_dir``; return the path of the HTML file."""
+    """Build the report of ``results_dir``; return the path of the HTML file.
+
+    ``out`` (default ``RESULTS/report.html``) may replace a report robustlab wrote; any other
+    existing file only with ``force``, and never one of the report's inputs (a file of the
+    results directory that is not an HTML page)."""
     results_dir = Path(results_dir)
+    out = _report_path(results_dir, out, force)
     if not (results_dir / "results.json").is_file():
         raise RobustlabError(
             f"{results_dir}: no results.json; run `robustlab run SPEC --out {results_dir}` first"
@@ -55,7 +73,6 @@ def write_report(
         if problem is not None:
             raise RobustlabError(f"{results_dir}/results.json record {index}: {problem}; re-run "
                                  "`robustlab run` with this robustlab to rewrite it")  # fmt: skip
-    out = Path(out) if out is not None else results_dir / "report.html"
     pictures: dict[str, bytes] = {}
     sections = _sections(results, results_dir, pictures, gallery_size)
     title = (
@@ -68,6 +85,29 @@ def write_report(
         with atomic_write(figure_dir / f"{name}.png") as handle:
             handle.write(png)
     return out
+
+
+def _report_path(results_dir: Path, out: str | Path | None, force: bool) -> Path:
+    """Where the page goes, checked before any work (see :func:`write_report`)."""
+    if out is None:
+        return results_dir / "report.html"
+    out = Path(out)
+    if is_within(out, results_dir) and (out.suffix != ".html" or out.is_dir()):
+        raise RobustlabError(f"{out}: the report would overwrite a file of its input "
+                             f"{results_dir}; choose an .html path")  # fmt: skip
+    if out.exists() and not force and not _is_report(out):
+        raise RobustlabError(f"{out} exists and is not a robustlab report; pass --force to "
+                             "replace it, or choose another --out")  # fmt: skip
+    check_writable(out.parent)
+    return out
+
+
+def _is_report(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return GENERATOR.encode() in handle.read(4096)
+    except OSError:
+        return False
 
 
 def _sections(
@@ -308,7 +348,7 @@ def _gallery(
     fooled = np.flatnonzero(adv_set.fooled_source)[:size]
     if not len(fooled):
         return None
-    meta = robustlab.runs.read_meta(adv_set.config["sources"][0])
+    meta = robustlab.runs.read_meta(_source_run(results_dir, adv_set))
     classes = meta["dataset"]["classes"]
     # the set records the folder its images came from (older sets: the source run does)
     data_dir = adv_set.config.get("data_dir") or meta["dataset"].get("data_dir")
@@ -330,6 +370,12 @@ def _pick_set(results_dir: Path) -> AdversarialSet | None:
     return sets[0] if sets else None
 
 
+def _source_run(results_dir: Path, adv_set: AdversarialSet) -> Path:
+    """The set's source run, looked up in this results directory by folder name (a path
+    recorded in a file is data: the report reads nothing outside the folder it shows)."""
+    return under(results_dir, "runs", Path(str(adv_set.config["sources"][0])).name)
+
+
 def _gallery_targets(records: list[Record], spec: dict[str, Any]) -> list[str]:
     preferred = [t for t in ("standard", "defective") if t in spec.get("models", {})]
     if len(preferred) == 2:
@@ -339,6 +385,7 @@ def _gallery_targets(records: list[Record], spec: dict[str, Any]) -> list[str]:
 
 def _load(results_dir: Path, name: str) -> nn.Module | None:
     """The newest run of model ``name`` in the results directory."""
+    check_name(name, f"{results_dir}/results.json model")
     runs = sorted(
         (results_dir / "runs").glob(f"{name}-*/meta.json"), key=lambda p: p.stat().st_mtime
     )

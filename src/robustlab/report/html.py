@@ -115,12 +115,17 @@ def transfer_tables(records: Sequence[Record], spec: dict[str, Any], command: st
     return "".join(parts)
 
 
+# marks a page robustlab wrote: `robustlab report --out` replaces such a file, no other
+GENERATOR = '<meta name="generator" content="robustlab report">'
+
+
 def page(title: str, sections: Sequence[tuple[str, str]]) -> str:
     """The whole document: a heading, a contents list and the sections."""
     contents = "".join(f'<li><a href="#{esc(anchor(s))}">{esc(s)}</a></li>' for s, _ in sections)
     body = "".join(f'<h2 id="{esc(anchor(s))}">{esc(s)}</h2>{content}' for s, content in sections)
     return (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR}'
+        f"<title>{esc(title)}</title>"
         f"<style>{STYLE}</style></head><body><h1>{esc(title)}</h1><ul>{contents}</ul>{body}"
         "</body></html>"
     )

@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from robustlab.io import write_json
+from robustlab.io import under, write_json
 
 Record = dict[str, Any]
 
@@ -83,4 +83,4 @@ def write_cards(out: Path, cards: list[dict[str, Any]]) -> None:
     for card in cards:
         check_card(card)
     for card in cards:
-        write_json(out / "robustbench" / f"{card['name']}.json", card)
+        write_json(under(out, "robustbench", f"{card['name']}.json"), card)

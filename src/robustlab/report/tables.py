@@ -42,10 +42,10 @@ def write_csv(path: Path, records: list[Record]) -> None:
             writer.writerow(
                 [
                     r["protocol"],
-                    r.get("source", ""),
-                    r.get("target", ""),
-                    r.get("attack", ""),
-                    metric,
+                    csv_text(r.get("source", "")),
+                    csv_text(r.get("target", "")),
+                    csv_text(r.get("attack", "")),
+                    csv_text(metric),
                     rate["hits"],
                     rate["n"],
                     rate["rate"],
@@ -55,6 +55,19 @@ def write_csv(path: Path, records: list[Record]) -> None:
             )
     with atomic_write(path, "w") as handle:
         handle.write(buffer.getvalue())
+
+
+def csv_text(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a string that starts like a formula ("=",
+    "+", "-", "@", a tab or a carriage return) gets a leading apostrophe (OWASP's advice)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def md_cell(text: str) -> str:
+    """A markdown table cell: "|" escaped and line breaks as spaces, so no cell breaks a row."""
+    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def _flat_rates(record: Record) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -82,7 +95,7 @@ def _table(title: str, headers: list[str], rows: list[list[str]]) -> list[str]:
         return []
     return [
         f"## {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
-        *("| " + " | ".join(row) + " |" for row in rows), "",
+        *("| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows), "",
     ]  # fmt: skip
 
 
@@ -276,7 +289,7 @@ def comparison_markdown(rows: list[ComparisonRow]) -> list[str]:
         cells.append(_cost_text(row))
         cells.append(str(row.added_parameters) if row.added_parameters is not None else "—")
         cells.append(", ".join(row.flags) or "—")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
     lines += [
         "",
         "Universal restoration: (clean + perturbed top-1) / (2 × the base model's clean "
