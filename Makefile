@@ -32,6 +32,7 @@ demo: setup data
 DEVICE ?= cpu
 test: setup
 	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/python -m pytest --device $(DEVICE)
 

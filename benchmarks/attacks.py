@@ -79,13 +79,25 @@ def gradient_attacks(args: argparse.Namespace) -> list[tuple[str, float, float, 
     y = torch.randint(0, 10, (args.batch,), device=args.device)
     eps, step, steps = 16 / 255, 1 / 255, 20
     cases = [
-        ("PGD-20", PGD(model, eps, step, steps),
-         torchattacks.PGD(model, eps=eps, alpha=step, steps=steps, random_start=False), steps),
-        ("MI-FGSM-20", MIFGSM(model, eps, step, steps),
-         torchattacks.MIFGSM(model, eps=eps, alpha=step, steps=steps), steps),
-        ("CW-L2 (c=1, 100 steps)", CW(model, c=1.0, steps=100, search_steps=1),
-         torchattacks.CW(model, c=1.0, kappa=0, steps=100, lr=0.01), None),
-    ]  # fmt: skip
+        (
+            "PGD-20",
+            PGD(model, eps, step, steps),
+            torchattacks.PGD(model, eps=eps, alpha=step, steps=steps, random_start=False),
+            steps,
+        ),
+        (
+            "MI-FGSM-20",
+            MIFGSM(model, eps, step, steps),
+            torchattacks.MIFGSM(model, eps=eps, alpha=step, steps=steps),
+            steps,
+        ),
+        (
+            "CW-L2 (c=1, 100 steps)",
+            CW(model, c=1.0, steps=100, search_steps=1),
+            torchattacks.CW(model, c=1.0, kappa=0, steps=100, lr=0.01),
+            None,
+        ),
+    ]
     rows = []
     for name, ours, ref, n_steps in cases:
         t_ours = timed(lambda a=ours: a(x, y), args.repeats, args.device)
@@ -108,8 +120,15 @@ def trained_lenet(device: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Ten
     test_data = load_dataset(name, "test")
     config = model_config_for(train_data, "lenet", width=8)
     with tempfile.TemporaryDirectory() as run:
-        train(config, train_data, test_data, TrainConfig(epochs=2, lr=0.05, pad=0), run,
-              device=device, quiet=True)  # fmt: skip
+        train(
+            config,
+            train_data,
+            test_data,
+            TrainConfig(epochs=2, lr=0.05, pad=0),
+            run,
+            device=device,
+            quiet=True,
+        )
         model = robustlab.load(run, device)
     x, y = sample(test_data, 256).tensors(device)
     correct = model(x).argmax(1) == y
@@ -129,11 +148,17 @@ def strong_attacks(args: argparse.Namespace) -> list[tuple[str, float, float, fl
             return float((model(adv).argmax(1) == y).float().mean())
 
     cases = [
-        ("APGD-CE-100", APGD(model, eps, 100),
-         torchattacks.APGD(model, eps=eps, steps=100, loss="ce")),
-        (f"Square-{args.square_queries}", Square(model, eps, args.square_queries),
-         torchattacks.Square(model, eps=eps, n_queries=args.square_queries)),
-    ]  # fmt: skip
+        (
+            "APGD-CE-100",
+            APGD(model, eps, 100),
+            torchattacks.APGD(model, eps=eps, steps=100, loss="ce"),
+        ),
+        (
+            f"Square-{args.square_queries}",
+            Square(model, eps, args.square_queries),
+            torchattacks.Square(model, eps=eps, n_queries=args.square_queries),
+        ),
+    ]
     rows = []
     for name, ours, ref in cases:
         t_ours = timed(lambda a=ours: a(x, y), args.repeats, args.device)
@@ -178,20 +203,28 @@ def main() -> None:
     parser.add_argument("--skip-boundary", action="store_true")
     parser.add_argument("--square-queries", type=int, default=1000)
     args = parser.parse_args()
-    print(f"device {args.device}, torch threads {torch.get_num_threads()}, {args.arch}, "
-          f"batch {args.batch}, 32x32x3, median of {args.repeats}")  # fmt: skip
+    print(
+        f"device {args.device}, torch threads {torch.get_num_threads()}, {args.arch}, "
+        f"batch {args.batch}, 32x32x3, median of {args.repeats}"
+    )
     print(f"{'attack':<24}{'ours img/s':>12}{'torchattacks':>14}{'speed-up':>10}{'ours/floor':>12}")
     for name, t_ours, t_ref, t_floor in gradient_attacks(args):
         vs_floor = f"{t_ours / t_floor:.2f}" if t_floor else "-"
-        print(f"{name:<24}{args.batch / t_ours:12.1f}{args.batch / t_ref:14.1f}"
-              f"{t_ref / t_ours:9.2f}x{vs_floor:>12}")  # fmt: skip
+        print(
+            f"{name:<24}{args.batch / t_ours:12.1f}{args.batch / t_ref:14.1f}"
+            f"{t_ref / t_ours:9.2f}x{vs_floor:>12}"
+        )
     rows = strong_attacks(args)
     print("\nTrained lenet (width 8), 64 test images it gets right, eps 8/255")
-    print(f"{'attack':<24}{'ours img/s':>12}{'torchattacks':>14}{'speed-up':>10}"
-          f"{'ours acc':>10}{'their acc':>11}")  # fmt: skip
+    print(
+        f"{'attack':<24}{'ours img/s':>12}{'torchattacks':>14}{'speed-up':>10}"
+        f"{'ours acc':>10}{'their acc':>11}"
+    )
     for name, t_ours, t_ref, acc_ours, acc_ref in rows:
-        print(f"{name:<24}{64 / t_ours:12.1f}{64 / t_ref:14.1f}{t_ref / t_ours:9.2f}x"
-              f"{100 * acc_ours:9.1f}%{100 * acc_ref:10.1f}%")  # fmt: skip
+        print(
+            f"{name:<24}{64 / t_ours:12.1f}{64 / t_ref:14.1f}{t_ref / t_ours:9.2f}x"
+            f"{100 * acc_ours:9.1f}%{100 * acc_ref:10.1f}%"
+        )
     apgd_floor = rows[0][1] / rows[-1][1]
     print(f"APGD-CE-100 / floor: {apgd_floor:.2f} (goal <= 1.1)")
     if not args.skip_boundary:

@@ -23,8 +23,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def train_rate(arch: str, batch: int, steps: int, device: torch.device, channels_last: bool,
-               bf16: bool, compile_model: bool) -> float:  # fmt: skip
+def train_rate(
+    arch: str,
+    batch: int,
+    steps: int,
+    device: torch.device,
+    channels_last: bool,
+    bf16: bool,
+    compile_model: bool,
+) -> float:
     torch.manual_seed(0)
     model = build(arch).to(device)
     if channels_last:
@@ -72,8 +79,11 @@ def main() -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{name}, {torch.get_num_threads()} threads, {args.arch}, batch {args.batch}, 32x32")
-    variants = [("fp32", False, False, False), ("channels_last", True, False, False),
-                ("channels_last + bf16", True, True, False)]  # fmt: skip
+    variants = [
+        ("fp32", False, False, False),
+        ("channels_last", True, False, False),
+        ("channels_last + bf16", True, True, False),
+    ]
     if args.compile:
         variants.append(("channels_last + bf16 + compile", True, True, True))
     base = None

@@ -35,14 +35,22 @@ def art_uap(
     random.seed(0)
     np.random.seed(0)
     classifier = PyTorchClassifier(
-        model, loss=nn.CrossEntropyLoss(), input_shape=tuple(images.shape[1:]),
-        nb_classes=classes, clip_values=(0.0, 1.0),
-    )  # fmt: skip
+        model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(images.shape[1:]),
+        nb_classes=classes,
+        clip_values=(0.0, 1.0),
+    )
     attack = UniversalPerturbation(
-        classifier, attacker="deepfool",
+        classifier,
+        attacker="deepfool",
         attacker_params={"epsilon": 0.02, "max_iter": 50, "nb_grads": 10, "verbose": False},
-        delta=0.2, max_iter=passes, eps=xi, norm=np.inf, verbose=False,
-    )  # fmt: skip
+        delta=0.2,
+        max_iter=passes,
+        eps=xi,
+        norm=np.inf,
+        verbose=False,
+    )
     start = time.perf_counter()
     attack.generate(images.numpy())
     elapsed = time.perf_counter() - start
@@ -62,8 +70,16 @@ def train_fallback() -> str:
             load_dataset(dataset, "test")
         except Exception:
             dataset = "digits"
-        train_model(dataset=dataset, arch="resnet8", out=run, config=TrainConfig(epochs=2),
-                    options={"width": 16}, train_limit=10000, device="cpu", quiet=True)  # fmt: skip
+        train_model(
+            dataset=dataset,
+            arch="resnet8",
+            out=run,
+            config=TrainConfig(epochs=2),
+            options={"width": 16},
+            train_limit=10000,
+            device="cpu",
+            quiet=True,
+        )
     return run
 
 
@@ -92,8 +108,10 @@ def main() -> None:
     for name, delta, seconds in (("robustlab", ours, ours_time), ("ART", theirs, art_time)):
         rate, held = fooling_rate(model, images, delta), fooling_rate(model, held_out, delta)
         size = 255 * float(delta.abs().max())
-        print(f"{name:9s} {seconds:8.1f} s  fooling rate {rate:.3f} (held out {held:.3f})  "
-              f"ℓ∞ {size:.1f}/255")  # fmt: skip
+        print(
+            f"{name:9s} {seconds:8.1f} s  fooling rate {rate:.3f} (held out {held:.3f})  "
+            f"ℓ∞ {size:.1f}/255"
+        )
     print(f"speed-up {art_time / ours_time:.1f}x (goal >= 5x at the same fooling rate)")
 
 

@@ -12,8 +12,13 @@ from robustlab.models import available, build
 
 
 def main() -> None:
-    columns = ["architecture", "blocks (paper)", "`bottom`", "masked layers (32×32×3 input)",
-               "masked neurons"]  # fmt: skip
+    columns = [
+        "architecture",
+        "blocks (paper)",
+        "`bottom`",
+        "masked layers (32×32×3 input)",
+        "masked neurons",
+    ]
     print("| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|")
     for arch in available():

@@ -14,9 +14,16 @@ import time
 
 from robustlab.experiments.sfr import evaluate_sfr
 
-ROWS = [("uap", 10, "baseline"), ("uap", 15, "baseline"), ("uap", 20, "baseline"),
-        ("uap", 25, "baseline"), ("spgd", 10, "baseline"), ("fff", 10, "baseline"),
-        ("gap", 10, "baseline"), ("uap", 10, "defended")]  # fmt: skip
+ROWS = [
+    ("uap", 10, "baseline"),
+    ("uap", 15, "baseline"),
+    ("uap", 20, "baseline"),
+    ("uap", 25, "baseline"),
+    ("spgd", 10, "baseline"),
+    ("fff", 10, "baseline"),
+    ("gap", 10, "baseline"),
+    ("uap", 10, "defended"),
+]
 
 
 def main() -> None:
@@ -37,8 +44,10 @@ def main() -> None:
         fooled = f"{100 * base['fooling_rate']:.1f}% / {100 * sfr['fooling_rate']:.1f}%"
         restored = f"{base['restoration']:.3f} | **{sfr['restoration']:.3f}**"
         seconds = time.time() - start
-        print(f"| {attack} | {xi} | {against} | {clean} | {fooled} | {restored} | {seconds:.0f} |",
-              flush=True)  # fmt: skip
+        print(
+            f"| {attack} | {xi} | {against} | {clean} | {fooled} | {restored} | {seconds:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -87,8 +87,19 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def chromium(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Headless Chromium on ``url`` (e.g. ``--dump-dom`` or ``--screenshot=FILE``)."""
     assert CHROMIUM is not None
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]  # fmt: skip
-    return subprocess.run([CHROMIUM, *flags, *args, url], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
+    return subprocess.run(
+        [CHROMIUM, *flags, *args, url], capture_output=True, text=True, timeout=120
+    )

@@ -84,9 +84,26 @@ def test_load_refuses_pickles_and_garbage(tmp_path: Path) -> None:
 
 def test_cli_attack(source_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "advs" / "pgd.npz"
-    args = ["attack", "--source", str(source_run), "--source", str(source_run), "--attack", "pgd",
-            "--eps", "16", "--step", "2", "--steps", "3", "--n", "30", "--quiet",
-            "--out", str(out)]  # fmt: skip
+    args = [
+        "attack",
+        "--source",
+        str(source_run),
+        "--source",
+        str(source_run),
+        "--attack",
+        "pgd",
+        "--eps",
+        "16",
+        "--step",
+        "2",
+        "--steps",
+        "3",
+        "--n",
+        "30",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert "30 images, fooled the source" in capsys.readouterr().out
     adv_set = load_set(out)

@@ -25,9 +25,13 @@ torchattacks = pytest.importorskip("torchattacks")
 def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(8 * 6 * 6, 10),
-    )  # fmt: skip
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 10),
+    )
     model[1].running_mean.uniform_(-0.1, 0.1)  # non-trivial eval statistics
     return model.to(dtype).eval()
 

@@ -42,31 +42,71 @@ def _spec(tmp_path: Path, text: str) -> str:
 
 CASES = {
     # spec: each is a variation of TINY_SPEC
-    "misspelt section": (lambda t: ["run", _spec(t, TINY_SPEC + "[trian]\nepochs = 3\n")],
-                         "unknown section [trian]"),
+    "misspelt section": (
+        lambda t: ["run", _spec(t, TINY_SPEC + "[trian]\nepochs = 3\n")],
+        "unknown section [trian]",
+    ),
     "unknown experiment key": (
         lambda t: ["run", _spec(t, TINY_SPEC.replace("n = 8", "n = 8\nsamples = 3"))],
-        "[experiment] unknown key 'samples'"),
-    "epochs as text": (lambda t: ["run", _spec(t, TINY_SPEC.replace("epochs = 1",
-                                                                    'epochs = "three"'))],
-                       "epochs must be an integer, got 'three'"),
-    "negative eps in 0-255 units": (lambda t: ["run", _spec(t, TINY_SPEC.replace("eps = 8",
-                                                                                 "eps = -16"))],
-                                    "eps = -16 must be a number in 0..255"),
+        "[experiment] unknown key 'samples'",
+    ),
+    "epochs as text": (
+        lambda t: ["run", _spec(t, TINY_SPEC.replace("epochs = 1", 'epochs = "three"'))],
+        "epochs must be an integer, got 'three'",
+    ),
+    "negative eps in 0-255 units": (
+        lambda t: ["run", _spec(t, TINY_SPEC.replace("eps = 8", "eps = -16"))],
+        "eps = -16 must be a number in 0..255",
+    ),
     "seed as a float": (
         lambda t: ["run", _spec(t, TINY_SPEC.replace("n = 8", "n = 8\nseed = 1.5"))],
-        "seed must be a non-negative integer"),
+        "seed must be a non-negative integer",
+    ),
     # train
-    "output below a file": (lambda t: ["train", "--dataset", "digits", "--arch", "lenet",
-                                       "--epochs", "1", "--out", str(t / "file" / "run")],
-                            "cannot write here"),
-    "unknown device": (lambda t: ["train", "--dataset", "digits", "--arch", "lenet", "--device",
-                                  "tpu", "--out", str(t / "run")], "unknown device 'tpu'"),
-    "bad adversarial training": (lambda t: ["train", "--dataset", "digits", "--arch", "lenet",
-                                            "--adv-train", "0:2:5", "--out", str(t / "run")],
-                                 "adversarial training needs 0 < eps"),
+    "output below a file": (
+        lambda t: [
+            "train",
+            "--dataset",
+            "digits",
+            "--arch",
+            "lenet",
+            "--epochs",
+            "1",
+            "--out",
+            str(t / "file" / "run"),
+        ],
+        "cannot write here",
+    ),
+    "unknown device": (
+        lambda t: [
+            "train",
+            "--dataset",
+            "digits",
+            "--arch",
+            "lenet",
+            "--device",
+            "tpu",
+            "--out",
+            str(t / "run"),
+        ],
+        "unknown device 'tpu'",
+    ),
+    "bad adversarial training": (
+        lambda t: [
+            "train",
+            "--dataset",
+            "digits",
+            "--arch",
+            "lenet",
+            "--adv-train",
+            "0:2:5",
+            "--out",
+            str(t / "run"),
+        ],
+        "adversarial training needs 0 < eps",
+    ),
     "timings of a folder without a run": (lambda t: ["timings", str(t)], "no timing log"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -96,8 +136,17 @@ def test_zero_width_is_refused_by_the_parser(capsys: pytest.CaptureFixture) -> N
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    args = ["train", "--dataset", "digits", "--arch", "lenet", "--device", "cuda",
-            "--out", str(tmp_path / "r")]  # fmt: skip
+    args = [
+        "train",
+        "--dataset",
+        "digits",
+        "--arch",
+        "lenet",
+        "--device",
+        "cuda",
+        "--out",
+        str(tmp_path / "r"),
+    ]
     assert main(args) == 2
     assert "torch sees no GPU; use --device cpu" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
@@ -134,12 +183,38 @@ def test_sources_must_match_each_other_and_the_dataset(
     meta = (other / "meta.json").read_text().replace('"name": "digits"', '"name": "mnist"')
     (other / "meta.json").write_text(meta)
     out = tmp_path / "set.npz"
-    both = ["attack", "--source", str(digits_run), "--source", str(other), "--attack", "fgsm",
-            "--eps", "8", "--out", str(out), "--device", "cpu"]  # fmt: skip
+    both = [
+        "attack",
+        "--source",
+        str(digits_run),
+        "--source",
+        str(other),
+        "--attack",
+        "fgsm",
+        "--eps",
+        "8",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert main(both) == 2
     assert "trained on different data" in capsys.readouterr().err
-    wrong = ["attack", "--source", str(digits_run), "--dataset", "mnist", "--attack", "fgsm",
-             "--eps", "8", "--out", str(out), "--device", "cpu"]  # fmt: skip
+    wrong = [
+        "attack",
+        "--source",
+        str(digits_run),
+        "--dataset",
+        "mnist",
+        "--attack",
+        "fgsm",
+        "--eps",
+        "8",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert main(wrong) == 2
     assert "differs from the one the source was trained on" in capsys.readouterr().err
     assert not out.exists()
@@ -151,8 +226,19 @@ def test_image_folders_with_an_empty_class_or_mixed_sizes_are_refused(
     from PIL import Image
 
     (image_folder / "train" / "bird").mkdir()  # a class with no images
-    args = ["train", "--dataset", "imagefolder", "--data-dir", str(image_folder), "--arch",
-            "lenet", "--epochs", "1", "--out", str(image_folder.parent / "run")]  # fmt: skip
+    args = [
+        "train",
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        str(image_folder),
+        "--arch",
+        "lenet",
+        "--epochs",
+        "1",
+        "--out",
+        str(image_folder.parent / "run"),
+    ]
     assert main(args) == 2
     assert "train/bird: a class folder with no images" in capsys.readouterr().err
     (image_folder / "train" / "bird").rmdir()
@@ -169,7 +255,7 @@ def test_image_folders_with_an_empty_class_or_mixed_sizes_are_refused(
         (lambda meta: meta["model"].update(widht=3), "malformed model config"),
         (lambda meta: meta.update(format="robustlab-run/9"), "unknown run format"),
     ],
-)  # fmt: skip
+)
 def test_malformed_run_metadata_is_one_line(
     digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture, edit, message: str
 ) -> None:
@@ -196,8 +282,13 @@ def test_a_dictionary_with_wrong_shaped_filters_is_one_line(
     tensors, meta = load_tensors(good)
     save_tensors(tmp_path / "bad.safetensors", {"filters": tensors["filters"][:, :, :, :5]}, meta)
     (tmp_path / "in").mkdir()
-    args = ["purify", str(tmp_path / "in"), str(tmp_path / "out"), "--dict",
-            str(tmp_path / "bad.safetensors")]  # fmt: skip
+    args = [
+        "purify",
+        str(tmp_path / "in"),
+        str(tmp_path / "out"),
+        "--dict",
+        str(tmp_path / "bad.safetensors"),
+    ]
     assert main(args) == 2
     assert "filters is shape (64, 1, 8, 5), not (M, C, P, P)" in capsys.readouterr().err
 
@@ -211,8 +302,10 @@ def test_broken_set_files_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "zip.npz").write_bytes(b"PK\x03\x04 not really a zip file")
     with pytest.raises(RobustlabError, match="not a readable adversarial set"):
         load_set(tmp_path / "zip.npz")
-    arrays = {name: np.zeros(1) for name in
-              ("images", "labels", "indices", "clean_pred", "adv_pred", "linf", "l2")}  # fmt: skip
+    arrays = {
+        name: np.zeros(1)
+        for name in ("images", "labels", "indices", "clean_pred", "adv_pred", "linf", "l2")
+    }
     np.savez(tmp_path / "json.npz", config_json=np.array("{not json"), **arrays)
     with pytest.raises(RobustlabError, match="its config is not JSON"):
         load_set(tmp_path / "json.npz")

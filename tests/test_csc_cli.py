@@ -133,10 +133,19 @@ def test_purify_outputs_of_other_settings_are_not_reused(
     source.mkdir()
     Image.new("L", (8, 8), color=90).save(source / "a.png")
     for seed in (0, 1):
-        save_dictionary(tmp_path / f"d{seed}", LearnedDictionary(
-            random_dictionary(4, 1, 3, seed=seed), 0.1))  # fmt: skip
-    run = ["purify", str(source), str(tmp_path / "out"), "--max-iter", "5", "--device", "cpu",
-           "--quiet"]  # fmt: skip
+        save_dictionary(
+            tmp_path / f"d{seed}", LearnedDictionary(random_dictionary(4, 1, 3, seed=seed), 0.1)
+        )
+    run = [
+        "purify",
+        str(source),
+        str(tmp_path / "out"),
+        "--max-iter",
+        "5",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert main([*run, "--dict", str(tmp_path / "d0")]) == 0
     assert main([*run, "--dict", str(tmp_path / "d1")]) == 2  # not silently "already there"
     assert "purified with other settings (filters_sha256)" in capsys.readouterr().err
@@ -201,14 +210,33 @@ def test_purify_with_a_released_dictionary(tmp_path: Path, capsys: pytest.Captur
     outputs = {}
     for order in ("bgr", "rgb"):
         out = tmp_path / order
-        args = ["purify", str(tmp_path / "in"), str(out), "--dict", str(npy), "--channel-order",
-                order, "--max-iter", "5", "--device", "cpu", "--quiet"]  # fmt: skip
+        args = [
+            "purify",
+            str(tmp_path / "in"),
+            str(out),
+            "--dict",
+            str(npy),
+            "--channel-order",
+            order,
+            "--max-iter",
+            "5",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
         assert main(args) == 0
         outputs[order] = np.asarray(Image.open(out / "c0.png"))
     assert "purified 2 images" in capsys.readouterr().out
     assert not np.array_equal(outputs["bgr"], outputs["rgb"])  # the order matters, and is used
-    folder = ["purify", str(tmp_path / "in"), str(tmp_path / "x"), "--dict", str(tmp_path),
-              "--channel-order", "rgb"]  # fmt: skip
+    folder = [
+        "purify",
+        str(tmp_path / "in"),
+        str(tmp_path / "x"),
+        "--dict",
+        str(tmp_path),
+        "--channel-order",
+        "rgb",
+    ]
     assert main(folder) == 2
     assert "--channel-order applies to .npy dictionaries only" in capsys.readouterr().err
 

@@ -51,9 +51,14 @@ def test_spec_parse_and_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "text, message",
-    [("bottom", "must look like"), ("bottom:abc", "not a number"), ("bottom:1.5", r"\(0, 1\]"),
-     ("bottom:0.1:weird", "unknown defect mode"), ("middle:0.1", "must be bottom, top")],
-)  # fmt: skip
+    [
+        ("bottom", "must look like"),
+        ("bottom:abc", "not a number"),
+        ("bottom:1.5", r"\(0, 1\]"),
+        ("bottom:0.1:weird", "unknown defect mode"),
+        ("middle:0.1", "must be bottom, top"),
+    ],
+)
 def test_spec_errors(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DefectSpec.parse(text)
@@ -139,9 +144,13 @@ def test_make_defective_on_a_user_model() -> None:
         def __init__(self) -> None:
             super().__init__()
             self.features = nn.Sequential(
-                nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            )  # fmt: skip
+                nn.Conv2d(1, 4, 3, padding=1),
+                nn.BatchNorm2d(4),
+                nn.ReLU(),
+                nn.Conv2d(4, 8, 3, padding=1),
+                nn.BatchNorm2d(8),
+                nn.ReLU(),
+            )
             self.fc = nn.Linear(8, 3)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -45,8 +45,14 @@ from tests.files import CHROMIUM, chromium, without_timing
 
 SPEC = Path(__file__).parent / "specs" / "defenses.toml"
 TRAINING_TIME = ("defective", "dropout", "smoothing", "adversarial", "thermometer")
-DEFENDED = {"jpeg": "bpda", "bits": "bpda", "median": "differentiable", "csc": "bpda",
-            "sfr": "differentiable", "thermometer": "bpda"}  # fmt: skip
+DEFENDED = {
+    "jpeg": "bpda",
+    "bits": "bpda",
+    "median": "differentiable",
+    "csc": "bpda",
+    "sfr": "differentiable",
+    "thermometer": "bpda",
+}
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +81,9 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
     for r in (r for r in records if r["protocol"] == "adaptive"):
         assert r["surface"] == DEFENDED.get(r["target"], "differentiable")
         assert 0 <= r["accuracy"]["hits"] <= r["clean_accuracy"]["n"]
-    thermometer = next(r for r in records if r["protocol"] == "adaptive"
-                       and r["target"] == "thermometer")  # fmt: skip
+    thermometer = next(
+        r for r in records if r["protocol"] == "adaptive" and r["target"] == "thermometer"
+    )
     # its encoding declares BPDA: the adaptive attack follows the ramps, not zero gradients
     assert thermometer["zero_gradient_share"] == 0 and "zero_gradients" not in thermometer["flags"]
     plain = next(r for r in records if r["protocol"] == "whitebox" and r["target"] == "standard")
@@ -90,8 +97,9 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
     assert {r["against"] for r in universal} == {"base", "defended", "imported"}
     imported = [r for r in universal if r["against"] == "imported"]
     assert {r["target"] for r in imported} == {"standard", "sfr"}
-    assert all(r["xi"] == pytest.approx(24) and r["attack"] == "file:p.safetensors"
-               for r in imported)  # fmt: skip
+    assert all(
+        r["xi"] == pytest.approx(24) and r["attack"] == "file:p.safetensors" for r in imported
+    )
     csc_dir = next((results / "defenses").glob("csc-*"))
     assert list(csc_dir.glob("purified-test-*/*.safetensors"))  # its test accuracy: purified
     sfr = json.loads(next((results / "defenses").glob("sfr-*/defense.json")).read_text())
@@ -100,8 +108,10 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
     assert {(r["target"], r["eps"], r["headline"]) for r in strong} == {
         (m, eps, eps == 16) for m in ("standard", "jpeg", "thermometer") for eps in (16, 4)
     }
-    assert all(r["accuracy"]["n"] == 16 and list(r["after"]) == ["apgd-ce", "apgd-t", "square"]
-               for r in strong)  # fmt: skip
+    assert all(
+        r["accuracy"]["n"] == 16 and list(r["after"]) == ["apgd-ce", "apgd-t", "square"]
+        for r in strong
+    )
     assert len(list((results / "strong").glob("*/square.safetensors"))) == len(strong)
     jpeg_whitebox = next(
         r for r in records if r["protocol"] == "whitebox" and r["target"] == "jpeg"
@@ -125,15 +135,20 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
     assert cards["jpeg"]["autoattack_acc"] == f"{100 * strong_jpeg['accuracy']['rate']:.2f}"
     assert cards["csc"]["autoattack_acc"] is None and cards["csc"]["eps"] is None
     assert cards["defective"]["architecture"] == "lenet (defective 0.5)"
-    defenses = {name: [d["defense"] for d in card["robustlab"]["defense"]]
-                for name, card in cards.items()}  # fmt: skip
+    defenses = {
+        name: [d["defense"] for d in card["robustlab"]["defense"]] for name, card in cards.items()
+    }
     assert defenses["defective"] == ["defect"] and defenses["jpeg"] == ["jpeg"]
     assert defenses["standard"] == [] and defenses["adversarial"] == ["adversarial_training"]
     table = (results / "results.md").read_text()
     assert table.startswith("## Comparison")
-    for row in ("| csc | csc (bpda) |", "| median | median (differentiable) |",
-                "| defective | defect bottom:0.5 |", "| adversarial | adversarial training 8/255 |",
-                "| standard | — |"):  # fmt: skip
+    for row in (
+        "| csc | csc (bpda) |",
+        "| median | median (differentiable) |",
+        "| defective | defect bottom:0.5 |",
+        "| adversarial | adversarial training 8/255 |",
+        "| standard | — |",
+    ):
         assert row in table, row
     assert "## Strong (AutoAttack-style)" in table and "## Robust accuracy against ε" in table
     assert all(f"| {m} |" in table.split("## Transfer")[0] for m in [*DEFENDED, "standard"])
@@ -227,9 +242,11 @@ def test_transforms() -> None:
     flat = torch.full((1, 1, 5, 5), 0.5)
     flat[0, 0, 2, 2] = 1.0  # one outlier: the median removes it
     torch.testing.assert_close(Median(3)(flat), torch.full_like(flat, 0.5))
-    for make, message in ((lambda: JPEGCompression(0), "quality"),
-                          (lambda: BitDepthReduction(9), "bit depth"),
-                          (lambda: Median(4), "odd")):  # fmt: skip
+    for make, message in (
+        (lambda: JPEGCompression(0), "quality"),
+        (lambda: BitDepthReduction(9), "bit depth"),
+        (lambda: Median(4), "odd"),
+    ):
         with pytest.raises(ValueError, match=message):
             make()
 
@@ -237,43 +254,79 @@ def test_transforms() -> None:
 def test_auto_layers_pick_the_first_conv_of_the_first_stages() -> None:
     model = build("resnet8", in_channels=1, image_size=28, width=4)
     layers = auto_layers(model)
-    assert len(layers) == 3 and all(name.startswith(f"blocks.{i}.") for i, name in
-                                     enumerate(layers))  # fmt: skip
+    assert len(layers) == 3 and all(
+        name.startswith(f"blocks.{i}.") for i, name in enumerate(layers)
+    )
     generic = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 8, 3, 2))
     assert auto_layers(generic) == ["0", "2"]
 
 
-BASE = {"experiment": {"dataset": "digits"}, "models": {"standard": {}}, "attacks": {
-    "pgd": {"attack": "pgd", "eps": 8}, "boundary": {"attack": "boundary"}}}  # fmt: skip
+BASE = {
+    "experiment": {"dataset": "digits"},
+    "models": {"standard": {}},
+    "attacks": {"pgd": {"attack": "pgd", "eps": 8}, "boundary": {"attack": "boundary"}},
+}
 
 
 @pytest.mark.parametrize(
     "models, protocols, message",
     [
-        ({"d": {"base": "standard", "purify": {"jpeg": 75, "bits": 3}}}, [],
-         r"\[models.d\] purify needs exactly one of"),
-        ({"d": {"base": "standard", "purify": {"jpeg": 75, "qualty": 3}}}, [],
-         r"\[models.d\] purify: unknown key 'qualty'"),
-        ({"d": {"base": "nope", "purify": {"jpeg": 75}}}, [],
-         r"\[models.d\] base 'nope' is not a trained model"),
-        ({"d": {"base": "standard", "purify": {"jpeg": 75}, "epochs": 3}}, [],
-         r"\[models.d\] unknown key 'epochs'"),
+        (
+            {"d": {"base": "standard", "purify": {"jpeg": 75, "bits": 3}}},
+            [],
+            r"\[models.d\] purify needs exactly one of",
+        ),
+        (
+            {"d": {"base": "standard", "purify": {"jpeg": 75, "qualty": 3}}},
+            [],
+            r"\[models.d\] purify: unknown key 'qualty'",
+        ),
+        (
+            {"d": {"base": "nope", "purify": {"jpeg": 75}}},
+            [],
+            r"\[models.d\] base 'nope' is not a trained model",
+        ),
+        (
+            {"d": {"base": "standard", "purify": {"jpeg": 75}, "epochs": 3}},
+            [],
+            r"\[models.d\] unknown key 'epochs'",
+        ),
         ({"d": {"base": "standard", "regenerate": {"xi": 300}}}, [], r"xi must be in \(0, 255\]"),
-        ({"d": {"base": "standard", "regenerate": {"attack": "fgsm"}}}, [],
-         "unknown universal attack 'fgsm'"),
-        ({"d": {"base": "standard", "purify": {"jpeg": "high"}}}, [],
-         "quality must be an integer"),
-        ({"d": {"base": "standard", "purify": {"jpeg": 75}}},
-         [{"type": "transfer", "sources": ["d"], "targets": ["standard"], "attacks": ["pgd"]}],
-         "may not name defended model 'd'"),
-        ({}, [{"type": "adaptive", "models": ["standard"], "attacks": ["boundary"]}],
-         "not a gradient attack"),
-        ({}, [{"type": "universal", "models": ["standard"], "attacks": ["uap"], "xis": [0]}],
-         "xis must be strengths"),
-        ({}, [{"type": "universal", "models": ["standard"], "attacks": ["uap"],
-               "options": {"uap": {"passes": 1}}}], "options.uap"),
+        (
+            {"d": {"base": "standard", "regenerate": {"attack": "fgsm"}}},
+            [],
+            "unknown universal attack 'fgsm'",
+        ),
+        ({"d": {"base": "standard", "purify": {"jpeg": "high"}}}, [], "quality must be an integer"),
+        (
+            {"d": {"base": "standard", "purify": {"jpeg": 75}}},
+            [{"type": "transfer", "sources": ["d"], "targets": ["standard"], "attacks": ["pgd"]}],
+            "may not name defended model 'd'",
+        ),
+        (
+            {},
+            [{"type": "adaptive", "models": ["standard"], "attacks": ["boundary"]}],
+            "not a gradient attack",
+        ),
+        (
+            {},
+            [{"type": "universal", "models": ["standard"], "attacks": ["uap"], "xis": [0]}],
+            "xis must be strengths",
+        ),
+        (
+            {},
+            [
+                {
+                    "type": "universal",
+                    "models": ["standard"],
+                    "attacks": ["uap"],
+                    "options": {"uap": {"passes": 1}},
+                }
+            ],
+            "options.uap",
+        ),
     ],
-)  # fmt: skip
+)
 def test_defended_spec_errors_name_the_key(models: dict, protocols: list, message: str) -> None:
     raw = {**BASE, "models": {**BASE["models"], **models}, "protocols": protocols}
     with pytest.raises(ValueError, match=message):
@@ -281,8 +334,10 @@ def test_defended_spec_errors_name_the_key(models: dict, protocols: list, messag
 
 
 def test_defense_tables_convert_units_once() -> None:
-    raw = {**BASE, "models": {**BASE["models"],
-                              "d": {"base": "standard", "regenerate": {"xi": 10}}}}  # fmt: skip
+    raw = {
+        **BASE,
+        "models": {**BASE["models"], "d": {"base": "standard", "regenerate": {"xi": 10}}},
+    }
     defense = parse_spec(raw).models["d"].defense
     assert defense is not None and defense.xi == pytest.approx(10 / 255)  # type: ignore[attr-defined]
     assert defense_from_table("purify", {"median": 3}).surface.kind == "differentiable"
@@ -290,9 +345,12 @@ def test_defense_tables_convert_units_once() -> None:
 
 
 def test_training_time_defenses_are_typed_and_build_the_same_configs() -> None:
-    entries = {"defective": {"defect": "bottom:0.1", "mask_seed": 3},
-               "dropout": {"regularizer": "dropblock"}, "thermo": {"thermometer": 8},
-               "both": {"label_smoothing": 0.1, "adv_train": "8:2:5"}}  # fmt: skip
+    entries = {
+        "defective": {"defect": "bottom:0.1", "mask_seed": 3},
+        "dropout": {"regularizer": "dropblock"},
+        "thermo": {"thermometer": 8},
+        "both": {"label_smoothing": 0.1, "adv_train": "8:2:5"},
+    }
     models = parse_spec({**BASE, "models": entries}).models
     kinds = {name: [type(d) for d in entry.training] for name, entry in models.items()}
     assert kinds == {
@@ -341,12 +399,36 @@ def test_the_command_line_and_specs_build_the_same_training_defenses() -> None:
     from robustlab.cli import _training_defenses, build_parser
 
     args = build_parser().parse_args(
-        ["train", "--dataset", "digits", "--arch", "lenet", "--out", "unused",
-         "--defect", "bottom:0.1", "--mask-seed", "3", "--regularizer", "dropblock",
-         "--thermometer", "8", "--label-smoothing", "0.1", "--adv-train", "8:2:5"]
-    )  # fmt: skip
-    entry = {"defect": "bottom:0.1", "mask_seed": 3, "regularizer": "dropblock",
-             "thermometer": 8, "label_smoothing": 0.1, "adv_train": "8:2:5"}  # fmt: skip
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--arch",
+            "lenet",
+            "--out",
+            "unused",
+            "--defect",
+            "bottom:0.1",
+            "--mask-seed",
+            "3",
+            "--regularizer",
+            "dropblock",
+            "--thermometer",
+            "8",
+            "--label-smoothing",
+            "0.1",
+            "--adv-train",
+            "8:2:5",
+        ]
+    )
+    entry = {
+        "defect": "bottom:0.1",
+        "mask_seed": 3,
+        "regularizer": "dropblock",
+        "thermometer": 8,
+        "label_smoothing": 0.1,
+        "adv_train": "8:2:5",
+    }
     from_spec = parse_spec({**BASE, "models": {"m": entry}}).models["m"].training
     assert _training_defenses(args) == from_spec and len(from_spec) == 5
 
@@ -362,7 +444,7 @@ def test_the_command_line_and_specs_build_the_same_training_defenses() -> None:
         ({"label_smoothing": 1.5}, r"\[models.m\] label smoothing 1.5 must be in \(0, 1\)"),
         ({"label_smoothing": "a"}, r"\[models.m\] label_smoothing must be a number"),
     ],
-)  # fmt: skip
+)
 def test_training_time_errors_name_the_key(entry: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_spec({**BASE, "models": {"m": entry}})
@@ -375,8 +457,11 @@ def test_the_report_opens_with_the_comparison_in_chromium(defenses_run, tmp_path
     dom = chromium(page.resolve().as_uri(), tmp_path / "profile", "--dump-dom").stdout
     headings = re.findall(r"<h2[^>]*>([^<]+)", dom)
     assert headings[0] == "Comparison of defenses"
-    assert {"Adaptive white-box attacks", "Universal perturbations",
-            "Gallery: csc: what the purifier does",
-            "Gallery: sfr: a universal perturbation of standard"} <= set(headings)  # fmt: skip
+    assert {
+        "Adaptive white-box attacks",
+        "Universal perturbations",
+        "Gallery: csc: what the purifier does",
+        "Gallery: sfr: a universal perturbation of standard",
+    } <= set(headings)
     first_table = dom.split("<table>")[1].split("</table>")[0]
     assert all(f"#spec-models-{m}" in first_table for m in [*DEFENDED, "standard"])

@@ -78,16 +78,34 @@ def test_sharded_attack_set_equals_single_process(digits_run: Path, tmp_path: Pa
     data = load_dataset("digits", "test")
     params = {"eps": 16 / 255, "step": 4 / 255, "steps": 3, "random_start": True}
     with one_thread():
-        single = generate_set(load(digits_run), data, torch.arange(45).numpy(), "pgd", params,
-                              seed=7, batch_size=8, quiet=True)  # fmt: skip
+        single = generate_set(
+            load(digits_run),
+            data,
+            torch.arange(45).numpy(),
+            "pgd",
+            params,
+            seed=7,
+            batch_size=8,
+            quiet=True,
+        )
     assert (sharded.images == single.images).all()
     assert (sharded.adv_pred == single.adv_pred).all()
     assert (sharded.clean_pred == single.clean_pred).all()
 
 
 def _torchrun(*args: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_port", str(port), "-m", "robustlab", *args]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        "-m",
+        "robustlab",
+        *args,
+    ]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -105,11 +123,30 @@ def _kill_processes_mentioning(text: str) -> None:
 
 def test_torchrun_training_writes_one_run_and_resumes_after_a_kill(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = ["train", "--dataset", "digits", "--arch", "lenet", "--width", "8", "--pad", "0",
-            "--train-limit", "600", "--batch-size", "32", "--out", str(run)]  # fmt: skip
-    process = subprocess.Popen(_torchrun(*args, "--epochs", "40", port=_free_port()),
-                               env=ENV, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    args = [
+        "train",
+        "--dataset",
+        "digits",
+        "--arch",
+        "lenet",
+        "--width",
+        "8",
+        "--pad",
+        "0",
+        "--train-limit",
+        "600",
+        "--batch-size",
+        "32",
+        "--out",
+        str(run),
+    ]
+    process = subprocess.Popen(
+        _torchrun(*args, "--epochs", "40", port=_free_port()),
+        env=ENV,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (run / "meta.json").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -122,8 +159,13 @@ def test_torchrun_training_writes_one_run_and_resumes_after_a_kill(tmp_path: Pat
     assert 1 <= epochs_done < 40
     load(run, allow_incomplete=True)
     target = str(epochs_done + 2)
-    done = subprocess.run(_torchrun(*args, "--epochs", target, "--resume", port=_free_port()),
-                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        _torchrun(*args, "--epochs", target, "--resume", port=_free_port()),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     meta = read_meta(run)
     assert meta["epoch"] == epochs_done + 2 and meta["complete"]
@@ -137,9 +179,15 @@ def test_spec_under_torchrun_gives_the_single_process_numbers(tmp_path: Path) ->
         records = run_spec(load_spec(TINY), single, device="cpu", quiet=True)
     sharded = tmp_path / "sharded"
     shutil.copytree(single / "runs", sharded / "runs")  # same models; attacks and evals sharded
-    done = subprocess.run(_torchrun("run", str(TINY), "--out", str(sharded), "--quiet",
-                                    "--device", "cpu", port=_free_port()),
-                          env=ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        _torchrun(
+            "run", str(TINY), "--out", str(sharded), "--quiet", "--device", "cpu", port=_free_port()
+        ),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     again = json.loads((sharded / "results.json").read_text())["records"]
     assert without_timing(again) == without_timing(records)

@@ -33,9 +33,15 @@ class Lookup(nn.Module):
 def _set(adv: np.ndarray, labels, adv_pred) -> AdversarialSet:
     n = len(labels)
     return AdversarialSet(
-        images=adv, labels=np.array(labels), indices=np.arange(n), clean_pred=np.array(labels),
-        adv_pred=np.array(adv_pred), linf=np.zeros(n), l2=np.zeros(n), config={},
-    )  # fmt: skip
+        images=adv,
+        labels=np.array(labels),
+        indices=np.arange(n),
+        clean_pred=np.array(labels),
+        adv_pred=np.array(adv_pred),
+        linf=np.zeros(n),
+        l2=np.zeros(n),
+        config={},
+    )
 
 
 def test_filtering_rules_counted_by_hand() -> None:
@@ -61,10 +67,15 @@ def test_target_equal_to_source_scores_zero_and_constant_model_is_immune() -> No
 
     adv = PGD(source, eps=0.5, step=0.05, steps=20)(clean, labels)
     adv_set = AdversarialSet(
-        images=adv.numpy().astype(np.float32), labels=labels.numpy(), indices=np.arange(64),
-        clean_pred=labels.numpy(), adv_pred=source(adv).argmax(1).numpy(), linf=np.zeros(64),
-        l2=np.zeros(64), config={},
-    )  # fmt: skip
+        images=adv.numpy().astype(np.float32),
+        labels=labels.numpy(),
+        indices=np.arange(64),
+        clean_pred=labels.numpy(),
+        adv_pred=source(adv).argmax(1).numpy(),
+        linf=np.zeros(64),
+        l2=np.zeros(64),
+        config={},
+    )
     assert adv_set.fooled_source.sum() > 10
     same = transfer(source, adv_set, clean)
     assert same.defense_rate.hits == 0 and same.defense_rate.n == adv_set.fooled_source.sum()
@@ -78,7 +89,7 @@ def test_target_equal_to_source_scores_zero_and_constant_model_is_immune() -> No
 
 
 def test_patch_shuffle_permutes_whole_patches() -> None:
-    from robustlab.evaluation.protocols import patch_shuffle
+    from robustlab.evaluation.measures import patch_shuffle
 
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     out = patch_shuffle(x, 2, torch.Generator().manual_seed(0))
@@ -96,7 +107,7 @@ def test_patch_shuffle_permutes_whole_patches() -> None:
 
 
 def test_noise_curve_and_shuffle_use_images_all_models_get_right() -> None:
-    from robustlab.evaluation.protocols import noise_curve, shuffle_probe
+    from robustlab.evaluation.measures import noise_curve, shuffle_probe
 
     class Mean(nn.Module):  # class = whether the mean pixel is above 0.5: shape-blind
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +133,7 @@ def test_noise_curve_and_shuffle_use_images_all_models_get_right() -> None:
 
 
 def test_whitebox_and_decision_score() -> None:
-    from robustlab.evaluation.protocols import decision_score, whitebox_accuracy
+    from robustlab.evaluation.measures import decision_score, whitebox_accuracy
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()

@@ -93,8 +93,18 @@ def test_nested_timing_counts_once(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_resume_after_kill_gives_identical_results(tmp_path: Path) -> None:
     def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "robustlab", "run", str(TINY), "--out", str(out), "--quiet",
-                "--device", "cpu"]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "robustlab",
+            "run",
+            str(TINY),
+            "--out",
+            str(out),
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
 
     # same thread count in both runs: CPU kernels are deterministic per thread count
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -123,12 +133,18 @@ def test_resume_after_kill_gives_identical_results(tmp_path: Path) -> None:
         ({"models": {"m": {"epochs": 0}}}, r"\[models.m\] epochs and batch size"),
         ({"attacks": {"a": {"attack": "pgd", "steps": 0}}}, r"\[attacks.a\] steps=0"),
         ({"attacks": {"a": {"attack": "nope"}}}, r"\[attacks.a\] attack 'nope'"),
-        ({"protocols": [{"type": "transfer", "sources": ["x"], "targets": ["m"], "attacks": []}]},
-         "sources names unknown model 'x'"),
+        (
+            {
+                "protocols": [
+                    {"type": "transfer", "sources": ["x"], "targets": ["m"], "attacks": []}
+                ]
+            },
+            "sources names unknown model 'x'",
+        ),
         ({"protocols": [{"type": "magic"}]}, "unknown type"),
         ({"models": {"e": {"members": ["ghost"]}}}, r"\[models.e\] member 'ghost'"),
     ],
-)  # fmt: skip
+)
 def test_spec_errors_name_the_entry(patch: dict, message: str) -> None:
     raw = {"experiment": {"dataset": "digits"}, "models": {"m": {}}, "attacks": {}, "protocols": []}
     for key, value in patch.items():
@@ -151,7 +167,7 @@ def test_demo_spec_for_both_datasets() -> None:
     fashion = demo_spec("fashion-mnist")
     assert set(fashion.models) == {"standard", "defective", "source"}
     assert fashion.models["defective"].defense_text() == "defect bottom:0.1"
-    assert [p["type"] for p in fashion.protocols] == ["transfer", "noise"]
+    assert [p.kind for p in fashion.protocols] == ["transfer", "noise"]
     digits = demo_spec("digits")
     assert digits.dataset == "digits" and digits.models["standard"].train.pad == 0
     assert digits.models["standard"].train_limit is None

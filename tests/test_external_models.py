@@ -11,15 +11,16 @@ from safetensors.torch import save_file
 from torch import nn
 
 from robustlab.assemble import ModelConfig
+from robustlab.evaluation.protocols import PROTOCOLS
 from robustlab.experiments.executor import run_spec
-from robustlab.experiments.spec import PROTOCOLS, load_spec, parse_spec
+from robustlab.experiments.spec import load_spec, parse_spec
 from robustlab.io import RobustlabError
 from robustlab.models.external import (
     ExternalNet,
     defect_layers,
     read_state_dict,
-    trusting,
     resolve_factory,
+    trusting,
 )
 from robustlab.runs import load, read_meta
 from tests.factories import tiny_cnn
@@ -37,9 +38,14 @@ def test_a_factory_runs_through_a_whole_spec(tmp_path: Path) -> None:
     seen = {(r["protocol"], r.get("target")) for r in records}
     for target in ("user", "user_defective", "user_pretrained", "user_jpeg", "user_sfr"):
         assert ("transfer", target) in seen and ("summary", target) in seen
-    assert {("strong", "user"), ("adaptive", "user_sfr"), ("universal", "user_sfr"),
-            ("whitebox", "user_pretrained"), ("decision", "user"),
-            ("ensemble_transfer", "user")} <= seen  # fmt: skip
+    assert {
+        ("strong", "user"),
+        ("adaptive", "user_sfr"),
+        ("universal", "user_sfr"),
+        ("whitebox", "user_pretrained"),
+        ("decision", "user"),
+        ("ensemble_transfer", "user"),
+    } <= seen
     protocols = {r["protocol"] for r in records}
     assert set(PROTOCOLS) <= protocols  # every protocol type ran on the user's models
     runs = tmp_path / "results" / "runs"
@@ -47,7 +53,7 @@ def test_a_factory_runs_through_a_whole_spec(tmp_path: Path) -> None:
     meta = read_meta(pretrained)
     assert meta["imported"]["weights"] == str(weights.resolve()) and "train" not in meta
     assert meta["model"]["arch"] == "tests.factories:tiny_cnn" and meta["model"]["std"] == [0.25]
-    with pytest.raises(RobustlabError, match="--trust-factory tests.factories:tiny_cnn"):
+    with pytest.raises(RobustlabError, match=r"--trust-factory tests\.factories:tiny_cnn"):
         load(pretrained)  # outside the spec that named it, the factory is not trusted
     with trusting(["tests.factories:tiny_cnn"]):
         model = load(pretrained)
@@ -70,13 +76,15 @@ def test_factories_by_name_and_their_errors() -> None:
     except ImportError:
         with pytest.raises(RobustlabError, match="pip install torchvision"):
             resolve_factory("torchvision:resnet50")
-    config = ModelConfig(arch="tests.factories:tiny_cnn", num_classes=3, in_channels=1,
-                         image_size=8)  # fmt: skip
+    config = ModelConfig(
+        arch="tests.factories:tiny_cnn", num_classes=3, in_channels=1, image_size=8
+    )
     with pytest.raises(RobustlabError, match=r"outputs of shape \(1, 10\).*3 classes"):
         config.build()
     with pytest.raises(ValueError, match="regularizer and thermometer need a zoo"):
-        ModelConfig(arch="tests.factories:tiny_cnn", in_channels=1, image_size=8,
-                    regularizer="dropout2d").build()  # fmt: skip
+        ModelConfig(
+            arch="tests.factories:tiny_cnn", in_channels=1, image_size=8, regularizer="dropout2d"
+        ).build()
 
 
 def test_defect_layers_of_a_plain_network() -> None:
@@ -111,7 +119,10 @@ def test_weights_files_are_read_without_unpickling_code(tmp_path: Path) -> None:
     ],
 )
 def test_external_spec_errors_name_the_key(entry: dict, message: str) -> None:
-    source = {"experiment": {"dataset": "digits"}, "models": {"m": entry},
-              "protocols": [{"type": "noise", "models": ["m"], "sigmas": [8]}]}  # fmt: skip
+    source = {
+        "experiment": {"dataset": "digits"},
+        "models": {"m": entry},
+        "protocols": [{"type": "noise", "models": ["m"], "sigmas": [8]}],
+    }
     with pytest.raises(ValueError, match=message):
         parse_spec(source)

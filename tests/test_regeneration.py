@@ -32,10 +32,14 @@ from robustlab.runs import load
 def _user_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(6, 4, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
-    ).eval()  # fmt: skip
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
 
 
 def test_ranking_is_by_weight_l1_norm_highest_first() -> None:
@@ -151,9 +155,26 @@ def test_sfr_caches_follow_their_settings(
     from robustlab.attacks.universal import UniversalPerturbation
 
     out = tmp_path / "sfr"
-    common = ["sfr", "train", str(digits_run), "--uaps", "1", "--attack", "fff",
-              "--attack-images", "16", "--train-limit", "64", "--epochs", "1", "--out", str(out),
-              "--device", "cpu", "--quiet"]  # fmt: skip
+    common = [
+        "sfr",
+        "train",
+        str(digits_run),
+        "--uaps",
+        "1",
+        "--attack",
+        "fff",
+        "--attack-images",
+        "16",
+        "--train-limit",
+        "64",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert main([*common, "--layers", "nope", "--xi", "4"]) == 2
     assert "'nope' is not a Conv2d" in capsys.readouterr().err
     assert not (out / "perturbations").exists()  # refused before any attack ran
@@ -162,8 +183,21 @@ def test_sfr_caches_follow_their_settings(
     assert main([*common, "--layers", layer, "--xi", "40", "--force"]) == 0
     (cached,) = (out / "perturbations").glob("train-*.safetensors")
     assert UniversalPerturbation.load(cached).delta.abs().max() > 5 / 255  # ξ = 40, not 4
-    ev = ["sfr", "eval", str(out), "--attack", "fff", "--xi", "30", "--n", "16",
-          "--against", "defended", "--device", "cpu"]  # fmt: skip
+    ev = [
+        "sfr",
+        "eval",
+        str(out),
+        "--attack",
+        "fff",
+        "--xi",
+        "30",
+        "--n",
+        "16",
+        "--against",
+        "defended",
+        "--device",
+        "cpu",
+    ]
     assert main(ev) == 0
     first = set((out / "perturbations").glob("fff-*defended*"))
     assert main([*common, "--layers", layer, "--xi", "40", "--force"]) == 0  # FRUs retrained

@@ -103,22 +103,49 @@ def poisoned(digits_run: Path, results: Path, tmp_path: Path) -> dict[str, Path]
     (sfr / "meta.json").write_text(json.dumps({**sfr_meta, "format": "robustlab-sfr/1"}))
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC)
-    return {"marker": marker, "run": run, "shared": shared, "sfr": sfr, "spec": spec,
-            "out": tmp_path / "out"}  # fmt: skip
+    return {
+        "marker": marker,
+        "run": run,
+        "shared": shared,
+        "sfr": sfr,
+        "spec": spec,
+        "out": tmp_path / "out",
+    }
 
 
 CODE_CASES: dict[str, Callable[[dict[str, Path]], list[str]]] = {
     "eval-clean": lambda p: ["eval-clean", str(p["run"]), "--device", "cpu"],
-    "attack --source": lambda p: ["attack", "--source", str(p["run"]), "--attack", "fgsm",
-                                  "--eps", "8", "--out", str(p["out"] / "x.npz")],
+    "attack --source": lambda p: [
+        "attack",
+        "--source",
+        str(p["run"]),
+        "--attack",
+        "fgsm",
+        "--eps",
+        "8",
+        "--out",
+        str(p["out"] / "x.npz"),
+    ],
     "sfr layers": lambda p: ["sfr", "layers", str(p["run"])],
-    "sfr train": lambda p: ["sfr", "train", str(p["run"]), "--layers", "conv1", "--out",
-                            str(p["out"] / "sfr")],
+    "sfr train": lambda p: [
+        "sfr",
+        "train",
+        str(p["run"]),
+        "--layers",
+        "conv1",
+        "--out",
+        str(p["out"] / "sfr"),
+    ],
     "sfr eval": lambda p: ["sfr", "eval", str(p["sfr"]), "--device", "cpu"],
     "report of a shared folder": lambda p: ["report", str(p["shared"])],
-    "run into a folder holding the run": lambda p: ["run", str(p["spec"]), "--out",
-                                                    str(p["shared"]), "--quiet"],
-}  # fmt: skip
+    "run into a folder holding the run": lambda p: [
+        "run",
+        str(p["spec"]),
+        "--out",
+        str(p["shared"]),
+        "--quiet",
+    ],
+}
 
 
 @pytest.mark.parametrize("case", sorted(CODE_CASES))
@@ -154,8 +181,22 @@ def test_a_factory_the_user_names_is_trusted(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = tmp_path / "run"
-    train = ["train", "--dataset", "digits", "--arch", FACTORY, "--epochs", "1", "--pad", "0",
-             "--train-limit", "64", "--out", str(run), "--quiet"]  # fmt: skip
+    train = [
+        "train",
+        "--dataset",
+        "digits",
+        "--arch",
+        FACTORY,
+        "--epochs",
+        "1",
+        "--pad",
+        "0",
+        "--train-limit",
+        "64",
+        "--out",
+        str(run),
+        "--quiet",
+    ]
     assert main(train) == 0  # named on the command line: trusted
     capsys.readouterr()
     assert main(["eval-clean", str(run), "--device", "cpu"]) == 2
@@ -194,7 +235,7 @@ NAME_CASES = {
     "hidden": '[models.".hidden"]',
     "attack name": '[attacks."../x"]\nattack = "fgsm"\neps = 8',
     "experiment name": None,
-}  # fmt: skip
+}
 
 
 def _named_spec(case: str) -> str:
@@ -283,12 +324,34 @@ def test_commands_never_write_over_their_inputs(
     perturbation.write_bytes(b"not read")
     before = _tree(tmp_path)
     cases = [
-        ["attack", "--source", str(run), "--attack", "fgsm", "--eps", "8", "--out",
-         str(run / "meta.json"), "--force", "--device", "cpu"],
+        [
+            "attack",
+            "--source",
+            str(run),
+            "--attack",
+            "fgsm",
+            "--eps",
+            "8",
+            "--out",
+            str(run / "meta.json"),
+            "--force",
+            "--device",
+            "cpu",
+        ],
         ["sfr", "train", str(run), "--layers", "conv1", "--out", str(run), "--force"],
-        ["universal", "import", str(perturbation), "--layout", "hwc", "--channel-order", "rgb",
-         "--out", str(perturbation), "--force"],
-    ]  # fmt: skip
+        [
+            "universal",
+            "import",
+            str(perturbation),
+            "--layout",
+            "hwc",
+            "--channel-order",
+            "rgb",
+            "--out",
+            str(perturbation),
+            "--force",
+        ],
+    ]
     for args in cases:
         assert main(args) == 2, args
         _one_error_line(capsys, "would overwrite the input")
@@ -309,8 +372,9 @@ with FolderLock(sys.argv[1], "the test's holder"):
 @contextmanager
 def _held(folder: Path) -> Iterator[int]:
     """A second process holding ``folder``'s lock; yields its PID."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], text=True,
-                              stdout=subprocess.PIPE)  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder)], text=True, stdout=subprocess.PIPE
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         yield holder.pid
@@ -327,9 +391,30 @@ def test_a_second_writer_stops_naming_the_first(
     before = _tree(run)
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC)
-    train = ["train", "--dataset", "digits", "--arch", "lenet", "--width", "8", "--epochs", "3",
-             "--pad", "0", "--batch-size", "32", "--lr", "0.05", "--train-limit", "300",
-             "--quiet", "--device", "cpu", "--out", str(run)]  # digits_run's recipe
+    train = [
+        "train",
+        "--dataset",
+        "digits",
+        "--arch",
+        "lenet",
+        "--width",
+        "8",
+        "--epochs",
+        "3",
+        "--pad",
+        "0",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.05",
+        "--train-limit",
+        "300",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--out",
+        str(run),
+    ]  # digits_run's recipe
     with _held(run) as pid:
         for args in ([*train, "--resume"], [*train, "--force"]):
             assert main(args) == 2
@@ -375,8 +460,12 @@ def test_a_waiting_lock_waits_for_the_holder(tmp_path: Path) -> None:
 
 
 def _robustlab(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "robustlab", *args], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "robustlab", *args],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 READY = """
@@ -392,9 +481,13 @@ sys.exit(main(sys.argv[1:]))
 def _ready(*args: str) -> subprocess.Popen[str]:
     """A robustlab command that has imported everything and starts when told (a newline on
     its standard input): the second writer then meets the first one at work, on any CPU."""
-    process = subprocess.Popen([sys.executable, "-c", READY, *args], text=True,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-c", READY, *args],
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert process.stdout is not None and process.stdout.readline().strip() == "ready"
     return process
 
@@ -409,8 +502,26 @@ def _wait_for(path: Path, process: subprocess.Popen[str], limit: float = 120) ->
 @pytest.mark.slow
 def test_two_writers_of_one_run_one_is_refused_the_other_survives(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = ["train", "--dataset", "digits", "--arch", "lenet", "--width", "8", "--epochs", "25",
-            "--pad", "0", "--batch-size", "16", "--quiet", "--device", "cpu", "--out", str(run)]
+    args = [
+        "train",
+        "--dataset",
+        "digits",
+        "--arch",
+        "lenet",
+        "--width",
+        "8",
+        "--epochs",
+        "25",
+        "--pad",
+        "0",
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--out",
+        str(run),
+    ]
     second = _ready(*args)
     first = _robustlab(*args)
     _wait_for(run / ".robustlab.lock", first)

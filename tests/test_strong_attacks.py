@@ -25,9 +25,13 @@ def digits64() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     x = torch.tensor(digits.images, dtype=torch.float64).unsqueeze(1) / 16
     y = torch.tensor(digits.target)
     model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(16 * 64, 10),
-    ).double()  # fmt: skip
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 64, 10),
+    ).double()
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(15):
@@ -82,8 +86,9 @@ def test_apgd_robust_accuracy_is_within_one_point_of_torchattacks(digits64, case
 def test_square_is_at_least_as_strong_as_torchattacks(digits64, norm: str, eps: float) -> None:
     model, x, y = digits64
     ours = Square(model, eps=eps, queries=1000, norm=norm).run(x, y)
-    ref = torchattacks.Square(model, norm="Linf" if norm == "linf" else "L2", eps=eps,
-                              n_queries=1000)(x, y)  # fmt: skip
+    ref = torchattacks.Square(
+        model, norm="Linf" if norm == "linf" else "L2", eps=eps, n_queries=1000
+    )(x, y)
     assert accuracy(model, ours.adv, y) <= accuracy(model, ref, y) + 0.01 + 1e-9
     assert ours.queries is not None and ours.queries.max() <= 1000
     wrong = model(x).argmax(1) != y

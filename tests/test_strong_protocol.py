@@ -10,8 +10,8 @@ from torch import nn
 from robustlab.attacks.adversarial_set import attack_in_batches
 from robustlab.evaluation import strong
 from robustlab.evaluation.curve import EpsilonSearch, accuracy_at, smallest_eps
+from robustlab.evaluation.protocols.base import flag_rising_with_eps
 from robustlab.evaluation.strong import StrongConfig, strong_attack
-from robustlab.experiments.executor import flag_rising_with_eps
 from robustlab.experiments.spec import parse_spec
 from tests.test_defenses import Quantized, _plain
 
@@ -52,8 +52,10 @@ def test_stopped_runs_continue_from_the_flags_on_disk(batch, tmp_path: Path, mon
     model, x, y = batch
     first = strong_attack(model, x, y, CONFIG, store=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "apgd-ce.safetensors", "apgd-t.safetensors", "square.safetensors",
-    ]  # fmt: skip
+        "apgd-ce.safetensors",
+        "apgd-t.safetensors",
+        "square.safetensors",
+    ]
     (tmp_path / "square.safetensors").unlink()  # as if stopped before Square finished
     calls: list[str] = []
     original = strong.attack_in_batches
@@ -79,8 +81,9 @@ def test_masked_gradients_are_flagged_and_square_still_breaks_images() -> None:
     y = plain(x).argmax(1)
     masked = Quantized(plain)  # rounds its input: every input gradient is zero
     y = masked(x).argmax(1)
-    result = strong_attack(masked, x, y, StrongConfig(eps=64 / 255, steps=5, target_classes=2,
-                                                      queries=200))  # fmt: skip
+    result = strong_attack(
+        masked, x, y, StrongConfig(eps=64 / 255, steps=5, target_classes=2, queries=200)
+    )
     assert result.zero_gradient_share == 1.0
     assert {"zero_gradients", "square_beats_gradients"} <= set(result.flags)
     assert result.broken["square"] > 0
@@ -113,8 +116,7 @@ def test_accuracy_rising_with_eps_is_flagged() -> None:
 )
 def test_strong_spec_errors_name_the_key(protocol: dict, message: str) -> None:
     entry = {"type": "strong", "models": ["standard"], **protocol}
-    source = {"experiment": {"dataset": "digits"}, "models": {"standard": {}},
-              "protocols": [entry]}  # fmt: skip
+    source = {"experiment": {"dataset": "digits"}, "models": {"standard": {}}, "protocols": [entry]}
     with pytest.raises(ValueError, match=message):
         parse_spec(source)
 
@@ -140,8 +142,9 @@ def test_smallest_eps_by_bisection_on_a_linear_model() -> None:
         distance = (gap / norms.clamp_min(1e-12)).masked_fill(gap <= 0, float("inf")).amin(1)
     assert (star[3:] >= distance[3:] - 1e-5).all()  # 1e-5: float32 logits, not the search
     # the first stage is exactly APGD-CE at ε_max on every correctly classified image
-    adv = attack_in_batches("apgd", model, {"eps": search.eps_max, "steps": 10}, x[3:], y[3:],
-                            batch_size=64)  # fmt: skip
+    adv = attack_in_batches(
+        "apgd", model, {"eps": search.eps_max, "steps": 10}, x[3:], y[3:], batch_size=64
+    )
     survivors = int((model(adv.adv).argmax(1) == y[3:]).sum())
     assert survivors == int(torch.isinf(star).sum())
     rates = accuracy_at(star, [search.resolution * k for k in (1, 4, 16)])
@@ -160,7 +163,6 @@ def test_smallest_eps_by_bisection_on_a_linear_model() -> None:
 )
 def test_curve_spec_errors_name_the_key(protocol: dict, message: str) -> None:
     entry = {"type": "curve", "models": ["standard"], "search_steps": 4, **protocol}
-    source = {"experiment": {"dataset": "digits"}, "models": {"standard": {}},
-              "protocols": [entry]}  # fmt: skip
+    source = {"experiment": {"dataset": "digits"}, "models": {"standard": {}}, "protocols": [entry]}
     with pytest.raises(ValueError, match=message):
         parse_spec(source)

@@ -114,9 +114,30 @@ def test_resume_continues_to_the_same_weights(tmp_path: Path) -> None:
 
 
 def _cli(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "robustlab", "train", "--dataset", "digits", "--arch", "resnet8",
-            "--width", "8", "--defect", "bottom:0.5", "--epochs", "4", "--batch-size", "32",
-            "--seed", "1", "--quiet", "--out", str(out), *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "robustlab",
+        "train",
+        "--dataset",
+        "digits",
+        "--arch",
+        "resnet8",
+        "--width",
+        "8",
+        "--defect",
+        "bottom:0.5",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "32",
+        "--seed",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -173,8 +194,22 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path: Path, capsys: pytest.Capt
 
 def test_cli_train_and_eval_clean(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
-    args = ["train", "--dataset", "digits", "--arch", "lenet", "--width", "4", "--epochs", "1",
-            "--train-limit", "200", "--quiet", "--out", str(out)]  # fmt: skip
+    args = [
+        "train",
+        "--dataset",
+        "digits",
+        "--arch",
+        "lenet",
+        "--width",
+        "4",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "200",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     trained = float(capsys.readouterr().out.split("test accuracy")[1])
     assert main(["eval-clean", str(out)]) == 0
@@ -207,10 +242,30 @@ def test_adversarial_training_trains_on_pgd_examples(
 
 def test_cli_baseline_flags_reach_the_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
-    args = ["train", "--dataset", "digits", "--arch", "resnet8", "--width", "4", "--epochs", "1",
-            "--train-limit", "64", "--thermometer", "4", "--adv-train", "8:2:1",
-            "--regularizer", "dropblock", "--label-smoothing", "0.1", "--quiet",
-            "--out", str(out)]  # fmt: skip
+    args = [
+        "train",
+        "--dataset",
+        "digits",
+        "--arch",
+        "resnet8",
+        "--width",
+        "4",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "64",
+        "--thermometer",
+        "4",
+        "--adv-train",
+        "8:2:1",
+        "--regularizer",
+        "dropblock",
+        "--label-smoothing",
+        "0.1",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     meta = robustlab.runs.read_meta(out)
     assert meta["model"]["thermometer"] == 4 and meta["model"]["regularizer"] == "dropblock"
@@ -227,8 +282,15 @@ def test_fast_path_options_train_and_are_recorded(tmp_path: Path) -> None:
     data = sample(load_dataset("digits", "train"), 96)
     config = model_config_for(data, "lenet", width=4)
     fast = FastPath(channels_last=True, bf16=True)
-    meta = train(config, data, data, TrainConfig(epochs=1, batch_size=32, pad=0), tmp_path / "r",
-                 quiet=True, fast=fast)  # fmt: skip
+    meta = train(
+        config,
+        data,
+        data,
+        TrainConfig(epochs=1, batch_size=32, pad=0),
+        tmp_path / "r",
+        quiet=True,
+        fast=fast,
+    )
     assert meta["fast_path"] == {"channels_last": True, "bf16": True, "compile": False}
     assert math.isfinite(meta["history"][0]["train_loss"])
 
@@ -264,16 +326,40 @@ def test_a_per_step_schedule_is_recorded_and_refuses_other_epochs_on_resume(
     longer = TrainConfig(**{**recipe.to_dict(), "milestones": None, "epochs": 3})
     with pytest.raises(RobustlabError, match="depends on the number of epochs"):
         train(config, train_data, test_data, longer, tmp_path / "r", resume=True, quiet=True)
-    code = main(["train", "--dataset", "digits", "--arch", "lenet", "--width", "4", "--epochs",
-                 "1", "--pad", "0", "--train-limit", "128", "--schedule", "cosine",
-                 "--out", str(tmp_path / "c"), "--quiet", "--device", "cpu"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--arch",
+            "lenet",
+            "--width",
+            "4",
+            "--epochs",
+            "1",
+            "--pad",
+            "0",
+            "--train-limit",
+            "128",
+            "--schedule",
+            "cosine",
+            "--out",
+            str(tmp_path / "c"),
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0 and robustlab.runs.read_meta(tmp_path / "c")["train"]["schedule"] == "cosine"
 
 
 def test_a_run_records_its_training_time_defenses(tmp_path: Path) -> None:
     train_data, test_data = _digits(128, 32)
-    defenses = (DefectMasks(DefectSpec(0.5, seed=3)), LabelSmoothing(0.1),
-                AdversarialTraining(eps=8 / 255, step=4 / 255, steps=1))  # fmt: skip
+    defenses = (
+        DefectMasks(DefectSpec(0.5, seed=3)),
+        LabelSmoothing(0.1),
+        AdversarialTraining(eps=8 / 255, step=4 / 255, steps=1),
+    )
     config = model_with(defenses, model_config_for(train_data, "lenet", width=4))
     recipe = recipe_with(defenses, TrainConfig(epochs=1, batch_size=64, pad=0))
     train(config, train_data, test_data, recipe, tmp_path / "run", quiet=True)

@@ -70,8 +70,17 @@ def test_layouts_that_do_not_fit_are_named(rgb: np.ndarray, tmp_path: Path) -> N
 def test_cli_import_then_sfr_style_use(rgb: np.ndarray, tmp_path: Path, capsys) -> None:
     np.save(tmp_path / "p.npy", rgb.transpose(1, 2, 0))
     out = tmp_path / "p.safetensors"
-    args = ["universal", "import", str(tmp_path / "p.npy"), "--layout", "hwc",
-            "--channel-order", "rgb", "--out", str(out)]  # fmt: skip
+    args = [
+        "universal",
+        "import",
+        str(tmp_path / "p.npy"),
+        "--layout",
+        "hwc",
+        "--channel-order",
+        "rgb",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert "3x12x12" in capsys.readouterr().out
     loaded = UniversalPerturbation.load(out)

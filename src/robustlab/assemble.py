@@ -93,20 +93,34 @@ class ModelConfig:
         if is_external(self.arch):
             return self._build_external()
         return build_model(
-            self.arch, self.num_classes, self.in_channels, image_size=self.image_size,
-            defect=self.defect, mean=self.mean, std=self.std, regularizer=self.regularizer,
-            regularizer_block=self.regularizer_block, regularizer_keep=self.regularizer_keep,
-            thermometer=self.thermometer, **self.options,
-        )  # fmt: skip
+            self.arch,
+            self.num_classes,
+            self.in_channels,
+            image_size=self.image_size,
+            defect=self.defect,
+            mean=self.mean,
+            std=self.std,
+            regularizer=self.regularizer,
+            regularizer_block=self.regularizer_block,
+            regularizer_keep=self.regularizer_keep,
+            thermometer=self.thermometer,
+            **self.options,
+        )
 
     def _build_external(self) -> nn.Module:
         if self.regularizer is not None or self.thermometer is not None:
-            raise ValueError(f"{self.arch}: regularizer and thermometer need a zoo "
-                             "architecture (robustlab list)")  # fmt: skip
+            raise ValueError(
+                f"{self.arch}: regularizer and thermometer need a zoo architecture (robustlab list)"
+            )
         model = build_external(
-            self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
-            image_size=self.image_size, mean=self.mean, std=self.std, options=self.options,
-        )  # fmt: skip
+            self.arch,
+            num_classes=self.num_classes,
+            in_channels=self.in_channels,
+            image_size=self.image_size,
+            mean=self.mean,
+            std=self.std,
+            options=self.options,
+        )
         if self.defect is not None:
             if self.defect.widen > 1:
                 raise ValueError("widened defective blocks (xN) need a zoo architecture")

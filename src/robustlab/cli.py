@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -11,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from robustlab import __version__
 from robustlab.io import RobustlabError
 from robustlab.units import from_255, pgd_budget
+from robustlab.version import __version__
 
 if TYPE_CHECKING:  # the command line imports torch-heavy modules only when a command runs
     from robustlab.defenses.training_time import TrainingDefense
@@ -64,10 +65,13 @@ def _add_data_args(parser: argparse.ArgumentParser, dataset_required: bool = Tru
 
 def _add_trust_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--trust-factory", action="append", default=[], metavar="MODULE:FUNCTION",
+        "--trust-factory",
+        action="append",
+        default=[],
+        metavar="MODULE:FUNCTION",
         help="import this model factory when a run's meta.json names it (files never name code "
         "robustlab runs on their own; also ROBUSTLAB_TRUST=A,B); repeatable",
-    )  # fmt: skip
+    )
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -89,23 +93,28 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     p.add_argument("--thermometer", type=int, help="thermometer-encode the input with L levels")
     p.add_argument(
-        "--adv-train", type=_adv_train, metavar="EPS:STEP:STEPS",
+        "--adv-train",
+        type=_adv_train,
+        metavar="EPS:STEP:STEPS",
         help="Madry adversarial training with PGD, 0-255 units, e.g. 8:2:7",
-    )  # fmt: skip
+    )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument(
-        "--schedule", choices=["paper", "cosine", "onecycle"], default="paper",
+        "--schedule",
+        choices=["paper", "cosine", "onecycle"],
+        default="paper",
         help="learning-rate schedule: the paper's step decay, cosine with warm-up, or one-cycle "
         "(per step; these converge in a few epochs)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--milestones", type=_milestones,
+        "--milestones",
+        type=_milestones,
         help="paper schedule: epochs where lr ×0.1 (default: 150/350, 250/350 of --epochs)",
-    )  # fmt: skip
+    )
     p.add_argument("--pad", type=int, default=4, help="random-crop padding in pixels (0: no crop)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory (GPU)")
@@ -130,9 +139,12 @@ def _training_defenses(args: argparse.Namespace) -> tuple[TrainingDefense, ...]:
 
     defect = replace(args.defect, seed=args.mask_seed) if args.defect is not None else None
     return training_defenses(
-        defect=defect, regularizer=args.regularizer, thermometer=args.thermometer,
-        label_smoothing=args.label_smoothing, adv_train=args.adv_train,
-    )  # fmt: skip
+        defect=defect,
+        regularizer=args.regularizer,
+        thermometer=args.thermometer,
+        label_smoothing=args.label_smoothing,
+        adv_train=args.adv_train,
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -140,18 +152,34 @@ def _train(args: argparse.Namespace) -> int:
     from robustlab.training import FastPath, TrainConfig
 
     config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, milestones=args.milestones, pad=args.pad,
-        flip=not args.no_flip, seed=args.seed, schedule=args.schedule,
-    )  # fmt: skip
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        milestones=args.milestones,
+        pad=args.pad,
+        flip=not args.no_flip,
+        seed=args.seed,
+        schedule=args.schedule,
+    )
     meta = train_model(
-        dataset=args.dataset, arch=args.arch, out=args.out, config=config,
+        dataset=args.dataset,
+        arch=args.arch,
+        out=args.out,
+        config=config,
         defenses=_training_defenses(args),
         options={"width": args.width} if args.width is not None else None,
-        data_dir=args.data_dir, download=args.download, train_limit=args.train_limit,
-        test_limit=args.test_limit, resume=args.resume, force=args.force, device=args.device,
-        quiet=args.quiet, fast=FastPath(args.channels_last, args.bf16, args.compile),
-    )  # fmt: skip
+        data_dir=args.data_dir,
+        download=args.download,
+        train_limit=args.train_limit,
+        test_limit=args.test_limit,
+        resume=args.resume,
+        force=args.force,
+        device=args.device,
+        quiet=args.quiet,
+        fast=FastPath(args.channels_last, args.bf16, args.compile),
+    )
     accuracy = meta["test_accuracy"]
     print(f"{args.out}: epoch {meta['epoch']}/{config.epochs}, test accuracy {accuracy:.4f}")
     return 0
@@ -186,7 +214,7 @@ def _add_attack_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
         "eps and step sizes are in 0-255 pixel units, as in the paper.",
     )
     p.add_argument("--source", action="append", required=True, help="source run (repeatable)")
-    p.add_argument("--attack", required=True, help="fgsm, pgd, mifgsm, cw, boundary or noise")
+    p.add_argument("--attack", required=True, help="attack name (robustlab list), e.g. pgd")
     p.add_argument("--eps", type=float, help="perturbation bound in 0-255 units (fgsm/pgd/mifgsm)")
     p.add_argument("--step", type=float, help="step size in 0-255 units (pgd/mifgsm)")
     p.add_argument("--steps", type=int, help="iterations (pgd/mifgsm/cw/boundary)")
@@ -215,8 +243,18 @@ def _add_attack_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.set_defaults(handler=_attack)
 
 
-_ATTACK_PARAMS = ("steps", "random_start", "norm", "decay", "kappa", "c", "search_steps", "lr",
-                  "max_queries", "candidates")  # fmt: skip
+_ATTACK_PARAMS = (
+    "steps",
+    "random_start",
+    "norm",
+    "decay",
+    "kappa",
+    "c",
+    "search_steps",
+    "lr",
+    "max_queries",
+    "candidates",
+)
 
 
 def _attack(args: argparse.Namespace) -> int:
@@ -234,14 +272,27 @@ def _attack(args: argparse.Namespace) -> int:
     if args.sigma is not None:
         params["sigma"] = args.sigma  # the noise attack takes σ in 0-255 units itself
     adv_set = make_adversarial_set(
-        sources=args.source, attack=args.attack, params=params, out=args.out,
-        dataset=args.dataset, data_dir=args.data_dir, split=args.split, n=args.n,
-        seed=args.seed, batch_size=args.batch_size, quantize=not args.float,
-        target=args.target, force=args.force, device=args.device, quiet=args.quiet,
-    )  # fmt: skip
+        sources=args.source,
+        attack=args.attack,
+        params=params,
+        out=args.out,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        split=args.split,
+        n=args.n,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        quantize=not args.float,
+        target=args.target,
+        force=args.force,
+        device=args.device,
+        quiet=args.quiet,
+    )
     fooled = float(adv_set.fooled_source.mean()) if len(adv_set) else 0.0
-    print(f"{args.out}: {len(adv_set)} images, fooled the source on {fooled:.1%}, "
-          f"median linf {255 * float(np.median(adv_set.linf)):.2f}/255")  # fmt: skip
+    print(
+        f"{args.out}: {len(adv_set)} images, fooled the source on {fooled:.1%}, "
+        f"median linf {255 * float(np.median(adv_set.linf)):.2f}/255"
+    )
     return 0
 
 
@@ -309,9 +360,10 @@ def _add_report_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("results", help="results directory of `robustlab run`")
     p.add_argument("--out", help="HTML file to write (default RESULTS/report.html)")
     p.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="replace an existing --out that is not a robustlab report (never an input)",
-    )  # fmt: skip
+    )
     _add_trust_arg(p)
     p.set_defaults(handler=_report)
 
@@ -327,9 +379,10 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p = sub.add_parser("demo", help="train small standard and defective models and compare them")
     p.add_argument("--out", default="results/demo", help="results directory (resumable)")
     p.add_argument(
-        "--no-download", action="store_true",
+        "--no-download",
+        action="store_true",
         help="do not download Fashion-MNIST when it is not installed (fall back to digits)",
-    )  # fmt: skip
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_demo)
@@ -373,11 +426,20 @@ def _csc_learn(args: argparse.Namespace) -> int:
     from robustlab.experiments.jobs import resolve_device
 
     path = learn_csc_dictionary(
-        args.dataset, args.out, args.filters, size=args.size, lmbda=args.lmbda,
-        images=args.images, options=LearnOptions(iterations=args.iterations, seed=args.seed),
-        clusters=args.clusters, data_dir=args.data_dir, download=args.download,
-        device=resolve_device(args.device), force=args.force, command=args.command_line,
-    )  # fmt: skip
+        args.dataset,
+        args.out,
+        args.filters,
+        size=args.size,
+        lmbda=args.lmbda,
+        images=args.images,
+        options=LearnOptions(iterations=args.iterations, seed=args.seed),
+        clusters=args.clusters,
+        data_dir=args.data_dir,
+        download=args.download,
+        device=resolve_device(args.device),
+        force=args.force,
+        command=args.command_line,
+    )
     print(f"dictionary: {path}")
     return 0
 
@@ -392,31 +454,37 @@ def _add_purify_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("in_dir", metavar="IN_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument(
-        "--dict", required=True,
+        "--dict",
+        required=True,
         help="dictionary folder (robustlab csc learn), or a .npy file as the CSC release ships "
         "them: (P, P, C, M) or (P, P, M), sporco's layout",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--channel-order", choices=["bgr", "rgb"],
+        "--channel-order",
+        choices=["bgr", "rgb"],
         help="channel order of a .npy dictionary (default bgr: the release reads with OpenCV)",
-    )  # fmt: skip
+    )
     p.add_argument("--lmbda", type=float, help="sparsity weight λ (default: the dictionary's)")
     p.add_argument("--size", type=int, help="resize images to SIZE × SIZE first")
     p.add_argument("--max-iter", type=int, default=200, help="ADMM iterations (default 200)")
     p.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="redo every image, also when OUT_DIR holds images purified with other settings",
-    )  # fmt: skip
+    )
     p.add_argument("--rel-tol", type=float, default=5e-3, help="stopping tolerance (5e-3)")
     p.add_argument(
-        "--compile", action="store_true",
+        "--compile",
+        action="store_true",
         help="fuse the solver's element-wise work with torch.compile (faster after a "
         "compilation of 8-20 s; needs a C++ compiler)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--rescale", choices=["clip", "max"], default="clip",
+        "--rescale",
+        choices=["clip", "max"],
+        default="clip",
         help="clip to [0, 1] (default) or divide by the image maximum like the released code",
-    )  # fmt: skip
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_purify)
@@ -428,12 +496,18 @@ def _purify(args: argparse.Namespace) -> int:
     from robustlab.experiments.jobs import resolve_device
 
     options = CBPDNOptions(max_iter=args.max_iter, rel_tol=args.rel_tol, compile=args.compile)
-    purifier = CSCPurifier(args.dict, args.lmbda, options, rescale=args.rescale,
-                           channel_order=args.channel_order)  # fmt: skip
+    purifier = CSCPurifier(
+        args.dict, args.lmbda, options, rescale=args.rescale, channel_order=args.channel_order
+    )
     done, skipped = purify_folder(
-        args.in_dir, args.out_dir, purifier, size=args.size,
-        device=resolve_device(args.device), quiet=args.quiet, force=args.force,
-    )  # fmt: skip
+        args.in_dir,
+        args.out_dir,
+        purifier,
+        size=args.size,
+        device=resolve_device(args.device),
+        quiet=args.quiet,
+        force=args.force,
+    )
     print(f"purified {done} images into {args.out_dir} ({skipped} already there)")
     return 0
 
@@ -445,8 +519,16 @@ def _layers(text: str) -> list[str]:
     return names
 
 
-# robustlab.attacks.universal.UNIVERSAL_ATTACKS, spelled out: --help must not import torch
-UNIVERSAL_CHOICES = ["uap", "spgd", "fff", "gap", "nag", "singular", "guap"]
+def _universal_attack(name: str) -> str:
+    """A name of the universal-attack registry (looked up when the option is parsed, so
+    --help stays quick and there is no second list of names to keep)."""
+    from robustlab.attacks.universal import UNIVERSAL_ATTACKS
+
+    if name not in UNIVERSAL_ATTACKS:
+        raise argparse.ArgumentTypeError(
+            f"unknown universal attack {name!r}; choose one of {', '.join(UNIVERSAL_ATTACKS)}"
+        )
+    return name
 
 
 def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -466,7 +548,9 @@ def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     train.add_argument("run", help="run directory of the baseline model")
     train.add_argument("--layers", type=_layers, required=True, help="comma-separated Conv2d names")
-    train.add_argument("--attack", default="uap", choices=UNIVERSAL_CHOICES)
+    train.add_argument(
+        "--attack", default="uap", type=_universal_attack, help="universal attack (robustlab list)"
+    )
     train.add_argument("--xi", type=float, default=10.0, help="ℓ∞ radius in 0-255 units (10)")
     train.add_argument("--uaps", type=int, default=3, help="precomputed perturbations (3)")
     train.add_argument("--attack-images", type=int, default=256, help="images per perturbation")
@@ -489,17 +573,22 @@ def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "defense on or off.",
     )
     ev.add_argument("sfr_dir", metavar="RUN_SFR")
-    ev.add_argument("--attack", default="uap", choices=UNIVERSAL_CHOICES)
+    ev.add_argument(
+        "--attack", default="uap", type=_universal_attack, help="universal attack (robustlab list)"
+    )
     ev.add_argument("--xi", type=float, default=10.0, help="ℓ∞ radius in 0-255 units (10)")
     ev.add_argument(
-        "--perturbation", metavar="FILE",
+        "--perturbation",
+        metavar="FILE",
         help="evaluate this perturbation (robustlab format, e.g. from `robustlab universal "
         "import`) instead of computing --attack",
-    )  # fmt: skip
+    )
     ev.add_argument(
-        "--against", choices=["baseline", "defended"], default="baseline",
+        "--against",
+        choices=["baseline", "defended"],
+        default="baseline",
         help="model the perturbation is computed on (defended: white-box secondary attack)",
-    )  # fmt: skip
+    )
     ev.add_argument("--defense", choices=["on", "off"], default="on", help="for --input")
     ev.add_argument("--input", help="an image file to classify")
     ev.add_argument("--n", type=int, default=1000, help="test images (1000)")
@@ -527,12 +616,24 @@ def _sfr_train(args: argparse.Namespace) -> int:
     from robustlab.experiments.sfr import train_sfr
 
     meta = train_sfr(
-        args.run, args.out, args.layers, attack=args.attack, xi=from_255(args.xi), uaps=args.uaps,
-        attack_images=args.attack_images, train_limit=args.train_limit, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, fraction=args.fraction, seed=args.seed,
-        device=resolve_device(args.device), force=args.force, quiet=args.quiet,
+        args.run,
+        args.out,
+        args.layers,
+        attack=args.attack,
+        xi=from_255(args.xi),
+        uaps=args.uaps,
+        attack_images=args.attack_images,
+        train_limit=args.train_limit,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        fraction=args.fraction,
+        seed=args.seed,
+        device=resolve_device(args.device),
+        force=args.force,
+        quiet=args.quiet,
         command=args.command_line,
-    )  # fmt: skip
+    )
     losses = ", ".join(f"{h['loss']:.3f}" for h in meta["history"])
     print(f"SFR: {args.out} (FRUs on {', '.join(args.layers)}; loss per epoch {losses})")
     return 0
@@ -544,21 +645,41 @@ def _sfr_eval(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     if args.input:
-        print(classify_image(args.sfr_dir, args.input, args.attack, xi=from_255(args.xi),
-                             defense=args.defense == "on", against=args.against, seed=args.seed,
-                             device=device))  # fmt: skip
+        print(
+            classify_image(
+                args.sfr_dir,
+                args.input,
+                args.attack,
+                xi=from_255(args.xi),
+                defense=args.defense == "on",
+                against=args.against,
+                seed=args.seed,
+                device=device,
+            )
+        )
         return 0
-    result = evaluate_sfr(args.sfr_dir, args.attack, from_255(args.xi), against=args.against,
-                          n=args.n, seed=args.seed, device=device,
-                          perturbation_file=args.perturbation)  # fmt: skip
-    print(f"{result['attack']} ξ={255 * result['xi']:.4g}/255 against the {result['against']}, "
-          f"n={result['n']}")  # fmt: skip
+    result = evaluate_sfr(
+        args.sfr_dir,
+        args.attack,
+        from_255(args.xi),
+        against=args.against,
+        n=args.n,
+        seed=args.seed,
+        device=device,
+        perturbation_file=args.perturbation,
+    )
+    print(
+        f"{result['attack']} ξ={255 * result['xi']:.4g}/255 against the {result['against']}, "
+        f"n={result['n']}"
+    )
     print("| model | clean top-1 | perturbed top-1 | fooling rate | restoration accuracy |")
     print("|---|---|---|---|---|")
     for name in ("baseline", "defended"):
         r = result[name]
-        print(f"| {name} | {100 * r['clean']:.1f}% | {100 * r['perturbed']:.1f}% | "
-              f"{100 * r['fooling_rate']:.1f}% | {r['restoration']:.3f} |")  # fmt: skip
+        print(
+            f"| {name} | {100 * r['clean']:.1f}% | {100 * r['perturbed']:.1f}% | "
+            f"{100 * r['fooling_rate']:.1f}% | {r['restoration']:.3f} |"
+        )
     return 0
 
 
@@ -590,8 +711,14 @@ def _universal_import(args: argparse.Namespace) -> int:
     from robustlab.io import prepare_output
 
     out = prepare_output(args.out, args.force, inputs=[args.file])
-    found = import_perturbation(args.file, args.layout, channel_order=args.channel_order,
-                                scale=args.scale, crop=args.crop, dataset=args.dataset)  # fmt: skip
+    found = import_perturbation(
+        args.file,
+        args.layout,
+        channel_order=args.channel_order,
+        scale=args.scale,
+        crop=args.crop,
+        dataset=args.dataset,
+    )
     found.save(out)
     shape = "x".join(str(d) for d in found.delta.shape)
     print(f"{out}: {shape}, max |δ| = {255 * found.config['xi']:.2f}/255")
@@ -599,20 +726,35 @@ def _universal_import(args: argparse.Namespace) -> int:
 
 
 def _add_list_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("list", help="list architectures, datasets, attacks and universal attacks")
+    p = sub.add_parser(
+        "list",
+        help="list architectures, datasets, attacks, universal attacks and defenses",
+        description="Every name the registries hold; with PATTERN (shell style, e.g. 'res*'), "
+        "the matching ones.",
+    )
+    p.add_argument("pattern", nargs="?", default="*", metavar="PATTERN")
     p.set_defaults(handler=_list)
 
 
-def _list(_: argparse.Namespace) -> int:
+def _list(args: argparse.Namespace) -> int:
     from robustlab import attacks, data, models
+    from robustlab.attacks.universal import UNIVERSAL_ATTACKS
     from robustlab.defenses import registry
 
-    print("architectures:", ", ".join(models.available()))
-    print("datasets:", ", ".join(data.available()))
-    print("attacks:", ", ".join(attacks.available()))
-    print("universal attacks:", ", ".join(UNIVERSAL_CHOICES))
-    for kind, spellings in registry.available().items():
-        print(f"{kind} defenses (spec keys):", ", ".join(spellings))
+    pattern = args.pattern
+    lists = {
+        "architectures": models.available(pattern),
+        "datasets": data.available(pattern),
+        "attacks": attacks.available(pattern),
+        "universal attacks": UNIVERSAL_ATTACKS.names(pattern),
+        **{
+            f"{kind} defenses (spec keys)": fnmatch.filter(spellings, pattern)
+            for kind, spellings in registry.available().items()
+        },
+    }
+    for kind, names in lists.items():
+        if names or pattern == "*":
+            print(f"{kind}:", ", ".join(names))
     return 0
 
 
@@ -632,14 +774,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
     parser.add_argument(
-        "--debug", action="store_true",
+        "--debug",
+        action="store_true",
         help="show the full traceback of an error (also: ROBUSTLAB_DEBUG=1), for bug reports",
-    )  # fmt: skip
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = (_add_train_parser, _add_eval_clean_parser, _add_attack_parser, _add_run_parser,
-                _add_timings_parser, _add_report_parser, _add_demo_parser, _add_csc_parser,
-                _add_purify_parser, _add_sfr_parser, _add_universal_parser,
-                _add_list_parser)  # fmt: skip
+    commands = (
+        _add_train_parser,
+        _add_eval_clean_parser,
+        _add_attack_parser,
+        _add_run_parser,
+        _add_timings_parser,
+        _add_report_parser,
+        _add_demo_parser,
+        _add_csc_parser,
+        _add_purify_parser,
+        _add_sfr_parser,
+        _add_universal_parser,
+        _add_list_parser,
+    )
     for add in commands:
         add(sub)
     return parser

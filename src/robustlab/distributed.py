@@ -93,8 +93,10 @@ def map_batches(
         mine = [probe[:0]]
     pieces = gather_pieces(torch.cat(mine))
     lengths = [min(batch_size, total - s) for s in starts]
-    by_rank = [list(torch.split(piece, [lengths[i] for i in range(r, len(starts), world_size())]))
-               for r, piece in enumerate(pieces)]  # fmt: skip
+    by_rank = [
+        list(torch.split(piece, [lengths[i] for i in range(r, len(starts), world_size())]))
+        for r, piece in enumerate(pieces)
+    ]
     ordered = [by_rank[i % world_size()][i // world_size()] for i in range(len(starts))]
     return torch.cat(ordered)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import inspect
 import io
 import json
@@ -71,6 +72,12 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def config_hash(data: Any) -> str:
+    """A short stable hash of JSON-able data: the cache key of runs, sets and records."""
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -164,16 +171,15 @@ def check_writable(directory: str | Path) -> None:
         ) from None
 
 
-def prepare_output(
-    path: str | Path, force: bool, *, inputs: Iterable[str | Path] = ()
-) -> Path:
+def prepare_output(path: str | Path, force: bool, *, inputs: Iterable[str | Path] = ()) -> Path:
     """Check that ``path`` may be written: refuse to replace an existing one without ``force``,
     and refuse always when it is, or lies inside, one of the command's ``inputs``."""
     path = Path(path)
     for source in inputs:
         if is_within(path, source):
-            raise RobustlabError(f"{path} would overwrite the input {source}; choose another "
-                                 "output path")  # fmt: skip
+            raise RobustlabError(
+                f"{path} would overwrite the input {source}; choose another output path"
+            )
     if path.exists() and not force:
         raise RobustlabError(f"{path} already exists; pass --force to overwrite it")
     check_writable(path.parent)
@@ -207,8 +213,9 @@ def check_title(title: object, where: str) -> str:
     """``title`` (a protocol's heading: free text, never a path) if it is one line of printable
     text of at most 200 characters, else a one-line error."""
     if not isinstance(title, str) or not title.isprintable() or not 0 < len(title) <= 200:
-        raise ValueError(f"{where}: name {title!r} must be one line of printable text, at most "
-                         "200 characters")  # fmt: skip
+        raise ValueError(
+            f"{where}: name {title!r} must be one line of printable text, at most 200 characters"
+        )
     return title
 
 
@@ -218,12 +225,15 @@ def under(root: str | Path, *parts: str) -> Path:
     root = Path(root)
     for part in parts:
         if not part or part in (".", "..") or "/" in part or "\\" in part or "\0" in part:
-            raise RobustlabError(f"{part!r}: not a plain file name; names in specs and records "
-                                 f"must match {NAME_PATTERN}")  # fmt: skip
+            raise RobustlabError(
+                f"{part!r}: not a plain file name; names in specs and records "
+                f"must match {NAME_PATTERN}"
+            )
     path = root.joinpath(*parts)
     if not is_within(path, root):
-        raise RobustlabError(f"{path}: leaves {root} (a link?); remove it or choose another "
-                             "output folder")  # fmt: skip
+        raise RobustlabError(
+            f"{path}: leaves {root} (a link?); remove it or choose another output folder"
+        )
     return path
 
 
@@ -244,8 +254,9 @@ class FolderLock:
     ...     ...
     """
 
-    def __init__(self, folder: str | Path, command: str = "", *, wait: bool = False,
-                 name: str = LOCK_FILE) -> None:  # fmt: skip
+    def __init__(
+        self, folder: str | Path, command: str = "", *, wait: bool = False, name: str = LOCK_FILE
+    ) -> None:
         self.path = Path(folder) / name
         self.command, self.wait = command or " ".join(sys.argv[:3]), wait
         self._fd: int | None = None
@@ -280,8 +291,12 @@ class FolderLock:
                 break
             os.close(fd)
         os.ftruncate(fd, 0)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
-                "since": time.time()}  # fmt: skip
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": self.command,
+            "since": time.time(),
+        }
         os.write(fd, json.dumps(info).encode())
         self._fd = fd
         return self

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab import __version__
 from robustlab.assemble import ModelConfig
 from robustlab.io import RobustlabError, load_tensors, read_json, save_tensors, write_json
+from robustlab.version import __version__
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
@@ -44,8 +44,10 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
         raise RobustlabError(f"{path}: unknown run format {found!r}")
     for key, inner in (("model", "arch"), ("dataset", "name")):
         if not isinstance(meta.get(key), dict) or inner not in meta[key]:
-            raise RobustlabError(f"{path}: malformed run metadata ({key}.{inner} missing); "
-                                 "re-train the run or restore its meta.json")  # fmt: skip
+            raise RobustlabError(
+                f"{path}: malformed run metadata ({key}.{inner} missing); "
+                "re-train the run or restore its meta.json"
+            )
     return meta
 
 
@@ -64,8 +66,10 @@ def check_run(run_dir: str | Path, expected: ModelConfig) -> ModelConfig:
     the folder by): a folder edited to describe another model is never evaluated."""
     config = model_config(run_dir)
     if _as_json(config.to_dict()) != _as_json(expected.to_dict()):
-        raise RobustlabError(f"{run_dir}/meta.json describes another model than the one this "
-                             "folder is keyed by; delete the folder to retrain it")  # fmt: skip
+        raise RobustlabError(
+            f"{run_dir}/meta.json describes another model than the one this "
+            "folder is keyed by; delete the folder to retrain it"
+        )
     return config
 
 

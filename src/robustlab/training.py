@@ -171,17 +171,25 @@ def train(
         _epoch(loop, epoch, train_data, test_data, history, quiet=quiet)
         _save_state(run_dir / STATE_FILE, loop.model, loop.optimizer, history)
         meta.update(
-            train=config.to_dict(), history=history, epoch=epoch + 1,
-            complete=epoch + 1 == config.epochs, test_accuracy=history[-1]["test_accuracy"],
-        )  # fmt: skip
+            train=config.to_dict(),
+            history=history,
+            epoch=epoch + 1,
+            complete=epoch + 1 == config.epochs,
+            test_accuracy=history[-1]["test_accuracy"],
+        )
         save_run(run_dir, loop.model, model_config, **meta)
     return read_meta(run_dir)
 
 
 def _epoch(
-    loop: _Loop, epoch: int, train_data: Dataset, test_data: Dataset,
-    history: list[dict[str, Any]], *, quiet: bool,
-) -> None:  # fmt: skip
+    loop: _Loop,
+    epoch: int,
+    train_data: Dataset,
+    test_data: Dataset,
+    history: list[dict[str, Any]],
+    *,
+    quiet: bool,
+) -> None:
     """One epoch, its test accuracy appended to ``history`` (and printed unless ``quiet``)."""
     stats = loop.epoch(train_data, epoch)
     stats["test_accuracy"] = accuracy(loop.model, test_data, batch_size=512)
@@ -281,9 +289,11 @@ class _Loop:
             model.load_state_dict(init)
         model = model.to(device)
         optimizer = torch.optim.SGD(
-            model.parameters(), lr=config.lr, momentum=config.momentum,
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
             weight_decay=config.weight_decay,
-        )  # fmt: skip
+        )
         if fast.channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         # Under torchrun: DDP averages the gradients of every process's share of each batch
@@ -299,13 +309,22 @@ class _Loop:
         started = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
         stream = batches(
-            data, config.batch_size, shuffle=True, augmentation=Augment(config.pad, config.flip),
-            seed=config.seed * 100_003 + epoch, device=self.device,
-        )  # fmt: skip
+            data,
+            config.batch_size,
+            shuffle=True,
+            augmentation=Augment(config.pad, config.flip),
+            seed=config.seed * 100_003 + epoch,
+            device=self.device,
+        )
         steps = -(-len(data) // config.batch_size)
         # disable=None: no bar when stderr is not a terminal (logs, CI), unless quiet
-        bar = tqdm(stream, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=True if self.quiet else None, leave=False)  # fmt: skip
+        bar = tqdm(
+            stream,
+            total=steps,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=True if self.quiet else None,
+            leave=False,
+        )
         share = slice(distributed.rank(), None, distributed.world_size())
         for step, (x, y) in enumerate(bar):
             for group in self.optimizer.param_groups:
@@ -332,8 +351,9 @@ class _Loop:
         """One optimizer step; returns the loss and logits of the batch trained on."""
         config = self.config
         if config.adv_eps > 0:  # Madry et al.: train on PGD adversarials of the current model
-            attack = PGD(self.model, config.adv_eps, config.adv_step, config.adv_steps, True,
-                         seed=seed)  # fmt: skip
+            attack = PGD(
+                self.model, config.adv_eps, config.adv_step, config.adv_steps, True, seed=seed
+            )
             x = attack(x, y)  # the attack restores train mode after itself
         if self.fast.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

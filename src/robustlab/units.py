@@ -22,5 +22,7 @@ def pgd_budget(text: str) -> tuple[float, float, int]:
 
 def to_unit(params: dict[str, Any]) -> dict[str, Any]:
     """Parameters with their 0-255 pixel quantities (eps, step, xi) in [0, 1] units."""
-    return {k: (from_255(v) if k in PIXEL_UNITS and isinstance(v, int | float) else v)
-            for k, v in params.items()}  # fmt: skip
+    return {
+        k: (from_255(v) if k in PIXEL_UNITS and isinstance(v, int | float) else v)
+        for k, v in params.items()
+    }

@@ -14,6 +14,21 @@ from robustlab.attacks.registry import available, build
 from robustlab.attacks.square import Square
 
 __all__ = [
-    "APGD", "APGDT", "CW", "FGSM", "MIFGSM", "PGD", "AdversarialSet", "Attack", "AttackResult",
-    "Boundary", "Ensemble", "GaussianNoise", "Square", "available", "build", "load_set", "save_set",
-]  # fmt: skip
+    "APGD",
+    "APGDT",
+    "CW",
+    "FGSM",
+    "MIFGSM",
+    "PGD",
+    "AdversarialSet",
+    "Attack",
+    "AttackResult",
+    "Boundary",
+    "Ensemble",
+    "GaussianNoise",
+    "Square",
+    "available",
+    "build",
+    "load_set",
+    "save_set",
+]

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from robustlab import __version__
 from robustlab.attacks import distances
 from robustlab.attacks.base import AttackResult
 from robustlab.attacks.registry import build
@@ -29,6 +28,7 @@ from robustlab.distributed import map_batches
 from robustlab.io import RobustlabError, atomic_write
 from robustlab.models.base import model_device, predict
 from robustlab.seeding import derive_seed
+from robustlab.version import __version__
 
 SET_FORMAT = "robustlab-adversarial-set/1"
 _ARRAYS = ("images", "labels", "indices", "clean_pred", "adv_pred", "linf", "l2")
@@ -126,6 +126,7 @@ def attack_in_batches(
     result (adversarials on the CPU, query counts if any) is the same either way.
     """
     device = model_device(model)
+    built = build(attack, model, seed=seed, **params)  # once: each batch is a seeded call
     # disable=None: no bar when stderr is not a terminal (logs, CI), unless quiet
     bar = tqdm(total=len(x), desc=attack, leave=False, disable=True if quiet else None)
 
@@ -133,7 +134,7 @@ def attack_in_batches(
         """Adversarials, flattened, with the query counts (or -1) as a last column."""
         xb, yb = x[start:stop].to(device), y[start:stop].to(device)
         goal = target[start:stop].to(device) if target is not None else None
-        result = build(attack, model, seed=batch_seed(seed, start), **params).run(xb, yb, goal)
+        result = built.run(xb, yb, goal, seed=batch_seed(seed, start))
         counts = result.queries if result.queries is not None else torch.full_like(yb, -1)
         bar.update(stop - start)
         return torch.cat([result.adv.flatten(1).double(), counts.double().view(-1, 1)], 1).cpu()
@@ -174,10 +175,17 @@ def generate_set(
     stored = (adv * 255).round().to(torch.uint8) if quantize else adv.float()
     stored_pixels = stored.float() / 255 if quantize else stored
     full_config = {
-        "attack": attack, "params": params, "seed": seed, "batch_size": batch_size,
-        "quantized": quantize, "target": target, "dataset": data.name, "split": data.split,
-        "version": __version__, **(config or {}),
-    }  # fmt: skip
+        "attack": attack,
+        "params": params,
+        "seed": seed,
+        "batch_size": batch_size,
+        "quantized": quantize,
+        "target": target,
+        "dataset": data.name,
+        "split": data.split,
+        "version": __version__,
+        **(config or {}),
+    }
     return AdversarialSet(
         images=stored.numpy(),
         labels=labels.numpy(),

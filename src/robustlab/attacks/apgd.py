@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks.base import (
+    ATTACKS,
     Attack,
     AttackResult,
     check_choice,
@@ -82,6 +83,7 @@ class _Search:
     step: torch.Tensor  # η per example, shaped to broadcast
 
 
+@ATTACKS.register()
 class APGD(Attack):
     """Auto-PGD with ``steps`` steps in the ``norm`` ball of radius ``eps``.
 
@@ -153,8 +155,9 @@ class APGD(Attack):
                 f"{logits.shape[1]}); use loss='ce'"
             )
         broken = self._succeeded(logits, y, target)
+        seed = generator.initial_seed()  # the call's seed: it seeds every random start
         for restart in range(self.restarts):
-            if not self._restart(x, y, target, adv, broken, restart):
+            if not self._restart(x, y, target, adv, broken, seed, restart):
                 break
         return AttackResult(adv)
 
@@ -165,16 +168,17 @@ class APGD(Attack):
         goals: torch.Tensor | None,
         adv: torch.Tensor,
         broken: torch.Tensor,
+        seed: int,
         *draw: object,
     ) -> bool:
-        """One run from a random start (``draw`` seeds it) on the examples not yet broken,
-        toward ``goals`` (per example; None: untargeted), updating ``adv`` and ``broken`` in
-        place. False when no example was left to attack."""
+        """One run from a random start (``seed`` and ``draw`` seed it) on the examples not yet
+        broken, toward ``goals`` (per example; None: untargeted), updating ``adv`` and
+        ``broken`` in place. False when no example was left to attack."""
         todo = (~broken).nonzero().squeeze(1)
         if len(todo) == 0:
             return False
         goal = None if goals is None else goals[todo]
-        search = self._single_run(x[todo], y[todo], goal, self._start(x, *draw)[todo])
+        search = self._single_run(x[todo], y[todo], goal, self._start(x, seed, *draw)[todo])
         adv[todo] = torch.where(_rows(search.success, x), search.found, search.best)
         broken[todo] = search.success
         return True
@@ -196,10 +200,17 @@ class APGD(Attack):
     ) -> _Search:
         loss, grad, success = self._evaluate(start, y, target)
         s = _Search(
-            adv=start, previous=start, grad=grad, loss=loss, best=start.clone(),
-            best_grad=grad.clone(), best_loss=loss.clone(), found=start.clone(),
-            success=success, step=torch.full_like(x[:, :1, :1, :1], 2 * self.eps),
-        )  # fmt: skip
+            adv=start,
+            previous=start,
+            grad=grad,
+            loss=loss,
+            best=start.clone(),
+            best_grad=grad.clone(),
+            best_loss=loss.clone(),
+            found=start.clone(),
+            success=success,
+            step=torch.full_like(x[:, :1, :1, :1], 2 * self.eps),
+        )
         interval = max(int(0.22 * self.steps), 1)
         shrink, shortest = max(int(0.03 * self.steps), 1), max(int(0.06 * self.steps), 1)
         since_check, rises = 0, torch.zeros_like(loss)
@@ -229,14 +240,14 @@ class APGD(Attack):
             interval = max(interval - shrink, shortest)
         return s
 
-    def _start(self, x: torch.Tensor, *draw: object) -> torch.Tensor:
+    def _start(self, x: torch.Tensor, seed: int, *draw: object) -> torch.Tensor:
         """A random point on the sphere of the norm (the reference code's start).
 
-        The noise of the whole batch comes from a CPU generator seeded by the attack's seed
+        The noise of the whole batch comes from a CPU generator seeded by the call's ``seed``
         and ``draw`` (restart, target rank), so an example's start depends on its position
         only: a prefix of the batch is attacked exactly as in the whole batch.
         """
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.name, *draw))
+        generator = torch.Generator().manual_seed(derive_seed(seed, self.name, *draw))
         if self.norm == "linf":
             t = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1
             t = t / per_example_norm(t, float("inf"))

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from robustlab.attacks.apgd import APGD
-from robustlab.attacks.base import AttackResult, check_steps
+from robustlab.attacks.base import ATTACKS, AttackResult, check_steps
 
 
+@ATTACKS.register()
 class APGDT(APGD):
     """APGD-DLR toward each of the ``target_classes`` runner-up classes in turn.
 
@@ -49,9 +50,16 @@ class APGDT(APGD):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            model, eps, steps, norm, loss="dlr", restarts=restarts, rho=rho,
-            eot_samples=eot_samples, seed=seed,
-        )  # fmt: skip
+            model,
+            eps,
+            steps,
+            norm,
+            loss="dlr",
+            restarts=restarts,
+            rho=rho,
+            eot_samples=eot_samples,
+            seed=seed,
+        )
         self.target_classes = check_steps("target_classes", target_classes)
 
     def _run(
@@ -74,9 +82,10 @@ class APGDT(APGD):
         ranked = logits.argsort(dim=1, descending=True)
         adv = x.clone()
         broken = logits.argmax(1) != y
+        seed = generator.initial_seed()
         for rank in range(1, self.target_classes + 1):
             for restart in range(self.restarts):
-                if not self._restart(x, y, ranked[:, rank], adv, broken, rank, restart):
+                if not self._restart(x, y, ranked[:, rank], adv, broken, seed, rank, restart):
                     return AttackResult(adv)
         return AttackResult(adv)
 

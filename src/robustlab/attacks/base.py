@@ -1,9 +1,10 @@
 """The shared base of every attack: parameter checks, input checks, eval mode, seeding.
 
-An attack is built with its parameters and then called: ``attack(x, y) -> x_adv``.
-It is stateless between calls, puts the model in eval mode with its weights frozen for
-the call and restores both after, never touches the weights or their gradients, draws all
-randomness from a generator seeded with ``seed`` (the same seed gives the same output).
+An attack is built once with its parameters and then called, as often as needed:
+``attack(x, y, seed=...) -> x_adv``. It is stateless between calls, puts the model in eval
+mode with its weights frozen for the call and restores both after, never touches the
+weights or their gradients, and draws all randomness from a generator seeded with the
+call's ``seed`` (default: the one it was built with); the same seed gives the same output.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.models.base import frozen
+from robustlab.registry import Registry
 
 
 @dataclass
@@ -29,27 +31,40 @@ class AttackResult:
 
 
 class Attack(ABC):
-    """Base class: subclasses set ``name`` and implement :meth:`_run`."""
+    """Base class: subclasses set ``name``, implement :meth:`_run` and register themselves
+    with ``@ATTACKS.register()``."""
 
     name: ClassVar[str]
+    gradient: ClassVar[bool] = True  # False: decision- or score-based, or no attack at all
 
     def __init__(self, model: nn.Module, *, seed: int = 0) -> None:
         self.model = model
         self.seed = int(seed)
 
     def __call__(
-        self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None = None,
+        *,
+        seed: int | None = None,
     ) -> torch.Tensor:
         """Adversarial versions of pixels ``x`` (labels ``y``); toward ``target`` if given."""
-        return self.run(x, y, target).adv
+        return self.run(x, y, target, seed=seed).adv
 
     def run(
-        self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None = None,
+        *,
+        seed: int | None = None,
     ) -> AttackResult:
         """Like calling the attack, with per-example extras (query counts) in the result."""
+        seed = self.seed if seed is None else int(seed)
         with frozen(self.model):
             self._check_inputs(x, y, target)
-            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+            generator = torch.Generator(device=x.device).manual_seed(seed)
             result = self._run(x.detach(), y, target, generator)
         result.adv = result.adv.detach()
         return result
@@ -88,6 +103,9 @@ class Attack(ABC):
                 classes = int(self.model(x[:1]).shape[1])
             if len(labels) and (labels.min() < 0 or labels.max() >= classes):
                 raise ValueError(f"{name} must be in 0..{classes - 1} for this model")
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
 def check_range(name: str, value: float, low: float, high: float, hint: str = "") -> float:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustlab.attacks.base import Attack, AttackResult, check_steps, per_example_norm
+from robustlab.attacks.base import ATTACKS, Attack, AttackResult, check_steps, per_example_norm
 
 
 class SuccessHistory:
@@ -46,10 +46,12 @@ class SuccessHistory:
         self.data[which] = float("nan")
 
 
+@ATTACKS.register()
 class Boundary(Attack):
     """Boundary attack with ``steps`` iterations and an optional per-example query budget."""
 
     name = "boundary"
+    gradient = False
 
     def __init__(
         self,

@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.attacks.base import Attack, AttackResult, check_steps
+from robustlab.attacks.base import ATTACKS, Attack, AttackResult, check_steps
 
 _NO_UPPER = 1e10
 
 
+@ATTACKS.register()
 class CW(Attack):
     """CW-ℓ2 with confidence ``kappa``; ``c`` is the initial constant of the search."""
 

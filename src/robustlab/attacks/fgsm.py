@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustlab.attacks.base import Attack, AttackResult, check_eps, input_gradient
+from robustlab.attacks.base import ATTACKS, Attack, AttackResult, check_eps, input_gradient
 
 
+@ATTACKS.register()
 class FGSM(Attack):
     """One signed-gradient step of size ``eps`` (pixels in [0, 1])."""
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import (
+    ATTACKS,
     Attack,
     AttackResult,
     check_eps,
@@ -22,6 +23,7 @@ from robustlab.attacks.base import (
 )
 
 
+@ATTACKS.register()
 class MIFGSM(Attack):
     """``steps`` momentum steps of size ``step`` in the ℓ∞ ball of radius ``eps``; decay μ."""
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustlab.attacks.base import Attack, AttackResult, check_range
+from robustlab.attacks.base import ATTACKS, Attack, AttackResult, check_range
 
 
+@ATTACKS.register()
 class GaussianNoise(Attack):
     """Truncated Gaussian noise of standard deviation ``sigma``/255; ignores the labels."""
 
     name = "noise"
+    gradient = False
 
     def __init__(self, model: nn.Module, sigma: float = 8.0, *, seed: int = 0) -> None:
         super().__init__(model, seed=seed)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import (
+    ATTACKS,
     Attack,
     AttackResult,
     check_eps,
@@ -27,6 +28,7 @@ from robustlab.attacks.base import (
 )
 
 
+@ATTACKS.register()
 class PGD(Attack):
     """``steps`` steps of size ``step`` inside the ``norm`` ball of radius ``eps``."""
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks.base import (
+    ATTACKS,
     Attack,
     AttackResult,
     check_choice,
@@ -41,6 +42,7 @@ from robustlab.seeding import derive_seed
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
+@ATTACKS.register()
 class Square(Attack):
     """Score-based Square Attack with ``queries`` model queries per example at most.
 
@@ -70,6 +72,7 @@ class Square(Attack):
     """
 
     name = "square"
+    gradient = False
 
     def __init__(
         self,
@@ -96,13 +99,14 @@ class Square(Attack):
         generator: torch.Generator,
     ) -> AttackResult:
         labels, targeted = (y, False) if target is None else (target, True)
+        seed = generator.initial_seed()  # the call's seed: every iteration's draws come from it
         # one query on the clean images; those already misclassified are left as they are
         margin, loss = self._margin_and_loss(x, labels, targeted)
         queries = torch.ones(len(x), dtype=torch.long, device=x.device)
         best = x.clone()
         start = (margin > 0).nonzero().squeeze(1)
         if len(start) and self.queries > 1:
-            best[start] = self._initial(x, self._draws(0))[start]
+            best[start] = self._initial(x, self._draws(seed, 0))[start]
             margin[start], loss[start] = self._margin_and_loss(best[start], labels[start], targeted)
             queries[start] += 1
         for it in range(2, self.queries):
@@ -111,7 +115,7 @@ class Square(Attack):
                 break
             size = self._square_side(it - 2, x)  # search steps count from 0
             proposal = self._propose(
-                x[active], best[active], size, self._draws(it), rows=active, batch=len(x)
+                x[active], best[active], size, self._draws(seed, it), rows=active, batch=len(x)
             )
             new_margin, new_loss = self._margin_and_loss(proposal, labels[active], targeted)
             # keep the proposal where it lowers the loss or already succeeds
@@ -140,8 +144,8 @@ class Square(Attack):
 
     # -- proposals ----------------------------------------------------------------------
 
-    def _draws(self, iteration: int) -> torch.Generator:
-        return torch.Generator().manual_seed(derive_seed(self.seed, self.name, iteration))
+    def _draws(self, seed: int, iteration: int) -> torch.Generator:
+        return torch.Generator().manual_seed(derive_seed(seed, self.name, iteration))
 
     def _square_side(self, step: int, x: torch.Tensor) -> int:
         """Side s of the square at search step ``step``: s² ≈ p · H·W (at least 1, 3 for ℓ2)."""

@@ -11,6 +11,13 @@ from robustlab.data.datasets import (
 )
 
 __all__ = [
-    "Augment", "Dataset", "augment", "available", "batches", "cache_dir", "load_dataset",
-    "sample", "sample_indices",
-]  # fmt: skip
+    "Augment",
+    "Dataset",
+    "augment",
+    "available",
+    "batches",
+    "cache_dir",
+    "load_dataset",
+    "sample",
+    "sample_indices",
+]

@@ -26,17 +26,35 @@ from robustlab.data.readers import (
     read_imagenet_layout,
 )
 from robustlab.io import FolderLock, RobustlabError, atomic_write, load_tensors, save_tensors
+from robustlab.registry import Registry
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
 
 FASHION_CLASSES = (
-    "t-shirt/top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
-)  # fmt: skip
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 @dataclass(frozen=True)
@@ -70,9 +88,14 @@ class Dataset:
         """The examples at ``indices``, in that order."""
         idx = np.asarray(indices, dtype=np.int64)
         return Dataset(
-            self.name, self.split, self.images[idx], self.labels[idx],
-            self.classes, self.mean, self.std,
-        )  # fmt: skip
+            self.name,
+            self.split,
+            self.images[idx],
+            self.labels[idx],
+            self.classes,
+            self.mean,
+            self.std,
+        )
 
     def tensors(self, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """All examples as float pixels in [0, 1] and int64 labels on ``device``."""
@@ -204,8 +227,12 @@ _FMNIST_SHA = {
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 
-SOURCES: dict[str, DatasetSource] = {
-    "fashion-mnist": DatasetSource(
+# Every dataset robustlab reads, by name (``robustlab list``).
+DATASETS: Registry[DatasetSource] = Registry("dataset")
+
+DATASETS.add(
+    "fashion-mnist",
+    DatasetSource(
         reader=_idx_reader(FASHION_CLASSES, _FMNIST_SHA),
         candidates=_folders(
             Path("/usr/share/datasets/fashion-mnist"), cache_dir() / "downloads" / "fashion-mnist"
@@ -226,7 +253,10 @@ SOURCES: dict[str, DatasetSource] = {
         ),
         content_sha256=_FMNIST_SHA,
     ),
-    "mnist": DatasetSource(
+)
+DATASETS.add(
+    "mnist",
+    DatasetSource(
         reader=_idx_reader(MNIST_CLASSES, {}),
         candidates=_folders(Path("/usr/share/datasets/mnist"), cache_dir() / "downloads" / "mnist"),
         remote=(
@@ -240,7 +270,10 @@ SOURCES: dict[str, DatasetSource] = {
             RemoteFile("t10k-labels-idx1-ubyte.gz", _MNIST_URL, "ec29112dd5afa0611ce80d1b7f02629c"),
         ),
     ),
-    "cifar10": DatasetSource(
+)
+DATASETS.add(
+    "cifar10",
+    DatasetSource(
         reader=lambda p: (read_cifar10(p), CIFAR10_CLASSES),
         candidates=_cifar_candidates,
         remote=(
@@ -251,18 +284,21 @@ SOURCES: dict[str, DatasetSource] = {
             ),
         ),
     ),
-    "cifar10-jpeg": DatasetSource(reader=_image_folder, candidates=_cifar_jpeg_candidates),
-    "imagefolder": DatasetSource(reader=_image_folder, candidates=_folders()),
-    "imagenet": DatasetSource(
-        reader=read_imagenet_layout, candidates=_folders(), stats=IMAGENET_STATS
-    ),
-    "digits": DatasetSource(reader=_digits_reader, candidates=lambda _: [Path("<scikit-learn>")]),
-}
+)
+DATASETS.add("cifar10-jpeg", DatasetSource(reader=_image_folder, candidates=_cifar_jpeg_candidates))
+DATASETS.add("imagefolder", DatasetSource(reader=_image_folder, candidates=_folders()))
+DATASETS.add(
+    "imagenet",
+    DatasetSource(reader=read_imagenet_layout, candidates=_folders(), stats=IMAGENET_STATS),
+)
+DATASETS.add(
+    "digits", DatasetSource(reader=_digits_reader, candidates=lambda _: [Path("<scikit-learn>")])
+)
 
 
-def available() -> list[str]:
-    """Names accepted by :func:`load_dataset`."""
-    return sorted(SOURCES)
+def available(pattern: str = "*") -> list[str]:
+    """Names accepted by :func:`load_dataset` that match the shell ``pattern``."""
+    return DATASETS.names(pattern)
 
 
 def load_dataset(
@@ -277,11 +313,11 @@ def load_dataset(
     data_dir : where the files are; default places are searched when omitted.
     download : fetch the files (checking their MD5) when they are not found.
     """
-    if name not in SOURCES:
+    if name not in DATASETS:
         raise RobustlabError(f"unknown dataset {name!r}; choose one of {', '.join(available())}")
     if split not in ("train", "test"):
         raise RobustlabError(f"unknown split {split!r}; use 'train' or 'test'")
-    source = SOURCES[name]
+    source = DATASETS.get(name)
     if name == "imagefolder" and data_dir is None:
         raise RobustlabError("dataset 'imagefolder' needs --data-dir pointing at train/ and test/")
     if name == "imagenet" and data_dir is None:

@@ -258,8 +258,9 @@ def read_imagenet_layout(
     256) and centre-cropped to 224 × 224, the SFR paper's preprocessing."""
     labels_file, val = root / "val.txt", root / "val"
     if not root.is_dir() or not val.is_dir() or not labels_file.is_file():
-        raise RobustlabError(f"{root}: expected val/ (images, flat) and val.txt (lines: FILE "
-                             "LABEL); see docs/sfr.md")  # fmt: skip
+        raise RobustlabError(
+            f"{root}: expected val/ (images, flat) and val.txt (lines: FILE LABEL); see docs/sfr.md"
+        )
     pairs = []
     for number, line in enumerate(labels_file.read_text().splitlines(), 1):
         if line.strip():
@@ -269,12 +270,18 @@ def read_imagenet_layout(
             pairs.append((parts[0], int(parts[1])))
     missing = [name for name, _ in pairs if not (val / name).is_file()]
     if missing or not pairs:
-        raise RobustlabError(f"{labels_file}: {len(missing)} listed images missing from {val} "
-                             f"(first: {missing[:1]}); or no lines at all")  # fmt: skip
+        raise RobustlabError(
+            f"{labels_file}: {len(missing)} listed images missing from {val} "
+            f"(first: {missing[:1]}); or no lines at all"
+        )
     test = _decoded([val / name for name, _ in pairs], [label for _, label in pairs])
     folders = sorted(p for p in (root / "train").glob("*") if p.is_dir())
-    files = [(f, i) for i, d in enumerate(folders) for f in sorted(d.iterdir())
-             if f.suffix.lower() in IMAGE_SUFFIXES]  # fmt: skip
+    files = [
+        (f, i)
+        for i, d in enumerate(folders)
+        for f in sorted(d.iterdir())
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
     empty = np.zeros((0, 3, IMAGENET_CROP, IMAGENET_CROP), np.uint8), np.zeros(0, np.int64)
     train = _decoded([f for f, _ in files], [i for _, i in files]) if files else empty
     count = max(int(test[1].max()) + 1, len(folders))

@@ -33,6 +33,7 @@ from robustlab.assemble import ModelConfig
 from robustlab.data import Dataset
 from robustlab.defenses.baselines import ThermometerEncoding
 from robustlab.io import read_json, write_json
+from robustlab.registry import Registry
 
 SurfaceKind = Literal["differentiable", "bpda", "randomized"]
 DONE_FILE = "defense.json"
@@ -75,6 +76,7 @@ class BaseDefense(ABC):
     (:class:`Defense`: wrap a trained model).
     """
 
+    main: ClassVar[str] = ""  # an input transformation: the field its purify selector sets
     kind: ClassVar[str]  # "training" | "input" | "regeneration"
     name: ClassVar[str]
 
@@ -116,6 +118,11 @@ class Defense(BaseDefense):
     def is_prepared(self, directory: Path) -> bool:
         path = directory / DONE_FILE
         return path.is_file() and read_json(path).get("defense") == self.name
+
+
+# purify = { <selector> = value, ... }: each input transformation registers under its
+# selector (``@PURIFIERS.register("jpeg")``); ``main`` names the field the selector sets
+PURIFIERS: Registry[type[Defense]] = Registry("purifier")
 
 
 class Defended(nn.Module):

@@ -322,19 +322,30 @@ class RegenerationDefense(Defense):
             )[: self.attack_images]
             params = {"xi": self.xi, "seed": derive_seed(context.seed, "uap", k)}
             found = universal_perturbation(
-                directory / "perturbations" / f"train-{k}.safetensors", base, self.attack,
-                pixels[pick.to(context.device)], params,
-            )  # fmt: skip
+                directory / "perturbations" / f"train-{k}.safetensors",
+                base,
+                self.attack,
+                pixels[pick.to(context.device)],
+                params,
+            )
             perturbations.append(found.delta.to(context.device))
         defended = add_regeneration(base, layers, self.fraction).to(context.device)
         history = train_frus(
-            defended, data, perturbations, self.xi, epochs=self.epochs,
-            batch_size=self.batch_size, lr=self.lr, seed=context.seed, device=context.device,
+            defended,
+            data,
+            perturbations,
+            self.xi,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=context.seed,
+            device=context.device,
             quiet=context.quiet,
-        )  # fmt: skip
+        )
         save_tensors(directory / "fru.safetensors", fru_state(defended.eval()))
-        write_json(directory / DONE_FILE, {**self.describe(), "chosen_layers": layers,
-                                           "history": history})  # fmt: skip
+        write_json(
+            directory / DONE_FILE, {**self.describe(), "chosen_layers": layers, "history": history}
+        )
 
     def wrap(self, base: nn.Module, directory: Path) -> Defended:
         done = directory / DONE_FILE  # (SFR directories from before the Defense have none)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from robustlab.defenses.base import Defense
-from robustlab.defenses.csc.defense import CSCDefense
+from robustlab.defenses import transforms  # each registers its purifiers
+from robustlab.defenses.base import PURIFIERS, Defense
+from robustlab.defenses.csc import defense as csc_defense
 from robustlab.defenses.defective import DefectSpec
 from robustlab.defenses.regeneration import RegenerationDefense
 from robustlab.defenses.training_time import (
@@ -23,26 +24,26 @@ from robustlab.defenses.training_time import (
     Thermometer,
     TrainingDefense,
 )
-from robustlab.defenses.transforms import BitDepthDefense, JPEGDefense, MedianDefense
 
-# purify = { <selector> = value, ... }: the selector names the transform and gives its main
-# parameter; the other keys are that defense's fields
-PURIFIERS: dict[str, tuple[type[Defense], str]] = {
-    "dict": (CSCDefense, "dictionary"),
-    "jpeg": (JPEGDefense, "quality"),
-    "bits": (BitDepthDefense, "bits"),
-    "median": (MedianDefense, "size"),
-}
+MODULES = (csc_defense, transforms)
 TABLES = ("purify", "regenerate")
 # a trained model's keys that name training-time defenses (mask_seed goes with defect)
-TRAINING_KEYS = {"defect": DefectMasks, "regularizer": SpatialDropout, "thermometer": Thermometer,
-                 "label_smoothing": LabelSmoothing, "adv_train": AdversarialTraining}  # fmt: skip
+TRAINING_KEYS = {
+    "defect": DefectMasks,
+    "regularizer": SpatialDropout,
+    "thermometer": Thermometer,
+    "label_smoothing": LabelSmoothing,
+    "adv_train": AdversarialTraining,
+}
 
 
 def available() -> dict[str, list[str]]:
     """The spec spellings of every defense, by kind (``robustlab list``)."""
-    return {"training": sorted(TRAINING_KEYS), "input": [f"purify.{k}" for k in PURIFIERS],
-            "regeneration": ["regenerate"]}  # fmt: skip
+    return {
+        "training": sorted(TRAINING_KEYS),
+        "input": [f"purify.{k}" for k in PURIFIERS],
+        "regeneration": ["regenerate"],
+    }
 
 
 def defense_from_table(table_name: str, table: dict[str, Any]) -> Defense:
@@ -60,9 +61,9 @@ def defense_from_table(table_name: str, table: dict[str, Any]) -> Defense:
             f"purify needs exactly one of {', '.join(PURIFIERS)} (e.g. purify = {{ jpeg = 75 }}), "
             f"got {', '.join(selectors) or 'none'}"
         )
-    cls, field = PURIFIERS[selectors[0]]
+    cls = PURIFIERS.get(selectors[0])
     params = {k: v for k, v in table.items() if k != selectors[0]}
-    return _build(cls, {field: table[selectors[0]], **params}, "purify")
+    return _build(cls, {cls.main: table[selectors[0]], **params}, "purify")
 
 
 def _build(cls: type[Defense], params: dict[str, Any], where: str) -> Defense:

@@ -80,14 +80,19 @@ class SpatialDropout(TrainingDefense):
 
     def __post_init__(self) -> None:
         if self.method not in REGULARIZERS:
-            raise ValueError(f"unknown regularizer {self.method!r}; use one of "
-                             f"{', '.join(REGULARIZERS)}")  # fmt: skip
+            raise ValueError(
+                f"unknown regularizer {self.method!r}; use one of {', '.join(REGULARIZERS)}"
+            )
         if not 0 < self.keep <= 1:
             raise ValueError(f"regularizer keep rate {self.keep} must be in (0, 1], e.g. 0.9")
 
     def on_model(self, config: ModelConfig) -> ModelConfig:
-        return replace(config, regularizer=self.method, regularizer_block=self.block,
-                       regularizer_keep=self.keep)  # fmt: skip
+        return replace(
+            config,
+            regularizer=self.method,
+            regularizer_block=self.block,
+            regularizer_keep=self.keep,
+        )
 
     def text(self) -> str:
         return self.method
@@ -147,8 +152,10 @@ class AdversarialTraining(TrainingDefense):
 
     def __post_init__(self) -> None:
         if not 0 < self.eps <= 1 or self.step <= 0 or self.steps < 1:
-            raise ValueError(f"adversarial training needs 0 < eps <= 1, step > 0 and steps >= 1; "
-                             f"got {self.eps}, {self.step}, {self.steps}")  # fmt: skip
+            raise ValueError(
+                f"adversarial training needs 0 < eps <= 1, step > 0 and steps >= 1; "
+                f"got {self.eps}, {self.step}, {self.steps}"
+            )
 
     def on_recipe(self, recipe: TrainConfig) -> TrainConfig:
         return replace(recipe, adv_eps=self.eps, adv_step=self.step, adv_steps=self.steps)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from robustlab.defenses.base import Defended, Defense, Surface
+from robustlab.defenses.base import PURIFIERS, Defended, Defense, Surface
 
 
 class JPEGCompression(nn.Module):
@@ -102,12 +102,14 @@ class _TransformDefense(Defense):
         return Defended(base, self.surface, self.transform())
 
 
+@PURIFIERS.register("jpeg")
 @dataclass(frozen=True, repr=False)
 class JPEGDefense(_TransformDefense):
     """JPEG compression at ``quality`` before the classifier. Spec: ``purify = { jpeg = 75 }``."""
 
     quality: int = 75
     name = "jpeg"
+    main = "quality"  # purify = { jpeg = 75 }
 
     def __post_init__(self) -> None:
         JPEGCompression(self.quality)  # validates
@@ -120,12 +122,14 @@ class JPEGDefense(_TransformDefense):
         return JPEGCompression(self.quality)
 
 
+@PURIFIERS.register("bits")
 @dataclass(frozen=True, repr=False)
 class BitDepthDefense(_TransformDefense):
     """Bit-depth reduction to ``bits`` bits. Spec: ``purify = { bits = 3 }``."""
 
     bits: int = 3
     name = "bits"
+    main = "bits"  # purify = { bits = 3 }
 
     def __post_init__(self) -> None:
         BitDepthReduction(self.bits)
@@ -138,12 +142,14 @@ class BitDepthDefense(_TransformDefense):
         return BitDepthReduction(self.bits)
 
 
+@PURIFIERS.register("median")
 @dataclass(frozen=True, repr=False)
 class MedianDefense(_TransformDefense):
     """Median smoothing over ``size``×``size`` windows. Spec: ``purify = { median = 3 }``."""
 
     size: int = 3
     name = "median"
+    main = "size"  # purify = { median = 3 }
 
     def __post_init__(self) -> None:
         Median(self.size)

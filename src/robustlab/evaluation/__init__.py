@@ -10,6 +10,16 @@ from robustlab.evaluation.strong import StrongConfig, StrongResult, strong_attac
 from robustlab.evaluation.transfer import TransferResult, transfer
 
 __all__ = [
-    "EpsilonSearch", "Rate", "StrongConfig", "StrongResult", "TransferResult", "accuracy",
-    "accuracy_at", "predict", "smallest_eps", "strong_attack", "transfer", "wilson_interval",
-]  # fmt: skip
+    "EpsilonSearch",
+    "Rate",
+    "StrongConfig",
+    "StrongResult",
+    "TransferResult",
+    "accuracy",
+    "accuracy_at",
+    "predict",
+    "smallest_eps",
+    "strong_attack",
+    "transfer",
+    "wilson_interval",
+]

@@ -60,8 +60,9 @@ class AdaptiveResult:
 
     @property
     def masking(self) -> bool:
-        return bool({"zero_gradients", "loss_not_rising", "black_box_beats_white_box"}
-                    & set(self.flags))  # fmt: skip
+        return bool(
+            {"zero_gradients", "loss_not_rising", "black_box_beats_white_box"} & set(self.flags)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         rates = ("accuracy", "clean_accuracy", "transfer_accuracy", "noise_accuracy")
@@ -69,12 +70,17 @@ class AdaptiveResult:
             k: (getattr(self, k).to_dict() if getattr(self, k) is not None else None) for k in rates
         }
         data.update(
-            surface=self.surface, bpda_part=self.bpda_part,
-            zero_gradient_share=self.zero_gradient_share, loss_clean=self.loss_clean,
-            loss_adversarial=self.loss_adversarial, loss_rises=self.loss_rises,
-            randomized=self.randomized, near_chance=self.near_chance, flags=list(self.flags),
+            surface=self.surface,
+            bpda_part=self.bpda_part,
+            zero_gradient_share=self.zero_gradient_share,
+            loss_clean=self.loss_clean,
+            loss_adversarial=self.loss_adversarial,
+            loss_rises=self.loss_rises,
+            randomized=self.randomized,
+            near_chance=self.near_chance,
+            flags=list(self.flags),
             masking=self.masking,
-        )  # fmt: skip
+        )
         return data
 
 
@@ -123,11 +129,19 @@ def adaptive_attack(
         flags.append("near_chance")
     surface = surface_of(model)
     return AdaptiveResult(
-        accuracy=accuracy, clean_accuracy=clean, surface=surface.kind,
-        bpda_part=surface.part, zero_gradient_share=zero,
-        loss_clean=loss_clean, loss_adversarial=loss_adv, transfer_accuracy=transfer,
-        noise_accuracy=noise, randomized=randomized, near_chance=near_chance, flags=flags,
-    )  # fmt: skip
+        accuracy=accuracy,
+        clean_accuracy=clean,
+        surface=surface.kind,
+        bpda_part=surface.part,
+        zero_gradient_share=zero,
+        loss_clean=loss_clean,
+        loss_adversarial=loss_adv,
+        transfer_accuracy=transfer,
+        noise_accuracy=noise,
+        randomized=randomized,
+        near_chance=near_chance,
+        flags=flags,
+    )
 
 
 @dataclass(frozen=True)
@@ -145,8 +159,11 @@ class GradientChecks:
         ] * self.randomized
 
     def to_dict(self) -> dict[str, Any]:
-        return {"zero_gradient_share": self.zero_gradient_share, "randomized": self.randomized,
-                "flags": self.flags}  # fmt: skip
+        return {
+            "zero_gradient_share": self.zero_gradient_share,
+            "randomized": self.randomized,
+            "flags": self.flags,
+        }
 
 
 def gradient_checks(

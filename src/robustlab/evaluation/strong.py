@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.adversarial_set import attack_in_batches
+from robustlab.attacks.base import check_radius, check_steps
 from robustlab.defenses.base import attack_view
 from robustlab.evaluation.adaptive import BATCH, gradient_checks
 from robustlab.evaluation.stats import Rate
@@ -57,10 +58,15 @@ class StrongConfig:
     attacks: tuple[str, ...] = STANDARD_ATTACKS
 
     def __post_init__(self) -> None:
+        """The budgets check themselves (no attack has to be built to find a bad one)."""
         unknown = [a for a in self.attacks if a not in STRONG_ATTACKS]
         if unknown or not self.attacks:
-            raise ValueError(f"strong attacks {unknown or '[]'}: use some of "
-                             f"{', '.join(STRONG_ATTACKS)}")  # fmt: skip
+            raise ValueError(
+                f"strong attacks {unknown or '[]'}: use some of {', '.join(STRONG_ATTACKS)}"
+            )
+        check_radius(self.eps, self.norm)
+        for budget in ("steps", "queries", "restarts", "target_classes"):
+            check_steps(budget, getattr(self, budget))
 
     def to_dict(self) -> dict[str, Any]:
         """The budgets as JSON-able values (record parameters and cache keys)."""
@@ -134,8 +140,7 @@ def strong_attack(
         broken[name] = int((robust & ~still).sum())
         robust = robust & still
         after[name] = Rate(int(robust.sum()), len(labels))
-    checks = gradient_checks(model, x, y, differentiated=attack_view(model),
-                             clean_pred=clean_pred)  # fmt: skip
+    checks = gradient_checks(model, x, y, differentiated=attack_view(model), clean_pred=clean_pred)
     flags = checks.flags
     if "square" in config.attacks and config.attacks.index("square") > 0 and broken["square"]:
         flags.append("square_beats_gradients")

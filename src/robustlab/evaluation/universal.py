@@ -40,8 +40,9 @@ class UniversalResult:
         return pooled / (2 * max(1, self.base_clean_accuracy.hits))
 
     def to_dict(self) -> dict[str, Any]:
-        pooled = Rate(self.clean_accuracy.hits + self.perturbed_accuracy.hits,
-                      2 * self.clean_accuracy.n)  # fmt: skip
+        pooled = Rate(
+            self.clean_accuracy.hits + self.perturbed_accuracy.hits, 2 * self.clean_accuracy.n
+        )
         base = max(self.base_clean_accuracy.value, 1e-12)
         low, high = pooled.interval
         return {
@@ -49,11 +50,15 @@ class UniversalResult:
             "clean_accuracy": self.clean_accuracy.to_dict(),
             "perturbed_accuracy": self.perturbed_accuracy.to_dict(),
             "base_clean_accuracy": self.base_clean_accuracy.to_dict(),
-            "restoration": {"rate": self.restoration, "low": low / base, "high": high / base,
-                            "n": self.clean_accuracy.n,
-                            "interval": "pooled Wilson / base clean accuracy"},
+            "restoration": {
+                "rate": self.restoration,
+                "low": low / base,
+                "high": high / base,
+                "n": self.clean_accuracy.n,
+                "interval": "pooled Wilson / base clean accuracy",
+            },
             "linf": self.linf,
-        }  # fmt: skip
+        }
 
 
 def universal_scores(

@@ -172,9 +172,14 @@ def _settings(purifier: CSCPurifier, size: int | None) -> dict[str, object]:
     digest = hashlib.sha256()
     for member in members:
         digest.update(member.filters.detach().cpu().numpy().tobytes())
-    return {"filters_sha256": digest.hexdigest()[:16], "lmbda": purifier.lmbda,
-            "options": asdict(purifier.options), "rescale": purifier.rescale,
-            "tikhonov_lmbda": purifier.tikhonov_lmbda, "size": size}  # fmt: skip
+    return {
+        "filters_sha256": digest.hexdigest()[:16],
+        "lmbda": purifier.lmbda,
+        "options": asdict(purifier.options),
+        "rescale": purifier.rescale,
+        "tikhonov_lmbda": purifier.tikhonov_lmbda,
+        "size": size,
+    }
 
 
 def _claim(target: Path, settings: dict[str, object], force: bool) -> None:

@@ -46,9 +46,14 @@ def model_config_for(data: Dataset, arch: str, **options: Any) -> ModelConfig:
     statistics (training-time defenses are built in by
     :func:`robustlab.defenses.training_time.model_with`)."""
     return ModelConfig(
-        arch=arch, num_classes=len(data.classes), in_channels=data.channels,
-        image_size=data.image_size, mean=data.mean, std=data.std, options=options,
-    )  # fmt: skip
+        arch=arch,
+        num_classes=len(data.classes),
+        in_channels=data.channels,
+        image_size=data.image_size,
+        mean=data.mean,
+        std=data.std,
+        options=options,
+    )
 
 
 def train_model(
@@ -79,10 +84,18 @@ def train_model(
     config = recipe_with(defenses, config)
     dataset_meta = {"data_dir": data_dir, "train_limit": train_limit, "test_limit": test_limit}
     return train(
-        model_config, train_data, test_data, config, out, resume=resume, force=force,
-        device=resolve_device(device), quiet=quiet, extra_meta={"dataset": dataset_meta},
+        model_config,
+        train_data,
+        test_data,
+        config,
+        out,
+        resume=resume,
+        force=force,
+        device=resolve_device(device),
+        quiet=quiet,
+        extra_meta={"dataset": dataset_meta},
         fast=fast,
-    )  # fmt: skip
+    )
 
 
 def import_pretrained(
@@ -104,15 +117,17 @@ def import_pretrained(
         try:
             model.load_state_dict(read_state_dict(weights))
         except RuntimeError as err:
-            raise RobustlabError(f"{weights}: weights do not fit {model_config.arch} "
-                                 f"({str(err).splitlines()[0]})") from None  # fmt: skip
+            raise RobustlabError(
+                f"{weights}: weights do not fit {model_config.arch} ({str(err).splitlines()[0]})"
+            ) from None
     model = model.to(device).eval()
     digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
     meta = {
         "dataset": {"name": test_data.name, "classes": list(test_data.classes), **dataset_meta},
         "imported": {"weights": str(Path(weights).resolve()), "sha256": digest},
-        "complete": True, "test_accuracy": accuracy(model, test_data, batch_size=256),
-    }  # fmt: skip
+        "complete": True,
+        "test_accuracy": accuracy(model, test_data, batch_size=256),
+    }
     save_run(run_dir, model, model_config, **meta)
     return read_meta(run_dir)
 
@@ -140,13 +155,16 @@ def load_sources(
     if not runs:
         raise ValueError("give at least one --source run")
     metas = [read_meta(run) for run in runs]
-    shapes = {(m["dataset"]["name"], m["model"]["in_channels"], m["model"]["image_size"])
-              for m in metas}  # fmt: skip
+    shapes = {
+        (m["dataset"]["name"], m["model"]["in_channels"], m["model"]["image_size"]) for m in metas
+    }
     if len(shapes) > 1:
         pairs = zip(runs, metas, strict=True)
         found = ", ".join(f"{run}: {m['dataset']['name']}" for run, m in pairs)
-        raise RobustlabError(f"the --source runs were trained on different data ({found}); "
-                             "ensemble runs of one dataset")  # fmt: skip
+        raise RobustlabError(
+            f"the --source runs were trained on different data ({found}); "
+            "ensemble runs of one dataset"
+        )
     models = [load(run, device) for run in runs]
     return (models[0] if len(models) == 1 else Ensemble(models).eval()), metas[0]
 
@@ -184,9 +202,17 @@ def make_adversarial_set(
     data = load_dataset(name, split, data_dir)
     indices = sample_indices(len(data), n, seed)
     adv_set = generate_set(
-        model, data, indices, attack, params, seed=seed, batch_size=batch_size,
-        quantize=quantize, target=target, quiet=quiet,
+        model,
+        data,
+        indices,
+        attack,
+        params,
+        seed=seed,
+        batch_size=batch_size,
+        quantize=quantize,
+        target=target,
+        quiet=quiet,
         config={"sources": [str(s) for s in sources], "n": len(indices), "data_dir": data_dir},
-    )  # fmt: skip
+    )
     save_set(out, adv_set)
     return adv_set

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab import __version__
 from robustlab.assemble import ModelConfig
 from robustlab.attacks.universal import UniversalPerturbation, apply
 from robustlab.data import Dataset, load_dataset, sample
@@ -40,6 +39,7 @@ from robustlab.io import (
 from robustlab.models.base import predict
 from robustlab.runs import load, model_config, read_meta
 from robustlab.seeding import derive_seed
+from robustlab.version import __version__
 
 SFR_FORMAT = "robustlab-sfr/1"
 
@@ -81,9 +81,17 @@ def train_sfr(
     base_meta = read_meta(run)
     base = load(run, device)
     defense = RegenerationDefense(
-        layers=tuple(layers), fraction=fraction, attack=attack, xi=xi, uaps=uaps, epochs=epochs,
-        train_limit=train_limit, batch_size=batch_size, lr=lr, attack_images=attack_images,
-    )  # fmt: skip
+        layers=tuple(layers),
+        fraction=fraction,
+        attack=attack,
+        xi=xi,
+        uaps=uaps,
+        epochs=epochs,
+        train_limit=train_limit,
+        batch_size=batch_size,
+        lr=lr,
+        attack_images=attack_images,
+    )
     defense.resolve_layers(base)  # bad layer names fail here, before any attack
     if force:  # --force recomputes everything, the cached perturbations too
         shutil.rmtree(out / "perturbations", ignore_errors=True)
@@ -92,17 +100,29 @@ def train_sfr(
         train=load_dataset(info["name"], "train", info.get("data_dir")),
         test=load_dataset(info["name"], "test", info.get("data_dir")),
         base_config=model_config(run, base_meta),
-        device=torch.device(device), seed=seed, quiet=quiet,
-    )  # fmt: skip
+        device=torch.device(device),
+        seed=seed,
+        quiet=quiet,
+    )
     defense.prepare(base, out, context)
     save_tensors(out / "base.safetensors", base.state_dict())
     meta = {
-        "format": SFR_FORMAT, "version": __version__, "model": base_meta["model"],
-        "dataset": base_meta["dataset"], "base_run": str(run), "layers": list(layers),
-        "fraction": fraction, "attack": attack, "xi": xi, "uaps": uaps, "epochs": epochs,
-        "train_limit": train_limit, "seed": seed,
-        "history": read_json(out / DONE_FILE)["history"], "command": command,
-    }  # fmt: skip
+        "format": SFR_FORMAT,
+        "version": __version__,
+        "model": base_meta["model"],
+        "dataset": base_meta["dataset"],
+        "base_run": str(run),
+        "layers": list(layers),
+        "fraction": fraction,
+        "attack": attack,
+        "xi": xi,
+        "uaps": uaps,
+        "epochs": epochs,
+        "train_limit": train_limit,
+        "seed": seed,
+        "history": read_json(out / DONE_FILE)["history"],
+        "command": command,
+    }
     write_json(out / "meta.json", meta)
     return meta
 
@@ -152,9 +172,12 @@ def _evaluation_perturbation(
         name += f"-fru{digest[:12]}"
     name += f"-n{attack_images}.safetensors"
     return universal_perturbation(
-        Path(directory) / "perturbations" / name, models[against], attack,
-        train.tensors(device)[0], {"xi": xi, "seed": seed},
-    )  # fmt: skip
+        Path(directory) / "perturbations" / name,
+        models[against],
+        attack,
+        train.tensors(device)[0],
+        {"xi": xi, "seed": seed},
+    )
 
 
 def evaluate_sfr(
@@ -189,9 +212,16 @@ def evaluate_sfr(
         xi = float(perturbation.delta.abs().max())
     else:
         perturbation = _evaluation_perturbation(
-            directory, meta, models, attack=attack, xi=xi, against=against, seed=seed,
-            attack_images=attack_images, device=device,
-        )  # fmt: skip
+            directory,
+            meta,
+            models,
+            attack=attack,
+            xi=xi,
+            against=against,
+            seed=seed,
+            attack_images=attack_images,
+            device=device,
+        )
     x_adv = apply(x, perturbation.delta.to(device))
     labels = y.cpu()
     predictions = {name: (predict(m, x), predict(m, x_adv)) for name, m in models.items()}
@@ -209,11 +239,14 @@ def evaluate_sfr(
         }
 
     return {
-        "attack": attack, "xi": xi, "against": against, "n": len(y),
+        "attack": attack,
+        "xi": xi,
+        "against": against,
+        "n": len(y),
         "linf": float(perturbation.delta.abs().max()),
         "baseline": scores("baseline"),
         "defended": scores("defended"),
-    }  # fmt: skip
+    }
 
 
 def classify_image(
@@ -242,9 +275,16 @@ def classify_image(
     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
     models = {"baseline": base, "defended": defended}
     perturbation = _evaluation_perturbation(
-        directory, meta, models, attack=attack, xi=xi, against=against, seed=seed,
-        attack_images=256, device=device,
-    )  # fmt: skip
+        directory,
+        meta,
+        models,
+        attack=attack,
+        xi=xi,
+        against=against,
+        seed=seed,
+        attack_images=256,
+        device=device,
+    )
     classes = meta["dataset"].get("classes") or []
     labels = [int(predict(model, x)[0]), int(predict(model, apply(x, perturbation.delta))[0])]
     names = [classes[i] if i < len(classes) else str(i) for i in labels]

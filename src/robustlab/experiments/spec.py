@@ -42,16 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.attacks import available as available_attacks
-from robustlab.attacks.universal import UNIVERSAL_ATTACKS, build_universal
 from robustlab.data import available as available_datasets
 from robustlab.defenses.base import Defense
 from robustlab.defenses.defective import DefectSpec
 from robustlab.defenses.registry import TABLES as DEFENSE_TABLES
 from robustlab.defenses.registry import TRAINING_KEYS, defense_from_table, training_defenses
 from robustlab.defenses.training_time import TrainingDefense, recipe_with
-from robustlab.evaluation.curve import EpsilonSearch
-from robustlab.evaluation.strong import STANDARD_ATTACKS, StrongConfig
-from robustlab.io import RobustlabError, check_name, check_title
+from robustlab.evaluation.protocols import Protocol, SpecView, parse_protocol
+from robustlab.io import RobustlabError, check_name
 from robustlab.models import available as available_archs
 from robustlab.models.external import FACTORY_HINT, is_external
 from robustlab.training import TrainConfig
@@ -62,41 +60,35 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODEL_KEYS = {"arch", "width", "defect", "mask_seed", "regularizer", "thermometer", "train_limit",
-              "weights", "mean", "std", "factory_args", "defect_layers"}  # fmt: skip
-TRAIN_KEYS = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma",
-              "label_smoothing", "pad", "flip", "seed", "adv_train", "schedule"}  # fmt: skip
-PROTOCOLS = {
-    "transfer": {"sources", "targets", "attacks"},
-    "ensemble_transfer": {"models", "attacks"},
-    "whitebox": {"models", "attacks"},
-    "adaptive": {"models", "attacks"},
-    "universal": {
-        "models",
-        "attacks",
-        "xis",
-        "against",
-        "attack_images",
-        "options",
-        "perturbations",
-    },
-    "curve": {"models", "eps_max", "search_steps", "eps", "steps", "n"},
-    "strong": {
-        "models",
-        "eps",
-        "norm",
-        "steps",
-        "target_classes",
-        "queries",
-        "restarts",
-        "attacks",
-        "n",
-    },
-    "decision": {"models", "steps", "candidates", "max_queries", "n"},
-    "noise": {"models", "sigmas"},
-    "shuffle": {"models", "ks"},
+MODEL_KEYS = {
+    "arch",
+    "width",
+    "defect",
+    "mask_seed",
+    "regularizer",
+    "thermometer",
+    "train_limit",
+    "weights",
+    "mean",
+    "std",
+    "factory_args",
+    "defect_layers",
 }
-GRADIENT_ATTACKS = ("fgsm", "pgd", "mifgsm", "cw")
+TRAIN_KEYS = {
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "milestones",
+    "gamma",
+    "label_smoothing",
+    "pad",
+    "flip",
+    "seed",
+    "adv_train",
+    "schedule",
+}
 
 
 @dataclass(frozen=True)
@@ -112,6 +104,7 @@ class ModelEntry:
     members: tuple[str, ...] = ()
     base: str | None = None  # a defended entry: the defense wraps this trained model
     defense: Defense | None = None
+    defense_table: tuple[str, dict[str, Any]] | None = None  # as the spec wrote it (0-255)
     weights: str | None = None  # trained elsewhere: imported from this file, not trained
     mean: tuple[float, ...] | None = None  # input normalisation (default: the data's)
     std: tuple[float, ...] | None = None
@@ -146,7 +139,7 @@ class Spec:
     n: int
     models: dict[str, ModelEntry]
     attacks: dict[str, tuple[str, dict[str, Any]]]
-    protocols: list[dict[str, Any]]
+    protocols: list[Protocol]  # typed configs, parsed once (robustlab.evaluation.protocols)
     source: dict[str, Any]  # the parsed TOML, recorded with the results
     path: str | None = None
 
@@ -183,16 +176,20 @@ def parse_spec(raw: dict[str, Any], default_name: str = "experiment") -> Spec:
     experiment = raw.get("experiment", {})
     for key in experiment:
         if key not in EXPERIMENT_KEYS:
-            raise ValueError(f"[experiment] unknown key {key!r}; known: "
-                             f"{', '.join(EXPERIMENT_KEYS)}")  # fmt: skip
+            raise ValueError(
+                f"[experiment] unknown key {key!r}; known: {', '.join(EXPERIMENT_KEYS)}"
+            )
     for key in ("seed", "n"):
         if key in experiment and (type(experiment[key]) is not int or experiment[key] < 0):
-            raise ValueError(f"[experiment] {key} must be a non-negative integer, "
-                             f"got {experiment[key]!r}")  # fmt: skip
+            raise ValueError(
+                f"[experiment] {key} must be a non-negative integer, got {experiment[key]!r}"
+            )
     dataset = experiment.get("dataset")
     if dataset not in available_datasets():
-        raise ValueError(f"[experiment] dataset {dataset!r} is missing or unknown; "
-                         f"use one of {', '.join(available_datasets())}")  # fmt: skip
+        raise ValueError(
+            f"[experiment] dataset {dataset!r} is missing or unknown; "
+            f"use one of {', '.join(available_datasets())}"
+        )
     defaults = raw.get("train", {})
     for section in ("models", "attacks"):
         for name in raw.get(section, {}):
@@ -211,13 +208,19 @@ def parse_spec(raw: dict[str, Any], default_name: str = "experiment") -> Spec:
                 f"[models.{entry.name}] base {entry.base!r} is not a trained model of this spec"
             )
     attacks = {name: _attack(name, entry) for name, entry in raw.get("attacks", {}).items()}
-    protocols = [_protocol(i, p, models, attacks) for i, p in enumerate(raw.get("protocols", []))]
+    n = int(experiment.get("n", 500))
+    view = SpecView(
+        models={name: entry.trained for name, entry in models.items()},
+        attacks={name: kind for name, (kind, _) in attacks.items()},
+        n=n,
+    )
+    protocols = [parse_protocol(i, p, view) for i, p in enumerate(raw.get("protocols", []))]
     return Spec(
         name=str(experiment.get("name", default_name)),
         dataset=dataset,
         data_dir=experiment.get("data_dir"),
         seed=int(experiment.get("seed", 0)),
-        n=int(experiment.get("n", 500)),
+        n=n,
         models=models,
         attacks=attacks,
         protocols=protocols,
@@ -233,8 +236,10 @@ def _model(name: str, defaults: dict[str, Any], entry: dict[str, Any]) -> ModelE
     merged = {**defaults, **entry}
     unknown = set(merged) - MODEL_KEYS - TRAIN_KEYS
     if unknown:
-        raise ValueError(f"[models.{name}] unknown key {sorted(unknown)[0]!r}; "
-                         f"known: {', '.join(sorted(MODEL_KEYS | TRAIN_KEYS))}")  # fmt: skip
+        raise ValueError(
+            f"[models.{name}] unknown key {sorted(unknown)[0]!r}; "
+            f"known: {', '.join(sorted(MODEL_KEYS | TRAIN_KEYS))}"
+        )
     arch = merged.get("arch", "resnet8")
     if arch not in available_archs() and not is_external(arch):
         raise ValueError(
@@ -279,14 +284,18 @@ def _training_defenses(name: str, merged: dict[str, Any]) -> tuple[TrainingDefen
         try:
             adversarial = pgd_budget(merged["adv_train"])
         except ValueError:
-            raise ValueError(f"{where} adv_train must be \"EPS:STEP:STEPS\" in 0-255 units, "
-                             f"e.g. \"8:2:7\"; got {merged['adv_train']!r}") from None  # fmt: skip
+            raise ValueError(
+                f'{where} adv_train must be "EPS:STEP:STEPS" in 0-255 units, '
+                f'e.g. "8:2:7"; got {merged["adv_train"]!r}'
+            ) from None
     try:
         return training_defenses(
-            defect=defect, regularizer=merged.get("regularizer"),
+            defect=defect,
+            regularizer=merged.get("regularizer"),
             thermometer=merged.get("thermometer"),
-            label_smoothing=float(merged.get("label_smoothing", 0.0)), adv_train=adversarial,
-        )  # fmt: skip
+            label_smoothing=float(merged.get("label_smoothing", 0.0)),
+            adv_train=adversarial,
+        )
     except ValueError as err:
         raise ValueError(f"{where} {err}") from None
 
@@ -297,12 +306,17 @@ def _model_options(name: str, arch: str, merged: dict[str, Any]) -> dict[str, An
     where = f"[models.{name}]"
     external = {"factory_args", "defect_layers"} & set(merged)
     if external and not is_external(arch):
-        raise ValueError(f"{where} {sorted(external)[0]} applies to factory architectures "
-                         "(torchvision:NAME, timm:NAME, package.module:function) only")  # fmt: skip
+        raise ValueError(
+            f"{where} {sorted(external)[0]} applies to factory architectures "
+            "(torchvision:NAME, timm:NAME, package.module:function) only"
+        )
     for key in ("mean", "std"):
         value = merged.get(key)
-        if value is not None and (not isinstance(value, list) or not value
-                                  or not all(type(v) in (int, float) for v in value)):  # fmt: skip
+        if value is not None and (
+            not isinstance(value, list)
+            or not value
+            or not all(type(v) in (int, float) for v in value)
+        ):
             raise ValueError(f"{where} {key} must be a list of numbers, one per channel")
     weights = merged.get("weights")
     if weights is not None and not Path(weights).is_file():
@@ -338,12 +352,16 @@ def _defended(name: str, entry: dict[str, Any]) -> ModelEntry:
     where = f"[models.{name}]"
     tables = [t for t in DEFENSE_TABLES if t in entry]
     if "base" not in entry or len(tables) != 1:
-        raise ValueError(f"{where} a defended model needs base = \"<model>\" and one of "
-                         f"{' or '.join(DEFENSE_TABLES)} = {{...}}")  # fmt: skip
+        raise ValueError(
+            f'{where} a defended model needs base = "<model>" and one of '
+            f"{' or '.join(DEFENSE_TABLES)} = {{...}}"
+        )
     unknown = set(entry) - {"base", *tables}
     if unknown:
-        raise ValueError(f"{where} unknown key {sorted(unknown)[0]!r} beside base and "
-                         f"{tables[0]}; training keys belong to the base model")  # fmt: skip
+        raise ValueError(
+            f"{where} unknown key {sorted(unknown)[0]!r} beside base and "
+            f"{tables[0]}; training keys belong to the base model"
+        )
     table = entry[tables[0]]
     if not isinstance(table, dict):
         raise ValueError(f"{where} {tables[0]} must be a table, e.g. {tables[0]} = {{ ... }}")
@@ -351,19 +369,25 @@ def _defended(name: str, entry: dict[str, Any]) -> ModelEntry:
         defense = defense_from_table(tables[0], to_unit(table))
     except (ValueError, RobustlabError) as err:
         raise ValueError(f"{where} {err}") from None
-    return ModelEntry(name=name, base=str(entry["base"]), defense=defense)
+    return ModelEntry(
+        name=name, base=str(entry["base"]), defense=defense, defense_table=(tables[0], table)
+    )
 
 
 def _attack(name: str, entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     attack = entry.get("attack")
     if attack not in available_attacks():
-        raise ValueError(f"[attacks.{name}] attack {attack!r} is missing or unknown; "
-                         f"use one of {', '.join(available_attacks())}")  # fmt: skip
+        raise ValueError(
+            f"[attacks.{name}] attack {attack!r} is missing or unknown; "
+            f"use one of {', '.join(available_attacks())}"
+        )
     for key in PIXEL_UNITS:
         value = entry.get(key)
         if value is not None and (type(value) not in (int, float) or not 0 <= value <= 255):
-            raise ValueError(f"[attacks.{name}] {key} = {value!r} must be a number in 0..255 "
-                             f"(spec units are 0-255, e.g. {key} = 16)")  # fmt: skip
+            raise ValueError(
+                f"[attacks.{name}] {key} = {value!r} must be a number in 0..255 "
+                f"(spec units are 0-255, e.g. {key} = 16)"
+            )
     params = to_unit({k: v for k, v in entry.items() if k != "attack"})
     from torch import nn
 
@@ -374,162 +398,3 @@ def _attack(name: str, entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     except ValueError as err:
         raise ValueError(f"[attacks.{name}] {err}") from None
     return attack, params
-
-
-def _universal_protocol(where: str, entry: dict[str, Any]) -> None:
-    """attacks: universal attack names; xis: strengths in 0-255 (the first is the training
-    strength); against: "base", "defended" or both; options: per-attack parameters;
-    perturbations: files in robustlab's format (``robustlab universal import``), scored as
-    they are."""
-    from torch import nn
-
-    from robustlab.attacks.universal import UniversalPerturbation
-
-    files = entry.get("perturbations", [])
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-        raise ValueError(f"{where}: perturbations must be a list of file names")
-    for name in files:
-        try:
-            UniversalPerturbation.load(name)
-        except RobustlabError as err:
-            raise ValueError(f"{where}: perturbations: {err}") from None
-    if not entry.get("attacks") and not files:
-        raise ValueError(f"{where}: needs 'attacks' or 'perturbations'")
-
-    for attack in entry.get("attacks", []):
-        if attack not in UNIVERSAL_ATTACKS:
-            raise ValueError(f"{where}: unknown universal attack {attack!r}; use one of "
-                             f"{', '.join(UNIVERSAL_ATTACKS)}")  # fmt: skip
-    xis = entry.get("xis", [10])
-    if not xis or not all(isinstance(v, int | float) and 0 < v <= 255 for v in xis):
-        raise ValueError(f"{where}: xis must be strengths in 0-255 units, e.g. [10, 16]")
-    options = entry.get("options", {})
-    for attack, params in options.items():
-        if attack not in entry.get("attacks", []):
-            raise ValueError(f"{where}: options for {attack!r}, which attacks does not list")
-        try:
-            build_universal(attack, nn.Identity(), **to_unit(params))
-        except ValueError as err:
-            raise ValueError(f"{where}: options.{attack}: {err}") from None
-    against = entry.get("against", ["base", "defended"])
-    if not against or set(against) - {"base", "defended"}:
-        raise ValueError(f"{where}: against must list 'base' and/or 'defended'")
-
-
-def strong_configs(entry: dict[str, Any]) -> list[StrongConfig]:
-    """The strong protocol's budgets, one per ε (spec units 0-255 converted here), the
-    headline ε first."""
-    eps = entry.get("eps", 8)
-    values = eps if isinstance(eps, list) else [eps]
-    options = {k: entry[k] for k in ("norm", "steps", "target_classes", "queries", "restarts")
-               if k in entry}  # fmt: skip
-    attacks = tuple(entry.get("attacks", STANDARD_ATTACKS))
-    return [StrongConfig(eps=to_unit({"eps": v})["eps"], attacks=attacks, **options)
-            for v in values]  # fmt: skip
-
-
-def _strong_protocol(where: str, entry: dict[str, Any]) -> None:
-    """eps: one strength or a list in 0-255 (the first is the headline); attacks: some of
-    apgd-ce, apgd-dlr, apgd-t, square, run in that order of listing."""
-    from torch import nn
-
-    from robustlab.attacks import build
-
-    eps = entry.get("eps", 8)
-    values = eps if isinstance(eps, list) else [eps]
-    if not values or not all(type(v) in (int, float) and 0 < v <= 255 for v in values):
-        raise ValueError(f"{where}: eps must be a strength in 0-255 units or a list of them, "
-                         "e.g. eps = 8 or eps = [2, 4, 8]")  # fmt: skip
-    if not entry.get("models"):
-        raise ValueError(f"{where}: needs a non-empty 'models' list")
-    n = entry.get("n", 1)
-    if type(n) is not int or n < 1:
-        raise ValueError(f"{where}: n = {n!r} must be a positive integer")
-    try:
-        for config in strong_configs(entry):
-            for name in config.attacks:
-                kind, params = config.attack(name)
-                build(kind, nn.Identity(), **params)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{where}: {err}") from None
-
-
-def curve_settings(entry: dict[str, Any]) -> tuple[EpsilonSearch, list[float]]:
-    """The curve protocol's bisection settings ([0, 1] units) and its ε levels (0-255)."""
-    eps_max = entry.get("eps_max", 32)
-    levels = entry.get("eps", [e for e in (1, 2, 4, 8, 16, 32) if e <= eps_max])
-    search = EpsilonSearch(eps_max=to_unit({"eps": eps_max})["eps"],
-                           search_steps=int(entry.get("search_steps", 5)),
-                           steps=int(entry.get("steps", 20)))  # fmt: skip
-    return search, [float(v) for v in levels]
-
-
-def _curve_protocol(where: str, entry: dict[str, Any]) -> None:
-    """eps_max (0-255), search_steps bisections, eps: the curve's levels, multiples of
-    eps_max / 2**search_steps (where the bisection makes the curve exact)."""
-    if not entry.get("models"):
-        raise ValueError(f"{where}: needs a non-empty 'models' list")
-    eps_max = entry.get("eps_max", 32)
-    if type(eps_max) not in (int, float) or not 0 < eps_max <= 255:
-        raise ValueError(f"{where}: eps_max = {eps_max!r} must be in 0-255 units, e.g. 32")
-    for key in ("search_steps", "steps", "n"):
-        value = entry.get(key, 1)
-        if type(value) is not int or value < 1 or (key == "search_steps" and value > 20):
-            raise ValueError(f"{where}: {key} = {value!r} must be a positive integer"
-                             + (" up to 20" if key == "search_steps" else ""))  # fmt: skip
-    resolution = eps_max / 2 ** entry.get("search_steps", 5)
-    levels = entry.get("eps", [1])
-    if not isinstance(levels, list) or not levels or not all(
-        type(v) in (int, float) and 0 < v <= eps_max
-        and abs(v / resolution - round(v / resolution)) < 1e-9
-        for v in levels
-    ):  # fmt: skip
-        raise ValueError(
-            f"{where}: eps = {levels!r}: each level must be in (0, eps_max] and a multiple "
-            f"of eps_max / 2**search_steps = {resolution:g}, where the bisection is exact"
-        )
-
-
-def _protocol(
-    index: int, entry: dict[str, Any], models: dict[str, ModelEntry], attacks: dict[str, Any]
-) -> dict[str, Any]:
-    kind = entry.get("type")
-    where = f"[[protocols]] #{index + 1} ({kind})"
-    if kind not in PROTOCOLS:
-        raise ValueError(f"{where}: unknown type; use one of {', '.join(PROTOCOLS)}")
-    unknown = set(entry) - PROTOCOLS[kind] - {"type", "name"}
-    if unknown:
-        raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r}")
-    if "name" in entry:
-        check_title(entry["name"], where)
-    for key in ("sources", "targets", "models"):
-        for model in entry.get(key, []):
-            if model not in models:
-                raise ValueError(f"{where}: {key} names unknown model {model!r}")
-    if kind == "universal":
-        _universal_protocol(where, entry)
-        return dict(entry)
-    if kind == "strong":
-        _strong_protocol(where, entry)
-        return dict(entry)
-    if kind == "curve":
-        _curve_protocol(where, entry)
-        return dict(entry)
-    for attack in entry.get("attacks", []):
-        if attack not in attacks:
-            raise ValueError(f"{where}: unknown attack {attack!r}; declare it under [attacks]")
-    required = {"sources", "targets", "models", "attacks"} & PROTOCOLS[kind]
-    missing = [k for k in sorted(required) if not entry.get(k)]
-    if missing:
-        raise ValueError(f"{where}: needs a non-empty {missing[0]!r} list")
-    for key in ("sources", "models") if kind in ("transfer", "ensemble_transfer") else ():
-        for model in entry.get(key, []):
-            if models[model].base is not None:
-                raise ValueError(f"{where}: {key} may not name defended model {model!r}: "
-                                 "adversarial sets are made on trained models")  # fmt: skip
-    if kind == "adaptive":
-        for attack in entry["attacks"]:
-            if attacks[attack][0] not in GRADIENT_ATTACKS:
-                raise ValueError(f"{where}: attack {attack!r} is not a gradient attack; use one "
-                                 f"of {', '.join(GRADIENT_ATTACKS)}")  # fmt: skip
-    return dict(entry)

@@ -11,13 +11,14 @@ LeNet) the two numberings coincide.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from robustlab.distributed import map_batches
+from robustlab.registry import Registry
 
 
 class Normalize(nn.Module):
@@ -33,6 +34,11 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+# Builders of the zoo, registered where they are defined (``@ARCHITECTURES.register("name")``).
+# Each takes num_classes, in_channels, image_size, mean, std, widths and its own knobs.
+ARCHITECTURES: Registry[Callable[..., BlockNet]] = Registry("architecture")
 
 
 class BlockNet(nn.Module):

@@ -4,11 +4,12 @@ one per dense block with the transition that follows it (DenseNet-121: 1-4)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from robustlab.models.base import BlockNet, Widths
+from robustlab.models.base import ARCHITECTURES, BlockNet, Widths
 
 
 class DenseLayer(nn.Module):
@@ -67,7 +68,15 @@ def densenet(
             blocks.append(Transition(cin, cin // 2))
             cin //= 2
     head = nn.Sequential(
-        nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.BatchNorm2d(cin),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
         nn.Linear(cin, num_classes),
-    )  # fmt: skip
+    )
     return BlockNet(blocks, head, mean, std, stages)
+
+
+@ARCHITECTURES.register("densenet121")
+def densenet121(growth: int = 32, image_size: int = 32, **kw: Any) -> BlockNet:
+    return densenet((6, 12, 24, 16), growth, **kw)

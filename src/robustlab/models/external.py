@@ -160,8 +160,10 @@ def build_external(
     """Build ``arch`` from its factory, wrapped and checked (logits for ``num_classes``)."""
     unknown = set(options) - {"factory_args", "defect_layers"}  # the latter: for assemble
     if unknown:
-        raise ValueError(f"architecture {arch!r}: unknown option {sorted(unknown)[0]!r} "
-                         "(external models take factory_args and defect_layers)")  # fmt: skip
+        raise ValueError(
+            f"architecture {arch!r}: unknown option {sorted(unknown)[0]!r} "
+            "(external models take factory_args and defect_layers)"
+        )
     net = resolve_factory(arch)(**dict(options.get("factory_args", {})))
     model = ExternalNet(net, mean or (0.5,) * in_channels, std or (0.5,) * in_channels)
     example = torch.zeros(1, in_channels, image_size, image_size)
@@ -194,8 +196,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle.UnpicklingError for anything beyond tensors and dicts
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise RobustlabError(f"{path}: not a state dict loadable with weights_only=True "
-                             f"({first}); save model.state_dict() instead") from None  # fmt: skip
+        raise RobustlabError(
+            f"{path}: not a state dict loadable with weights_only=True "
+            f"({first}); save model.state_dict() instead"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from robustlab.models.base import BlockNet, Widths, conv_block, pooled_linear
+from robustlab.models.base import ARCHITECTURES, BlockNet, Widths, conv_block, pooled_linear
 
 
 def lenet(
@@ -24,3 +25,8 @@ def lenet(
         conv_block(c1, c2, 3),
     ]
     return BlockNet(blocks, pooled_linear(c2, num_classes), mean, std)
+
+
+@ARCHITECTURES.register("lenet")
+def lenet_zoo(width: int = 16, image_size: int = 32, **kw: Any) -> BlockNet:
+    return lenet(width, **kw)

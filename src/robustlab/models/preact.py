@@ -8,11 +8,12 @@ conv, then one per stage.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from robustlab.models.base import BlockNet, Widths
+from robustlab.models.base import ARCHITECTURES, BlockNet, Widths
 
 
 class SqueezeExcite(nn.Module):
@@ -81,7 +82,22 @@ def preact_resnet(
             blocks.append(PreActBlock(cin, cout, 2 if stage > 0 and i == 0 else 1, se=se))
             cin = cout
     head = nn.Sequential(
-        nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.BatchNorm2d(cin),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
         nn.Linear(cin, num_classes),
-    )  # fmt: skip
+    )
     return BlockNet(blocks, head, mean, std, stages, bottom)
+
+
+@ARCHITECTURES.register("senet18")
+def senet18(width: int = 64, image_size: int = 32, **kw: Any) -> BlockNet:
+    return preact_resnet(
+        (2, 2, 2, 2), (width, 2 * width, 4 * width, 8 * width), width, se=True, **kw
+    )
+
+
+@ARCHITECTURES.register("wrn32_4")
+def wrn32_4(width: int = 16, image_size: int = 32, **kw: Any) -> BlockNet:
+    return preact_resnet((5, 5, 5), (16 * 4, 32 * 4, 64 * 4), width, se=False, bottom=(0, 1), **kw)

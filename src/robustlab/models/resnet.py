@@ -7,11 +7,19 @@ residual blocks each).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from robustlab.models.base import BlockNet, Widths, conv_block, conv_bn, pooled_linear
+from robustlab.models.base import (
+    ARCHITECTURES,
+    BlockNet,
+    Widths,
+    conv_block,
+    conv_bn,
+    pooled_linear,
+)
 
 
 class BasicBlock(nn.Module):
@@ -78,3 +86,23 @@ def resnet(
             blocks.append(block(cin, width, 2 if stage > 0 and i == 0 else 1))
             cin = width * block.expansion
     return BlockNet(blocks, pooled_linear(cin, num_classes), mean, std, stages)
+
+
+@ARCHITECTURES.register("resnet8")
+def resnet8(width: int = 16, image_size: int = 32, **kw: Any) -> BlockNet:
+    return resnet(BasicBlock, (1, 1, 1), (width, 2 * width, 4 * width), **kw)
+
+
+@ARCHITECTURES.register("resnet10")
+def resnet10(width: int = 16, image_size: int = 32, **kw: Any) -> BlockNet:
+    return resnet(BasicBlock, (1, 1, 1, 1), (width, 2 * width, 4 * width, 8 * width), **kw)
+
+
+@ARCHITECTURES.register("resnet18")
+def resnet18(width: int = 64, image_size: int = 32, **kw: Any) -> BlockNet:
+    return resnet(BasicBlock, (2, 2, 2, 2), (width, 2 * width, 4 * width, 8 * width), **kw)
+
+
+@ARCHITECTURES.register("resnet50")
+def resnet50(width: int = 64, image_size: int = 32, **kw: Any) -> BlockNet:
+    return resnet(Bottleneck, (3, 4, 6, 3), (width, 2 * width, 4 * width, 8 * width), **kw)

@@ -8,13 +8,35 @@ feature map is already 1×1 (small inputs such as 28×28).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
-from robustlab.models.base import BlockNet, Widths, conv_block, pooled_linear
+from robustlab.models.base import ARCHITECTURES, BlockNet, Widths, conv_block, pooled_linear
 
-VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-         512, 512, 512, 512, "M", 512, 512, 512, 512, "M")  # fmt: skip
+VGG19 = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+)
 
 
 def vgg(
@@ -45,3 +67,8 @@ def vgg(
     stages = [s for s in stages if s]
     # the paper's VGG is defective in blocks 0-1 ("vgg_drop_01")
     return BlockNet(blocks, pooled_linear(cin, num_classes), mean, std, stages, bottom=(0, 1))
+
+
+@ARCHITECTURES.register("vgg19")
+def vgg19(image_size: int = 32, **kw: Any) -> BlockNet:
+    return vgg(VGG19, image_size=image_size, **kw)

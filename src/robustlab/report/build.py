@@ -6,7 +6,7 @@ next to it (``<name>_figures/``), for papers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +71,10 @@ def write_report(
     for index, record in enumerate(results.get("records", [])):
         problem = record_problem(record)
         if problem is not None:
-            raise RobustlabError(f"{results_dir}/results.json record {index}: {problem}; re-run "
-                                 "`robustlab run` with this robustlab to rewrite it")  # fmt: skip
+            raise RobustlabError(
+                f"{results_dir}/results.json record {index}: {problem}; re-run "
+                "`robustlab run` with this robustlab to rewrite it"
+            )
     pictures: dict[str, bytes] = {}
     sections = _sections(results, results_dir, pictures, gallery_size)
     title = (
@@ -93,11 +95,15 @@ def _report_path(results_dir: Path, out: str | Path | None, force: bool) -> Path
         return results_dir / "report.html"
     out = Path(out)
     if is_within(out, results_dir) and (out.suffix != ".html" or out.is_dir()):
-        raise RobustlabError(f"{out}: the report would overwrite a file of its input "
-                             f"{results_dir}; choose an .html path")  # fmt: skip
+        raise RobustlabError(
+            f"{out}: the report would overwrite a file of its input "
+            f"{results_dir}; choose an .html path"
+        )
     if out.exists() and not force and not _is_report(out):
-        raise RobustlabError(f"{out} exists and is not a robustlab report; pass --force to "
-                             "replace it, or choose another --out")  # fmt: skip
+        raise RobustlabError(
+            f"{out} exists and is not a robustlab report; pass --force to "
+            "replace it, or choose another --out"
+        )
     check_writable(out.parent)
     return out
 
@@ -148,11 +154,11 @@ def _sections(
                 )
             )
     sections += _simple_tables(records, command)
-    gallery = _gallery(results_dir, records, spec, gallery_size)
+    gallery = _gallery(results_dir, records, spec, gallery_size, _loader(results))
     if gallery is not None:
         pictures["gallery"] = gallery
         sections.append(("Gallery: clean vs adversarial", image(gallery, "adversarial examples")))
-    for i, (title, png) in enumerate(defense_galleries(results_dir, results, _load)):
+    for i, (title, png) in enumerate(defense_galleries(results_dir, results, _loader(results))):
         pictures[f"defense_gallery_{i}"] = png
         sections.append((f"Gallery: {title}", image(png, title)))
     sections.append(("Spec", spec_section(spec)))
@@ -172,8 +178,11 @@ def _comparison_section(rows: list[ComparisonRow], command: str) -> str:
             cost += f" (×{row.cost_ratio:.1f})"
         rates = (row.clean, row.transfer, row.whitebox, row.adaptive, row.strong, row.universal)
         decision = "—" if row.decision is None else f"{row.decision:.2e}"
-        cells = [f"<td>{name_link('models', row.model)}</td>", f"<td>{esc(row.defense)}</td>",
-                 *(cell(r) for r in rates)]  # fmt: skip
+        cells = [
+            f"<td>{name_link('models', row.model)}</td>",
+            f"<td>{esc(row.defense)}</td>",
+            *(cell(r) for r in rates),
+        ]
         cells += [f'<td class="num">{decision}</td>', cell(row.noise32)]
         cells += [f'<td class="num">{cost}</td>', f'<td class="num">{row.added_parameters}</td>']
         cells.append(f"<td>{esc(', '.join(row.flags) or '—')}</td>")
@@ -269,8 +278,17 @@ def _adaptive_section(records: list[Record], command: str) -> list[tuple[str, st
             f"<td>{esc(', '.join(r['flags']) or '—')}</td>",
         ]
 
-    headers = ["model", "attack", "surface", "accuracy", "transfer from base", "±ε noise",
-               "zero-gradient share", "loss clean → adversarial", "flags"]  # fmt: skip
+    headers = [
+        "model",
+        "attack",
+        "surface",
+        "accuracy",
+        "transfer from base",
+        "±ε noise",
+        "zero-gradient share",
+        "loss clean → adversarial",
+        "flags",
+    ]
     return [("Adaptive white-box attacks", table(headers, [row(r) for r in adaptive]))]
 
 
@@ -287,15 +305,24 @@ def _strong_section(records: list[Record], command: str) -> list[tuple[str, str]
             f"<td>{name_link('models', r['target'])}</td>",
             f'<td class="num">{r["eps"]:g}</td>',
             rate_cell(r["clean_accuracy"], index, command),
-            *(rate_cell(r["after"][s], index, command) if s in r["after"] else "<td>—</td>"
-              for s in steps),
+            *(
+                rate_cell(r["after"][s], index, command) if s in r["after"] else "<td>—</td>"
+                for s in steps
+            ),
             f"<td>{esc(broken)}</td>",
             f'<td class="num">{r["zero_gradient_share"]:.2f}</td>',
             f"<td>{esc(', '.join(r['flags']) or '—')}</td>",
-        ]  # fmt: skip
+        ]
 
-    headers = ["model", "ε (0-255)", "clean", *(f"after {s}" for s in steps),
-               "broken by each", "zero-gradient share", "flags"]  # fmt: skip
+    headers = [
+        "model",
+        "ε (0-255)",
+        "clean",
+        *(f"after {s}" for s in steps),
+        "broken by each",
+        "zero-gradient share",
+        "flags",
+    ]
     title = "Strong evaluation (AutoAttack-style worst case per image)"
     return [(title, table(headers, [row(r) for r in strong]))]
 
@@ -305,14 +332,27 @@ def _universal_section(records: list[Record], command: str) -> list[tuple[str, s
     if not universal:
         return []
     rows = [
-        [f"<td>{name_link('models', r['target'])}</td>", f"<td>{esc(r['attack'])}</td>",
-         f'<td class="num">{r["xi"]:g}</td>', f"<td>{esc(r['against'])}</td>"]
-        + [rate_cell(r[k], r.get("protocol_index"), command)
-           for k in ("fooling_rate", "perturbed_accuracy", "restoration")]
+        [
+            f"<td>{name_link('models', r['target'])}</td>",
+            f"<td>{esc(r['attack'])}</td>",
+            f'<td class="num">{r["xi"]:g}</td>',
+            f"<td>{esc(r['against'])}</td>",
+        ]
+        + [
+            rate_cell(r[k], r.get("protocol_index"), command)
+            for k in ("fooling_rate", "perturbed_accuracy", "restoration")
+        ]
         for r in universal
-    ]  # fmt: skip
-    headers = ["model", "attack", "ξ (0-255)", "computed against", "fooling rate",
-               "perturbed accuracy", "restoration accuracy"]  # fmt: skip
+    ]
+    headers = [
+        "model",
+        "attack",
+        "ξ (0-255)",
+        "computed against",
+        "fooling rate",
+        "perturbed accuracy",
+        "restoration accuracy",
+    ]
     return [("Universal perturbations", table(headers, rows))]
 
 
@@ -336,12 +376,16 @@ def _tradeoff(records: list[Record], spec: dict[str, Any]) -> bytes | None:
 
 
 def _gallery(
-    results_dir: Path, records: list[Record], spec: dict[str, Any], size: int
+    results_dir: Path,
+    records: list[Record],
+    spec: dict[str, Any],
+    size: int,
+    load: Callable[[Path, str], nn.Module | None],
 ) -> bytes | None:
     """Examples that fooled the source, as two targets (standard, defective) see them."""
     adv_set = _pick_set(results_dir)
     models = {
-        t: m for t in _gallery_targets(records, spec) if (m := _load(results_dir, t)) is not None
+        t: m for t in _gallery_targets(records, spec) if (m := load(results_dir, t)) is not None
     }
     if adv_set is None or not models:
         return None
@@ -383,10 +427,17 @@ def _gallery_targets(records: list[Record], spec: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(r["target"] for r in records if r["protocol"] == "transfer"))[:2]
 
 
-def _load(results_dir: Path, name: str) -> nn.Module | None:
-    """The newest run of model ``name`` in the results directory."""
-    check_name(name, f"{results_dir}/results.json model")
-    runs = sorted(
-        (results_dir / "runs").glob(f"{name}-*/meta.json"), key=lambda p: p.stat().st_mtime
-    )
-    return robustlab.load(runs[-1].parent) if runs else None
+def _loader(results: dict[str, Any]) -> Callable[[Path, str], nn.Module | None]:
+    """Models by name from the run folders results.json records (older results: none)."""
+    found = results.get("models")
+    models: dict[str, Any] = found if isinstance(found, dict) else {}
+
+    def load(results_dir: Path, name: str) -> nn.Module | None:
+        check_name(name, f"{results_dir}/results.json model")
+        runs = (models.get(name) or {}).get("runs") or []
+        if len(runs) != 1:
+            return None  # an ensemble, a defended model, or an older results.json
+        run = under(results_dir, "runs", Path(str(runs[0])).name)
+        return robustlab.load(run) if (run / "meta.json").is_file() else None
+
+    return load

@@ -1,9 +1,9 @@
 """Galleries of the defenses: what an input transformation does to images (CSC purification,
 JPEG, …), and how feature regeneration answers a universal perturbation.
 
-They rebuild the defended models from the results directory (the spec recorded in
-results.json, the runs and the prepared defense folders); a gallery whose inputs are
-missing is left out, never an error of the report.
+They rebuild the defended models from what results.json records of each model (its run
+folders, its defense's config and folder); a gallery whose inputs are missing is left out,
+never an error of the report.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from torch import nn
 
 from robustlab.attacks.universal import UniversalPerturbation, apply
 from robustlab.data import load_dataset, sample_indices
-from robustlab.defenses.base import Defended
-from robustlab.experiments.spec import ModelEntry, parse_spec
-from robustlab.io import RobustlabError
+from robustlab.defenses.base import Defended, Defense
+from robustlab.defenses.registry import defense_from_table
+from robustlab.io import RobustlabError, under
 from robustlab.models.base import predict
 from robustlab.report import figures
+from robustlab.units import to_unit
 
 Loader = Callable[[Path, str], nn.Module | None]
 
@@ -31,23 +32,26 @@ def defense_galleries(
     results_dir: Path, results: dict[str, Any], load: Loader, size: int = 4
 ) -> list[tuple[str, bytes]]:
     """(title, PNG) for each input-transformation and regeneration defense of the run."""
+    models, experiment = results.get("models"), results.get("experiment")
+    if not isinstance(models, dict) or not isinstance(experiment, dict):
+        return []  # results.json of an older robustlab: no galleries
     try:
-        spec = parse_spec(results["spec"])
-        data = load_dataset(spec.dataset, "test", spec.data_dir)
+        data = load_dataset(experiment["dataset"], "test", experiment.get("data_dir"))
     except (RobustlabError, ValueError, KeyError):
         return []
-    pick = sample_indices(len(data), spec.n, spec.seed)[:size]
+    pick = sample_indices(len(data), experiment["n"], experiment["seed"])[:size]
     clean = data.images[pick]
     labels = [data.classes[int(y)] for y in data.labels[pick]]
     galleries = []
-    for name, entry in spec.models.items():
-        if entry.defense is None or entry.base is None:
+    for name, info in models.items():
+        if not isinstance(info, dict) or info.get("defense") is None or info.get("base") is None:
             continue
-        base = load(results_dir, entry.base)
-        model = _defended(results_dir, name, entry, base)
-        if model is None:
+        base = load(results_dir, info["base"])
+        defense = defense_from_table(info["defense"]["table"], to_unit(info["defense"]["config"]))
+        model = _defended(results_dir, info, defense, base)
+        if model is None or base is None:
             continue
-        if entry.defense.kind == "input":
+        if defense.kind == "input":
             with torch.no_grad():
                 shown = model.transform(torch.from_numpy(clean).float() / 255)
             changed = np.round(shown.numpy() * 255).astype(np.uint8)
@@ -56,15 +60,15 @@ def defense_galleries(
                 clean, changed, labels, pairs, titles=("input", f"{name} output", "change")
             )
             galleries.append((f"{name}: what the purifier does", png))
-        elif base is not None:  # regeneration (always true here: _defended needed base)
-            delta = _perturbation_against(results_dir, entry.base)
+        else:
+            delta = _perturbation_against(results_dir, info["base"])
             if delta is None:
                 continue
             pixels = torch.from_numpy(clean).float() / 255
             perturbed = np.round(apply(pixels, delta).numpy() * 255).astype(np.uint8)
             predictions: dict[str, Sequence[tuple[str, str]]] = {
                 m: prediction_pairs(net, clean, perturbed, data.classes)
-                for m, net in ((entry.base, base), (name, model))
+                for m, net in ((info["base"], base), (name, model))
             }
             png = figures.gallery(
                 clean,
@@ -73,20 +77,18 @@ def defense_galleries(
                 predictions,
                 titles=("clean", "universal perturbation added", "δ"),
             )
-            galleries.append((f"{name}: a universal perturbation of {entry.base}", png))
+            galleries.append((f"{name}: a universal perturbation of {info['base']}", png))
     return galleries
 
 
 def _defended(
-    results_dir: Path, name: str, entry: ModelEntry, base: nn.Module | None
+    results_dir: Path, info: dict[str, Any], defense: Defense, base: nn.Module | None
 ) -> Defended | None:
-    """The newest prepared defense of ``name`` around ``base``."""
-    folders = sorted((results_dir / "defenses").glob(f"{name}-*"), key=lambda p: p.stat().st_mtime)
-    if entry.defense is None or not folders or base is None:
+    """The prepared defense recorded in results.json (its folder), around ``base``."""
+    folder = under(results_dir, "defenses", Path(str(info["folder"])).name)
+    if base is None or not defense.is_prepared(folder):
         return None
-    if not entry.defense.is_prepared(folders[-1]):
-        return None
-    return entry.defense.wrap(base, folders[-1])
+    return defense.wrap(base, folder)
 
 
 def _perturbation_against(results_dir: Path, victim: str) -> torch.Tensor | None:

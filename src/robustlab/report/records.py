@@ -11,45 +11,25 @@ deep in a table.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
+
+from robustlab.evaluation.protocols import PROTOCOLS, Schema
 
 RATE_KEYS = ("hits", "n", "rate", "low", "high")
 
 
-@dataclass(frozen=True)
-class Schema:
-    """Required fields of one protocol's records: ``names`` (strings naming models and
-    attacks), ``rates`` (each a Rate: hits, n, rate, low, high) and ``other`` fields."""
-
-    names: tuple[str, ...] = ()
-    rates: tuple[str, ...] = ()
-    other: tuple[str, ...] = ()
-
-
-_TRANSFER = Schema(("source", "target", "attack"), ("accuracy", "clean_accuracy", "defense_rate"),
-                   ("params",))  # fmt: skip
-_CURVES = Schema(other=("curves",))
+# every protocol's record schemas sit beside it (robustlab.evaluation.protocols); the summary
+# record is the comparison table's own
 SCHEMAS: dict[str, Schema] = {
-    "transfer": _TRANSFER,
-    "ensemble_transfer": _TRANSFER,
-    "whitebox": Schema(("target", "attack"), ("accuracy",),
-                       ("params", "flags", "zero_gradient_share")),
-    "adaptive": Schema(("target", "attack", "surface"), ("accuracy", "clean_accuracy"),
-                       ("params", "flags", "loss_rises", "masking")),
-    "strong": Schema(("target", "attack"), ("accuracy", "clean_accuracy"),
-                     ("params", "after", "broken", "flags", "eps")),
-    "curve_cell": Schema(("target",), (), ("rates", "success_file")),
-    "curve": Schema(("attack",), (), ("curves", "eps_max", "resolution", "steps", "n")),
-    "universal": Schema(("target", "attack", "against"),
-                        ("fooling_rate", "perturbed_accuracy", "clean_accuracy"),
-                        ("xi", "restoration")),
-    "decision": Schema(("target", "attack"), (), ("score", "params")),
-    "noise": _CURVES,
-    "shuffle": _CURVES,
-    "summary": Schema(("target",), ("clean_accuracy",),
-                      ("ms_per_image", "cost_ratio", "added_parameters")),
-}  # fmt: skip
+    "summary": Schema(
+        ("target",), ("clean_accuracy",), ("ms_per_image", "cost_ratio", "added_parameters")
+    ),
+    **{
+        kind: schema
+        for protocol in PROTOCOLS
+        for kind, schema in PROTOCOLS.get(protocol).schemas.items()
+    },
+}
 
 
 def record_problem(record: Mapping[str, Any]) -> str | None:

@@ -30,10 +30,16 @@ from robustlab.io import under, write_json
 Record = dict[str, Any]
 
 FIELDS: dict[str, type | tuple[type, ...]] = {
-    "name": str, "architecture": str, "dataset": str, "threat_model": str,
-    "eps": (str, type(None)), "clean_acc": str, "autoattack_acc": (str, type(None)),
-    "number_forward_passes": int, "robustlab": dict,
-}  # fmt: skip
+    "name": str,
+    "architecture": str,
+    "dataset": str,
+    "threat_model": str,
+    "eps": (str, type(None)),
+    "clean_acc": str,
+    "autoattack_acc": (str, type(None)),
+    "number_forward_passes": int,
+    "robustlab": dict,
+}
 
 
 def model_card(

@@ -83,8 +83,15 @@ def markdown(records: list[Record]) -> str:
     """Tables a reviewer can read: the comparison first, then one per protocol, rates with
     Wilson 95 % intervals."""
     lines: list[str] = comparison_markdown(comparison_rows(records))
-    for section in (_transfer_section, _whitebox_section, _strong_section, _adaptive_section,
-                    _universal_section, _decision_section, _curve_sections):  # fmt: skip
+    for section in (
+        _transfer_section,
+        _whitebox_section,
+        _strong_section,
+        _adaptive_section,
+        _universal_section,
+        _decision_section,
+        _curve_sections,
+    ):
         lines += section(records)
     return "\n".join(lines)
 
@@ -94,9 +101,13 @@ def _table(title: str, headers: list[str], rows: list[list[str]]) -> list[str]:
     if not rows:
         return []
     return [
-        f"## {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
-        *("| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows), "",
-    ]  # fmt: skip
+        f"## {title}",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+        *("| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows),
+        "",
+    ]
 
 
 def _of(records: list[Record], *protocols: str) -> list[Record]:
@@ -112,18 +123,29 @@ def _losses(record: Record) -> str:
 
 
 def _transfer_section(records: list[Record]) -> list[str]:
-    rows = [[r["source"], r["target"], r["attack"], _rate_text(r["defense_rate"]),
-             _rate_text(r["accuracy"]), _rate_text(r["clean_accuracy"])]
-            for r in _of(records, "transfer", "ensemble_transfer")]  # fmt: skip
+    rows = [
+        [
+            r["source"],
+            r["target"],
+            r["attack"],
+            _rate_text(r["defense_rate"]),
+            _rate_text(r["accuracy"]),
+            _rate_text(r["clean_accuracy"]),
+        ]
+        for r in _of(records, "transfer", "ensemble_transfer")
+    ]
     return _table(
         "Transfer: success defense rate (filtered, appendix A.7) and unfiltered accuracy",
-        ["source", "target", "attack", "defense rate", "accuracy", "clean accuracy"], rows,
-    )  # fmt: skip
+        ["source", "target", "attack", "defense rate", "accuracy", "clean accuracy"],
+        rows,
+    )
 
 
 def _whitebox_section(records: list[Record]) -> list[str]:
-    rows = [[r["target"], r["attack"], _rate_text(r["accuracy"]), _flags(r)]
-            for r in _of(records, "whitebox")]  # fmt: skip
+    rows = [
+        [r["target"], r["attack"], _rate_text(r["accuracy"]), _flags(r)]
+        for r in _of(records, "whitebox")
+    ]
     return _table("White-box accuracy", ["model", "attack", "accuracy", "flags"], rows)
 
 
@@ -136,27 +158,71 @@ def _adaptive_section(records: list[Record]) -> list[str]:
     for r in _of(records, "adaptive"):
         surface = r["surface"] + (f" ({r['bpda_part']})" if r["bpda_part"] else "")
         moved = _rate_text(r["transfer_accuracy"]) if r["transfer_accuracy"] else "—"
-        rows.append([r["target"], r["attack"], surface, _rate_text(r["accuracy"]),
-                     _rate_text(r["clean_accuracy"]), moved, _rate_text(r["noise_accuracy"]),
-                     f"{r['zero_gradient_share']:.2f}", _losses(r), _flags(r)])  # fmt: skip
-    headers = ["model", "attack", "surface", "accuracy", "clean", "transfer from base",
-               "±ε noise", "zero-grad share", "loss clean → adv", "flags"]  # fmt: skip
+        rows.append(
+            [
+                r["target"],
+                r["attack"],
+                surface,
+                _rate_text(r["accuracy"]),
+                _rate_text(r["clean_accuracy"]),
+                moved,
+                _rate_text(r["noise_accuracy"]),
+                f"{r['zero_gradient_share']:.2f}",
+                _losses(r),
+                _flags(r),
+            ]
+        )
+    headers = [
+        "model",
+        "attack",
+        "surface",
+        "accuracy",
+        "clean",
+        "transfer from base",
+        "±ε noise",
+        "zero-grad share",
+        "loss clean → adv",
+        "flags",
+    ]
     return _table("Adaptive white-box: the attack through the whole defended model", headers, rows)
 
 
 def _universal_section(records: list[Record]) -> list[str]:
-    rows = [[r["target"], r["attack"], f"{r['xi']:g}", r["against"],
-             _rate_text(r["fooling_rate"]), _rate_text(r["perturbed_accuracy"]),
-             _rate_text(r["restoration"])] for r in _of(records, "universal")]  # fmt: skip
-    headers = ["model", "attack", "ξ", "computed against", "fooling rate", "perturbed accuracy",
-               "restoration"]  # fmt: skip
+    rows = [
+        [
+            r["target"],
+            r["attack"],
+            f"{r['xi']:g}",
+            r["against"],
+            _rate_text(r["fooling_rate"]),
+            _rate_text(r["perturbed_accuracy"]),
+            _rate_text(r["restoration"]),
+        ]
+        for r in _of(records, "universal")
+    ]
+    headers = [
+        "model",
+        "attack",
+        "ξ",
+        "computed against",
+        "fooling rate",
+        "perturbed accuracy",
+        "restoration",
+    ]
     return _table("Universal perturbations: fooling rate and restoration accuracy", headers, rows)
 
 
 def _decision_section(records: list[Record]) -> list[str]:
-    rows = [[r["target"], f"{r['score']['score']:.2e}", str(r["score"]["n"]),
-             str(r["score"]["failed"]), str(r["score"]["median_queries"])]
-            for r in _of(records, "decision")]  # fmt: skip
+    rows = [
+        [
+            r["target"],
+            f"{r['score']['score']:.2e}",
+            str(r["score"]["n"]),
+            str(r["score"]["failed"]),
+            str(r["score"]["median_queries"]),
+        ]
+        for r in _of(records, "decision")
+    ]
     headers = ["model", "S(M)", "n", "failed", "median queries"]
     return _table("Decision-based (Boundary): S(M) = median ‖δ‖²/N", headers, rows)
 
@@ -184,10 +250,26 @@ def strong_markdown(strong: list[Record]) -> list[str]:
     for r in strong:
         after = [_rate_text(r["after"][s]) if s in r["after"] else "—" for s in steps]
         broken = ", ".join(f"{k} {v}" for k, v in r["broken"].items())
-        rows.append([r["target"], f"{r['eps']:g}", _rate_text(r["clean_accuracy"]), *after,
-                     broken, f"{r['zero_gradient_share']:.2f}", _flags(r)])  # fmt: skip
-    headers = ["model", "ε", "clean", *(f"after {s}" for s in steps), "broken by each",
-               "zero-grad share", "flags"]  # fmt: skip
+        rows.append(
+            [
+                r["target"],
+                f"{r['eps']:g}",
+                _rate_text(r["clean_accuracy"]),
+                *after,
+                broken,
+                f"{r['zero_gradient_share']:.2f}",
+                _flags(r),
+            ]
+        )
+    headers = [
+        "model",
+        "ε",
+        "clean",
+        *(f"after {s}" for s in steps),
+        "broken by each",
+        "zero-grad share",
+        "flags",
+    ]
     title = "Strong (AutoAttack-style): robust accuracy after each attack, worst case per image"
     return _table(title, headers, rows)
 
@@ -216,10 +298,20 @@ class ComparisonRow:
 
 
 COMPARISON_HEADERS = (
-    "model", "defense", "clean", "transfer (worst)", "white-box", "adaptive", "strong",
-    "universal restoration", "decision S(M)", "noise σ=32", "ms/image (×base)", "added params",
+    "model",
+    "defense",
+    "clean",
+    "transfer (worst)",
+    "white-box",
+    "adaptive",
+    "strong",
+    "universal restoration",
+    "decision S(M)",
+    "noise σ=32",
+    "ms/image (×base)",
+    "added params",
     "flags",
-)  # fmt: skip
+)
 
 
 def comparison_rows(records: list[Record]) -> list[ComparisonRow]:

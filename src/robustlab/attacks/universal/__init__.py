@@ -5,6 +5,7 @@ from typing import Any
 from torch import nn
 
 from robustlab.attacks.universal.base import (
+    UNIVERSAL_ATTACKS,
     UniversalAttack,
     UniversalPerturbation,
     apply,
@@ -20,32 +21,30 @@ from robustlab.attacks.universal.singular import SingularFool
 from robustlab.attacks.universal.spgd import SPGD
 from robustlab.attacks.universal.uap import UAP
 
-UNIVERSAL_ATTACKS: dict[str, type[UniversalAttack]] = {
-    "uap": UAP,
-    "spgd": SPGD,
-    "fff": FFF,
-    "gap": GAP,
-    "nag": NAG,
-    "singular": SingularFool,
-    "guap": GUAP,
-}
-
 
 def build_universal(name: str, model: nn.Module, **params: Any) -> UniversalAttack:
-    """Build universal attack ``name`` (uap, spgd, fff, gap, nag, singular, guap) against
-    ``model``."""
-    if name not in UNIVERSAL_ATTACKS:
-        raise ValueError(
-            f"unknown universal attack {name!r}; choose one of {', '.join(UNIVERSAL_ATTACKS)}"
-        )
+    """Build universal attack ``name`` (:data:`UNIVERSAL_ATTACKS`) against ``model``."""
+    cls = UNIVERSAL_ATTACKS.get(name)
     try:
-        return UNIVERSAL_ATTACKS[name](model, **params)
+        return cls(model, **params)
     except TypeError as err:
         raise ValueError(f"universal attack {name!r}: {err}") from None
 
 
 __all__ = [
-    "FFF", "GAP", "GUAP", "NAG", "SPGD", "UAP", "UNIVERSAL_ATTACKS", "SingularFool",
-    "UniversalAttack", "UniversalPerturbation", "apply", "build_universal", "deepfool",
-    "fooling_rate", "project",
-]  # fmt: skip
+    "FFF",
+    "GAP",
+    "GUAP",
+    "NAG",
+    "SPGD",
+    "UAP",
+    "UNIVERSAL_ATTACKS",
+    "SingularFool",
+    "UniversalAttack",
+    "UniversalPerturbation",
+    "apply",
+    "build_universal",
+    "deepfool",
+    "fooling_rate",
+    "project",
+]

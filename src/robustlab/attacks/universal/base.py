@@ -20,6 +20,7 @@ from torch import nn
 
 from robustlab.io import RobustlabError, load_tensors, save_tensors
 from robustlab.models.base import frozen, predict
+from robustlab.registry import Registry
 
 Norm = Literal["linf", "l2"]
 PERTURBATION_FORMAT = "robustlab-universal/1"
@@ -111,7 +112,8 @@ class UniversalPerturbation:
 
 
 class UniversalAttack(ABC):
-    """Base: subclasses set ``name`` and implement :meth:`_generate`."""
+    """Base: subclasses set ``name``, implement :meth:`_generate` and register themselves with
+    ``@UNIVERSAL_ATTACKS.register()``."""
 
     name: ClassVar[str]
     needs_images: ClassVar[bool] = True
@@ -138,3 +140,6 @@ class UniversalAttack(ABC):
 
     def params(self) -> dict[str, Any]:
         return {"attack": self.name, **{k: v for k, v in vars(self).items() if k != "model"}}
+
+
+UNIVERSAL_ATTACKS: Registry[type[UniversalAttack]] = Registry("universal attack")

@@ -40,8 +40,10 @@ def deepfool(
         if not bool(active.any()):
             break
         picked = logits.gather(1, classes)  # (B, top)
-        grads = [torch.autograd.grad(picked[:, k].sum(), point, retain_graph=k < top - 1)[0]
-                 for k in range(top)]  # fmt: skip
+        grads = [
+            torch.autograd.grad(picked[:, k].sum(), point, retain_graph=k < top - 1)[0]
+            for k in range(top)
+        ]
         w = torch.stack(grads[1:], 1) - grads[0].unsqueeze(1)  # (B, top-1, C, H, W)
         g = (picked[:, 1:] - picked[:, :1]).detach()
         w_norm = w.flatten(2).norm(dim=2) + 1e-8

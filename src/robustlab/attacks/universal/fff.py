@@ -11,9 +11,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustlab.attacks.universal.base import Norm, UniversalAttack, conv_activations, project
+from robustlab.attacks.universal.base import (
+    UNIVERSAL_ATTACKS,
+    Norm,
+    UniversalAttack,
+    conv_activations,
+    project,
+)
 
 
+@UNIVERSAL_ATTACKS.register()
 class FFF(UniversalAttack):
     name = "fff"
     needs_images = False

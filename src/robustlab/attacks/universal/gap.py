@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks.universal.base import (
+    UNIVERSAL_ATTACKS,
     Norm,
     UniversalAttack,
     apply,
@@ -26,16 +27,21 @@ class Generator(nn.Module):
     def __init__(self, channels: int, width: int = 32) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
             nn.Conv2d(width, channels, 3, padding=1),
-        )  # fmt: skip
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(z)
         return out
 
 
+@UNIVERSAL_ATTACKS.register()
 class GAP(UniversalAttack):
     name = "gap"
 

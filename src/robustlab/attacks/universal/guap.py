@@ -24,11 +24,18 @@ from typing import Literal
 import torch
 from torch import nn
 
-from robustlab.attacks.universal.base import Norm, UniversalAttack, conv_activations, project
+from robustlab.attacks.universal.base import (
+    UNIVERSAL_ATTACKS,
+    Norm,
+    UniversalAttack,
+    conv_activations,
+    project,
+)
 
 Prior = Literal["none", "range", "data"]
 
 
+@UNIVERSAL_ATTACKS.register()
 class GUAP(UniversalAttack):
     """Data-free (or data-prior) activation maximisation over all Conv2d layers."""
 
@@ -78,8 +85,9 @@ class GUAP(UniversalAttack):
         if self.prior == "none":
             return torch.full((1, *shape), 0.5, device=device)
         if self.prior == "data":
-            pick = torch.randint(0, len(images), (self.batch_size,), generator=generator,
-                                 device=device)  # fmt: skip
+            pick = torch.randint(
+                0, len(images), (self.batch_size,), generator=generator, device=device
+            )
             return images[pick]
         mean = torch.rand(self.batch_size, 1, 1, 1, generator=generator, device=device) * 0.6 + 0.2
         std = torch.rand(self.batch_size, 1, 1, 1, generator=generator, device=device) * 0.25 + 0.05

@@ -61,17 +61,25 @@ def import_perturbation(
     elif layout == "hwc":
         array = array.transpose(2, 0, 1)
     if array.shape[0] not in (1, 3):
-        raise RobustlabError(f"expected 1 or 3 channels for layout {layout!r}; {found} "
-                             "(is it another layout?)")  # fmt: skip
+        raise RobustlabError(
+            f"expected 1 or 3 channels for layout {layout!r}; {found} (is it another layout?)"
+        )
     if channel_order == "bgr":
         array = array[::-1]
     array = array * float(scale)
     if crop is not None:
         array = _centre_crop(array, crop, found)
     delta = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)) / 255
-    config = {"attack": "imported", "source": str(path), "layout": layout,
-              "channel_order": channel_order, "scale": scale, "crop": crop,
-              "source_shape": list(raw.shape), "xi": float(delta.abs().max())}  # fmt: skip
+    config = {
+        "attack": "imported",
+        "source": str(path),
+        "layout": layout,
+        "channel_order": channel_order,
+        "scale": scale,
+        "crop": crop,
+        "source_shape": list(raw.shape),
+        "xi": float(delta.abs().max()),
+    }
     return UniversalPerturbation(delta, config)
 
 

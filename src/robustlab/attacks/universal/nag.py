@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks.universal.base import (
+    UNIVERSAL_ATTACKS,
     Norm,
     UniversalAttack,
     apply,
@@ -44,10 +45,13 @@ class LatentGenerator(nn.Module):
         self.width = width
         self.project = nn.Linear(latent, width * self.side[0] * self.side[1])
         self.up = nn.Sequential(
-            nn.BatchNorm2d(width), nn.ReLU(),
-            nn.ConvTranspose2d(width, width, 4, stride=2, padding=1), nn.BatchNorm2d(width),
-            nn.ReLU(), nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1),
-        )  # fmt: skip
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.ConvTranspose2d(width, width, 4, stride=2, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1),
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         grid = self.project(z).view(len(z), self.width, *self.side)
@@ -56,6 +60,7 @@ class LatentGenerator(nn.Module):
         return resized
 
 
+@UNIVERSAL_ATTACKS.register()
 class NAG(UniversalAttack):
     """Generator of perturbations trained for fooling and diversity; returns its best sample."""
 
@@ -77,8 +82,9 @@ class NAG(UniversalAttack):
     ) -> None:
         super().__init__(model, xi, norm, seed=seed)
         if min(epochs, batch_size, latent, samples) < 1 or lr <= 0 or diversity < 0:
-            raise ValueError("nag: need epochs, batch_size, latent, samples >= 1, lr > 0 and "
-                             "diversity >= 0")  # fmt: skip
+            raise ValueError(
+                "nag: need epochs, batch_size, latent, samples >= 1, lr > 0 and diversity >= 0"
+            )
         self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
         self.diversity, self.latent, self.samples = float(diversity), int(latent), int(samples)
 

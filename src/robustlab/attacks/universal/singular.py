@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustlab.attacks.universal.base import Norm, UniversalAttack, fooling_rate
+from robustlab.attacks.universal.base import UNIVERSAL_ATTACKS, Norm, UniversalAttack, fooling_rate
 
 
 def conv_layer_names(model: nn.Module) -> list[str]:
@@ -33,6 +33,7 @@ def conv_layer_names(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
+@UNIVERSAL_ATTACKS.register()
 class SingularFool(UniversalAttack):
     """ξ times the (∞ or 2, q)-singular vector of ``layer``'s Jacobian at the images."""
 

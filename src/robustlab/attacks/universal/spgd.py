@@ -11,10 +11,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robustlab.attacks.universal.base import Norm, UniversalAttack, apply, project, shuffled_batches
+from robustlab.attacks.universal.base import (
+    UNIVERSAL_ATTACKS,
+    Norm,
+    UniversalAttack,
+    apply,
+    project,
+    shuffled_batches,
+)
 from robustlab.models.base import predict
 
 
+@UNIVERSAL_ATTACKS.register()
 class SPGD(UniversalAttack):
     name = "spgd"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from robustlab.attacks.universal.base import (
+    UNIVERSAL_ATTACKS,
     Norm,
     UniversalAttack,
     apply,
@@ -24,6 +25,7 @@ from robustlab.attacks.universal.deepfool import deepfool
 from robustlab.models.base import predict
 
 
+@UNIVERSAL_ATTACKS.register()
 class UAP(UniversalAttack):
     name = "uap"
 

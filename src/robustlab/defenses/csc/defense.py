@@ -24,6 +24,7 @@ from torch import nn
 from robustlab.data import Dataset, sample
 from robustlab.defenses.base import (
     DONE_FILE,
+    PURIFIERS,
     Defended,
     Defense,
     PrepareContext,
@@ -36,6 +37,7 @@ from robustlab.defenses.csc.purifier import CSCPurifier
 from robustlab.io import RobustlabError, load_tensors, save_tensors, write_json
 
 
+@PURIFIERS.register("dict")
 @dataclass(frozen=True, repr=False)
 class CSCDefense(Defense):
     """Purify with a (stratified) CSC dictionary, classify with a fine-tuned classifier.
@@ -60,6 +62,7 @@ class CSCDefense(Defense):
     max_iter: int = 200
     channel_order: str | None = None
     name = "csc"
+    main = "dictionary"  # purify = { dict = "dicts/NAME" }
     kind = "input"
 
     def __post_init__(self) -> None:
@@ -94,8 +97,9 @@ class CSCDefense(Defense):
 
     def purifier(self) -> CSCPurifier:
         order = cast("ChannelOrder | None", self.channel_order)
-        return CSCPurifier(self._file(), self.lmbda, CBPDNOptions(max_iter=self.max_iter),
-                           channel_order=order)  # fmt: skip
+        return CSCPurifier(
+            self._file(), self.lmbda, CBPDNOptions(max_iter=self.max_iter), channel_order=order
+        )
 
     def prepare(self, base: nn.Module, directory: Path, context: PrepareContext) -> None:
         from robustlab.training import TrainConfig, train
@@ -107,14 +111,23 @@ class CSCDefense(Defense):
             digest = hashlib.sha256(context.test.images.tobytes()).hexdigest()[:12]
             test = self._purified(context.test, directory / f"purified-test-{digest}", context)
             recipe = TrainConfig(
-                epochs=self.finetune_epochs, lr=self.finetune_lr, schedule="cosine",
-                pad=0, seed=context.seed,
-            )  # fmt: skip
+                epochs=self.finetune_epochs,
+                lr=self.finetune_lr,
+                schedule="cosine",
+                pad=0,
+                seed=context.seed,
+            )
             train(
-                context.base_config, purified, test, recipe, directory / "classifier",
-                resume=True, device=context.device, quiet=context.quiet,
+                context.base_config,
+                purified,
+                test,
+                recipe,
+                directory / "classifier",
+                resume=True,
+                device=context.device,
+                quiet=context.quiet,
                 init={k: v.cpu() for k, v in base.state_dict().items()},
-            )  # fmt: skip
+            )
         write_json(directory / DONE_FILE, self.describe())
 
     def _purified(self, data: Dataset, folder: Path, context: PrepareContext) -> Dataset:

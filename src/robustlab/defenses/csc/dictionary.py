@@ -186,8 +186,10 @@ def load_dictionary(
     if path.suffix == ".npy":
         return load_released_dictionary(path, channel_order or "bgr")
     if channel_order is not None:
-        raise RobustlabError(f"{path}: --channel-order applies to .npy dictionaries only; "
-                             "robustlab dictionaries are RGB")  # fmt: skip
+        raise RobustlabError(
+            f"{path}: --channel-order applies to .npy dictionaries only; "
+            "robustlab dictionaries are RGB"
+        )
     if path.is_dir():
         path = path / DICTIONARY_FILE
     if not path.is_file():
@@ -208,8 +210,9 @@ def load_dictionary(
         filters = tensors.get(name)
         if filters is None or filters.ndim != 4 or filters.shape[-1] != filters.shape[-2]:
             found = "missing" if filters is None else f"shape {tuple(filters.shape)}"
-            raise RobustlabError(f"{path}: {name} is {found}, not (M, C, P, P); re-learn it "
-                                 "with robustlab csc learn")  # fmt: skip
+            raise RobustlabError(
+                f"{path}: {name} is {found}, not (M, C, P, P); re-learn it with robustlab csc learn"
+            )
     history = meta.get("history") or [[]]
     if "clusters" not in meta:
         return LearnedDictionary(tensors["filters"], lmbda, meta, list(history[0]))
@@ -232,13 +235,15 @@ def load_released_dictionary(path: Path, channel_order: ChannelOrder = "bgr") ->
     array = load_npy(path)
     found = f"found shape {array.shape}, dtype {array.dtype}"
     if array.dtype.kind != "f" or array.ndim not in (3, 4) or array.shape[0] != array.shape[1]:
-        raise RobustlabError(f"{path}: expected float filters (P, P, C, M) or (P, P, M) in "
-                             f"sporco's layout; {found}")  # fmt: skip
+        raise RobustlabError(
+            f"{path}: expected float filters (P, P, C, M) or (P, P, M) in sporco's layout; {found}"
+        )
     if array.ndim == 3:
         array = array[:, :, None, :]
     if array.shape[2] not in (1, 3):
-        raise RobustlabError(f"{path}: the third axis should be 1 or 3 channels; {found} "
-                             "(is it (P, P, C, M)?)")  # fmt: skip
+        raise RobustlabError(
+            f"{path}: the third axis should be 1 or 3 channels; {found} (is it (P, P, C, M)?)"
+        )
     filters = torch.from_numpy(np.ascontiguousarray(array.transpose(3, 2, 0, 1))).float()
     if filters.shape[1] == 3 and channel_order == "bgr":
         filters = filters.flip(1)
@@ -252,6 +257,10 @@ def load_released_dictionary(path: Path, channel_order: ChannelOrder = "bgr") ->
         )
     named = re.search(r"lm([0-9]*\.?[0-9]+)", path.name)
     lmbda = float(named.group(1)) if named else RELEASE_LMBDA
-    meta = {"source": str(path), "layout": "sporco (P, P, C, M)", "channel_order": channel_order,
-            "lmbda": lmbda}  # fmt: skip
+    meta = {
+        "source": str(path),
+        "layout": "sporco (P, P, C, M)",
+        "channel_order": channel_order,
+        "lmbda": lmbda,
+    }
     return LearnedDictionary(filters, lmbda, meta)

@@ -1,4 +1,6 @@
-"""The Defective-CNN paper's evaluation protocols beyond transfer, each on in-memory batches.
+"""The Defective-CNN paper's measurements beyond transfer, each on in-memory batches: white-box
+accuracy, Gaussian noise, the patch-shuffle probe and the decision-based score (the protocols
+in :mod:`robustlab.evaluation.protocols` run them on a spec's models).
 
 Every function returns :class:`~robustlab.evaluation.stats.Rate` values (or medians) with
 the counts they were computed from, so a record always says what n it rests on.
