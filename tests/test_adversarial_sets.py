@@ -117,6 +117,6 @@ def test_cli_attack(source_run: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     bad = [*args[:-1], str(tmp_path / "x.npz")]
     bad[bad.index("16")] = "300"
     assert main(bad) == 2
-    assert "--eps 300.0 must be in 0..255" in capsys.readouterr().err
+    assert "eps = 300.0 must be a number in 0..255" in capsys.readouterr().err
     assert main([*args[:-2], "--steps", "0", "--out", str(tmp_path / "y.npz")]) == 2
     assert "steps=0" in capsys.readouterr().err and not (tmp_path / "y.npz").exists()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.assemble import ModelConfig
+from robustlab.assemble import ModelConfig, create
 from robustlab.attacks.universal import UniversalPerturbation
 from robustlab.defenses.base import (
     Defended,
@@ -376,7 +376,7 @@ def test_training_time_defenses_are_typed_and_build_the_same_configs() -> None:
     # surfaces: only the thermometer's encoding needs BPDA, and it matches the loaded model's
     surfaces = {n: [d.surface.kind for d in e.training] for n, e in models.items()}
     assert surfaces["thermo"] == ["bpda"] and surfaces["both"] == ["differentiable"] * 2
-    thermo = model_with(models["thermo"].training, plain).build()
+    thermo = create(model_with(models["thermo"].training, plain))
     assert surface_of(thermo) == models["thermo"].training[0].surface
     assert all(d.kind == "training" for e in models.values() for d in e.training)
     assert repr(models["dropout"].training[0]) == (

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from robustlab.assemble import ModelConfig
+from robustlab.assemble import ModelConfig, create
 from robustlab.evaluation.protocols import PROTOCOLS
 from robustlab.experiments.executor import run_spec
 from robustlab.experiments.spec import load_spec, parse_spec
@@ -80,11 +80,16 @@ def test_factories_by_name_and_their_errors() -> None:
         arch="tests.factories:tiny_cnn", num_classes=3, in_channels=1, image_size=8
     )
     with pytest.raises(RobustlabError, match=r"outputs of shape \(1, 10\).*3 classes"):
-        config.build()
+        create(config)
     with pytest.raises(ValueError, match="regularizer and thermometer need a zoo"):
-        ModelConfig(
-            arch="tests.factories:tiny_cnn", in_channels=1, image_size=8, regularizer="dropout2d"
-        ).build()
+        create(
+            ModelConfig(
+                arch="tests.factories:tiny_cnn",
+                in_channels=1,
+                image_size=8,
+                regularizer="dropout2d",
+            )
+        )
 
 
 def test_defect_layers_of_a_plain_network() -> None:

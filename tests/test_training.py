@@ -11,6 +11,7 @@ import torch
 
 import robustlab
 import robustlab.runs
+from robustlab.assemble import create
 from robustlab.cli import main
 from robustlab.data import load_dataset, sample
 from robustlab.defenses.defective import DefectSpec, masks
@@ -71,7 +72,7 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path: Path) -> None:
     tensors, _ = load_tensors(tmp_path / "run" / "model.safetensors")
     loaded = robustlab.load(tmp_path / "run")
     x = torch.rand(8, 1, 8, 8)
-    reference = config.build()
+    reference = create(config)
     reference.load_state_dict(tensors)
     assert torch.equal(loaded(x), reference.eval()(x))
     assert all(torch.equal(m, tensors[n + ".defect_mask"]) for n, m in masks(loaded))

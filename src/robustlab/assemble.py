@@ -10,20 +10,18 @@ thermometer encoding and spatial dropout / DropBlock (:mod:`robustlab.defenses.b
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from robustlab.defenses.baselines import ThermometerEncoding, make_regularizer
-from robustlab.defenses.defective import DefectSpec, make_defective
-from robustlab.io import RobustlabError
+from robustlab.defenses.defective import make_defective
 from robustlab.models import BlockNet
 from robustlab.models import build as build_plain
 from robustlab.models.base import Widths, resolve_blocks
-from robustlab.models.external import build_external, check_trusted, defect_layers, is_external
+from robustlab.models.config import DefectSpec, ModelConfig
+from robustlab.models.external import build_external, defect_layers, is_external
 
 
 def build_model(
@@ -71,99 +69,48 @@ def build_model(
     return model
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything :func:`build_model` (or a factory) needs, in a form that round-trips
-    through JSON."""
+def create(config: ModelConfig) -> nn.Module:
+    """The model ``config`` describes: a zoo model or a factory's, with its training-time
+    defenses (defect masks, thermometer, spatial dropout) built in."""
+    if is_external(config.arch):
+        return _create_external(config)
+    return build_model(
+        config.arch,
+        config.num_classes,
+        config.in_channels,
+        image_size=config.image_size,
+        defect=config.defect,
+        mean=config.mean,
+        std=config.std,
+        regularizer=config.regularizer,
+        regularizer_block=config.regularizer_block,
+        regularizer_keep=config.regularizer_keep,
+        thermometer=config.thermometer,
+        **config.options,
+    )
 
-    arch: str
-    num_classes: int = 10
-    in_channels: int = 3
-    image_size: int = 32
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    defect: DefectSpec | None = None
-    regularizer: str | None = None
-    regularizer_block: int = 3
-    regularizer_keep: float = 0.9
-    thermometer: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)
 
-    def build(self) -> nn.Module:
-        if is_external(self.arch):
-            return self._build_external()
-        return build_model(
-            self.arch,
-            self.num_classes,
-            self.in_channels,
-            image_size=self.image_size,
-            defect=self.defect,
-            mean=self.mean,
-            std=self.std,
-            regularizer=self.regularizer,
-            regularizer_block=self.regularizer_block,
-            regularizer_keep=self.regularizer_keep,
-            thermometer=self.thermometer,
-            **self.options,
+def _create_external(config: ModelConfig) -> nn.Module:
+    if config.regularizer is not None or config.thermometer is not None:
+        raise ValueError(
+            f"{config.arch}: regularizer and thermometer need a zoo architecture (robustlab list)"
         )
-
-    def _build_external(self) -> nn.Module:
-        if self.regularizer is not None or self.thermometer is not None:
-            raise ValueError(
-                f"{self.arch}: regularizer and thermometer need a zoo architecture (robustlab list)"
-            )
-        model = build_external(
-            self.arch,
-            num_classes=self.num_classes,
-            in_channels=self.in_channels,
-            image_size=self.image_size,
-            mean=self.mean,
-            std=self.std,
-            options=self.options,
-        )
-        if self.defect is not None:
-            if self.defect.widen > 1:
-                raise ValueError("widened defective blocks (xN) need a zoo architecture")
-            names = self.options.get("defect_layers") or defect_layers(model, self.defect.blocks)
-            example = torch.zeros(1, self.in_channels, self.image_size, self.image_size)
-            make_defective(model, self.defect, layers=list(names), example_input=example)
-        return model
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["defect"] = self.defect.to_dict() if self.defect is not None else None
-        for key in ("mean", "std"):
-            data[key] = list(data[key]) if data[key] is not None else None
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, origin: str | Path) -> ModelConfig:
-        """The config stored in the file ``origin`` (a run's meta.json, an SFR directory).
-
-        Files are data: the architecture must be one :func:`check_trusted` allows (a factory
-        read from a file runs only when the user named it) and every option a JSON value."""
-        if not isinstance(data, dict):
-            raise RobustlabError(f"{origin}: the model config is not a JSON object; restore it")
-        data = dict(data)
-        check_trusted(data.get("arch"), origin)
-        options = data.get("options", {})
-        if not isinstance(options, dict) or not _plain_data(options):
-            raise RobustlabError(f"{origin}: model options must be JSON data; restore the file")
-        if data.get("defect") is not None:
-            data["defect"] = DefectSpec.from_dict(data["defect"])
-        for key in ("mean", "std"):
-            if data.get(key) is not None:
-                data[key] = tuple(data[key])
-        return cls(**data)
+    model = build_external(
+        config.arch,
+        num_classes=config.num_classes,
+        in_channels=config.in_channels,
+        image_size=config.image_size,
+        mean=config.mean,
+        std=config.std,
+        options=config.options,
+    )
+    if config.defect is not None:
+        if config.defect.widen > 1:
+            raise ValueError("widened defective blocks (xN) need a zoo architecture")
+        names = config.options.get("defect_layers") or defect_layers(model, config.defect.blocks)
+        example = torch.zeros(1, config.in_channels, config.image_size, config.image_size)
+        make_defective(model, config.defect, layers=list(names), example_input=example)
+    return model
 
 
-def _plain_data(value: Any) -> bool:
-    """True for what JSON holds (numbers, strings, booleans, null, lists and string-keyed
-    tables of them): arguments read from a file are data, never callables."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return True
-    if isinstance(value, list):
-        return all(_plain_data(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
-    return False
+__all__ = ["ModelConfig", "build_model", "create"]

@@ -23,7 +23,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _defect(text: str) -> object:
-    from robustlab.defenses.defective import DefectSpec
+    from robustlab.models.config import DefectSpec
 
     try:
         return DefectSpec.parse(text)
@@ -259,18 +259,14 @@ _ATTACK_PARAMS = (
 
 def _attack(args: argparse.Namespace) -> int:
     from robustlab.experiments.jobs import make_adversarial_set
+    from robustlab.experiments.spec import parse_attack
 
-    given = {k: getattr(args, k) for k in _ATTACK_PARAMS}
+    given = {k: getattr(args, k) for k in (*_ATTACK_PARAMS, "eps", "step", "sigma")}
     # identity checks: `0 in (None, False)` is true, and --steps 0 must reach validation
-    params = {k: v for k, v in given.items() if v is not None and v is not False}
-    for key in ("eps", "step"):
-        value = getattr(args, key)
-        if value is not None:
-            if not 0 <= value <= 255:
-                raise ValueError(f"--{key} {value} must be in 0..255 pixel units, e.g. --{key} 16")
-            params[key] = from_255(value)
-    if args.sigma is not None:
-        params["sigma"] = args.sigma  # the noise attack takes σ in 0-255 units itself
+    table = {k: v for k, v in given.items() if v is not None and v is not False}
+    # the spec's attack-table parser: the same units (0-255 for ε, step; σ stays 0-255)
+    # and the same checks as [attacks.NAME]
+    _, params = parse_attack("robustlab attack:", {"attack": args.attack, **table})
     adv_set = make_adversarial_set(
         sources=args.source,
         attack=args.attack,

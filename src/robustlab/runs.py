@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab.assemble import ModelConfig
+from robustlab.assemble import create
 from robustlab.io import RobustlabError, load_tensors, read_json, save_tensors, write_json
+from robustlab.models.config import ModelConfig
 from robustlab.version import __version__
 
 MODEL_FILE = "model.safetensors"
@@ -96,7 +97,7 @@ def load(
         )
     config = model_config(run_dir, meta) if expected is None else check_run(run_dir, expected)
     try:
-        model = config.build()
+        model = create(config)
     except (TypeError, ValueError, KeyError) as err:
         raise RobustlabError(f"{run_dir}/meta.json: malformed model config ({err})") from None
     tensors, _ = load_tensors(Path(run_dir) / MODEL_FILE)

@@ -29,10 +29,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from robustlab.assemble import ModelConfig
 from robustlab.data import Dataset
 from robustlab.defenses.baselines import ThermometerEncoding
 from robustlab.io import read_json, write_json
+from robustlab.models.config import ModelConfig
 from robustlab.registry import Registry
 
 SurfaceKind = Literal["differentiable", "bpda", "randomized"]

@@ -19,96 +19,13 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
+from robustlab.models.config import DefectSpec, Mode
 from robustlab.seeding import derive_seed
-
-Mode = Literal["neuron", "channel", "shared"]
-MODES: tuple[Mode, ...] = ("neuron", "channel", "shared")
-
-
-@dataclass(frozen=True)
-class DefectSpec:
-    """Where and how a network is defective.
-
-    Parameters
-    ----------
-    keep_prob : p, the fraction of neurons kept, in (0, 1].
-    blocks : ``"bottom"`` (blocks 0-2), ``"top"`` (last three), ``"all"`` or block indices.
-    mode : ``"neuron"``, ``"channel"`` or ``"shared"`` (see module docstring).
-    widen : channel multiplier of the defective blocks (the paper's ×n ablation).
-    seed : mask seed; the same seed gives the same masks.
-    """
-
-    keep_prob: float
-    blocks: str | tuple[int, ...] = "bottom"
-    mode: Mode = "neuron"
-    widen: int = 1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.keep_prob <= 1:
-            raise ValueError(f"keep probability {self.keep_prob} must be in (0, 1], e.g. 0.1")
-        if self.mode not in MODES:
-            raise ValueError(f"unknown defect mode {self.mode!r}; use one of {', '.join(MODES)}")
-        if self.widen < 1:
-            raise ValueError(f"widen must be a positive integer, got {self.widen}")
-        if isinstance(self.blocks, list):
-            object.__setattr__(self, "blocks", tuple(self.blocks))
-
-    @classmethod
-    def parse(cls, text: str, seed: int = 0) -> DefectSpec:
-        """Parse ``BLOCKS:P[:MODE][:xN]``, e.g. ``bottom:0.1``, ``0,1,2:0.5:channel:x2``."""
-        parts = text.split(":")
-        if len(parts) < 2:
-            raise ValueError(f"defect {text!r} must look like bottom:0.1 (blocks:keep_prob)")
-        blocks: str | tuple[int, ...] = parts[0]
-        if parts[0] not in ("bottom", "top", "all"):
-            try:
-                blocks = tuple(int(b) for b in parts[0].split(","))
-            except ValueError:
-                raise ValueError(
-                    f"defect blocks {parts[0]!r} must be bottom, top, all or indices like 0,1,2"
-                ) from None
-        try:
-            keep = float(parts[1])
-        except ValueError:
-            raise ValueError(f"keep probability {parts[1]!r} is not a number, e.g. 0.1") from None
-        mode: Any = "neuron"
-        widen = 1
-        for extra in parts[2:]:
-            if extra.startswith("x") and extra[1:].isdigit():
-                widen = int(extra[1:])
-            else:
-                mode = extra
-        return cls(keep, blocks, mode, widen, seed)
-
-    def __str__(self) -> str:
-        blocks = self.blocks if isinstance(self.blocks, str) else ",".join(map(str, self.blocks))
-        extras = ("" if self.mode == "neuron" else f":{self.mode}") + (
-            "" if self.widen == 1 else f":x{self.widen}"
-        )
-        return f"{blocks}:{self.keep_prob:g}{extras}"
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["blocks"] = self.blocks if isinstance(self.blocks, str) else list(self.blocks)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DefectSpec:
-        blocks = data["blocks"]
-        return cls(
-            keep_prob=float(data["keep_prob"]),
-            blocks=blocks if isinstance(blocks, str) else tuple(blocks),
-            mode=data.get("mode", "neuron"),
-            widen=int(data.get("widen", 1)),
-            seed=int(data.get("seed", 0)),
-        )
 
 
 def layer_seed(seed: int, layer: str) -> int:

@@ -27,7 +27,7 @@ from robustlab.attacks.universal import UniversalPerturbation, apply, build_univ
 from robustlab.data import Dataset, batches, sample
 from robustlab.defenses.base import DONE_FILE, Defended, Defense, PrepareContext, Surface
 from robustlab.io import RobustlabError, load_tensors, read_json, save_tensors, write_json
-from robustlab.models.base import model_device
+from robustlab.models.base import BlockNet, model_device
 from robustlab.seeding import derive_seed
 
 
@@ -220,8 +220,6 @@ def auto_layers(model: nn.Module, count: int = 3) -> list[str]:
     """The paper's kind of FRU layers: the first convolution of each of the first ``count``
     stages. For zoo models a stage is a paper block (0 = stem); for any other model, a new
     stage starts wherever a convolution changes the number of channels or the stride."""
-    from robustlab.models.base import BlockNet
-
     if isinstance(model, BlockNet):
         names = []
         for stage in model.stages[:count]:

@@ -14,7 +14,6 @@ from typing import Any
 from robustlab.defenses import transforms  # each registers its purifiers
 from robustlab.defenses.base import PURIFIERS, Defense
 from robustlab.defenses.csc import defense as csc_defense
-from robustlab.defenses.defective import DefectSpec
 from robustlab.defenses.regeneration import RegenerationDefense
 from robustlab.defenses.training_time import (
     AdversarialTraining,
@@ -24,6 +23,7 @@ from robustlab.defenses.training_time import (
     Thermometer,
     TrainingDefense,
 )
+from robustlab.models.config import DefectSpec
 
 MODULES = (csc_defense, transforms)
 TABLES = ("purify", "regenerate")

@@ -27,12 +27,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from robustlab.assemble import ModelConfig
 from robustlab.defenses.base import THERMOMETER_SURFACE, BaseDefense, Surface
 from robustlab.defenses.baselines import REGULARIZERS
-from robustlab.defenses.defective import DefectSpec
+from robustlab.models.config import DefectSpec, ModelConfig
 from robustlab.runs import model_config, read_meta
-from robustlab.training import TrainConfig
+from robustlab.training.config import TrainConfig
 
 
 class TrainingDefense(BaseDefense):

@@ -21,6 +21,7 @@ from robustlab.evaluation.stats import Rate
 from robustlab.experiments.executor import run_spec
 from robustlab.experiments.spec import Spec, parse_spec, parse_toml
 from robustlab.io import RobustlabError
+from robustlab.report import write_report
 from robustlab.report.tables import Record, curve_levels
 
 FIX = "sudo apt-get install dataset-fashion-mnist, or run `robustlab demo` with network access"
@@ -55,8 +56,6 @@ def run_demo(
     out: str | Path, *, quiet: bool = False, device: str = "auto", download: bool = True
 ) -> str:
     """Run the demo spec into ``out`` and write its report; return the summary to print."""
-    from robustlab.report import write_report
-
     problem = fashion_mnist_problem(download)
     dataset = "fashion-mnist" if problem is None else "digits"
     if problem is not None:

@@ -10,15 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab.assemble import ModelConfig
+from robustlab.assemble import create
 from robustlab.attacks import AdversarialSet, Ensemble
-from robustlab.attacks import build as build_attack
 from robustlab.attacks.adversarial_set import generate_set, save_set
 from robustlab.data import Dataset, load_dataset, sample, sample_indices
 from robustlab.defenses.training_time import TrainingDefense, model_with, recipe_with
 from robustlab.distributed import local_device
-from robustlab.evaluation.clean import accuracy
 from robustlab.io import RobustlabError, prepare_output, writes_output
+from robustlab.models.base import accuracy
+from robustlab.models.config import ModelConfig
 from robustlab.models.external import ExternalNet, load_weights, read_state_dict
 from robustlab.runs import load, read_meta, save_run
 from robustlab.training import FastPath, TrainConfig, train
@@ -110,7 +110,7 @@ def import_pretrained(
     """A run directory for a model trained elsewhere: ``model_config`` built with the weights
     of ``weights`` (:func:`~robustlab.models.external.read_state_dict`: safetensors or a
     weights-only state dict), its test accuracy measured; returns the run's metadata."""
-    model = model_config.build()
+    model = create(model_config)
     if isinstance(model, ExternalNet):
         load_weights(model, weights)
     else:
@@ -190,7 +190,6 @@ def make_adversarial_set(
 ) -> AdversarialSet:
     """Attack the source run(s) on ``n`` seeded test images and save the set to ``out``."""
     out = prepare_output(out, force, inputs=sources)
-    build_attack(attack, nn.Identity(), **params)  # bad parameters fail before any work
     model, meta = load_sources(sources, resolve_device(device))
     name = dataset or meta["dataset"]["name"]
     if name != meta["dataset"]["name"]:

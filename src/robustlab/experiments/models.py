@@ -18,8 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-import robustlab
-from robustlab.assemble import ModelConfig
 from robustlab.attacks import Ensemble
 from robustlab.data import load_dataset, sample
 from robustlab.defenses.base import PrepareContext
@@ -28,7 +26,8 @@ from robustlab.experiments.jobs import import_pretrained, model_config_for
 from robustlab.experiments.spec import ModelEntry, Spec
 from robustlab.experiments.timings import TimingLog
 from robustlab.io import config_hash, under
-from robustlab.runs import check_run, model_config, read_meta
+from robustlab.models.config import ModelConfig
+from robustlab.runs import check_run, load, model_config, read_meta
 from robustlab.training import train
 
 
@@ -114,7 +113,7 @@ class ModelStore:
                 self._models[name] = self.defended(entry)
             else:
                 self.train(entry)
-                self._models[name] = robustlab.load(
+                self._models[name] = load(
                     self.run_dirs(name)[0], self.device, expected=self.model_config(entry)
                 )
         return self._models[name]

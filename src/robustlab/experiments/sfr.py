@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.assemble import ModelConfig
+from robustlab.assemble import create
 from robustlab.attacks.universal import UniversalPerturbation, apply
 from robustlab.data import Dataset, load_dataset, sample
+from robustlab.data.readers import decode_image
 from robustlab.defenses.base import DONE_FILE, PrepareContext
 from robustlab.defenses.regeneration import (
     RegenerationDefense,
@@ -37,6 +38,7 @@ from robustlab.io import (
     writes_output,
 )
 from robustlab.models.base import predict
+from robustlab.models.config import ModelConfig
 from robustlab.runs import load, model_config, read_meta
 from robustlab.seeding import derive_seed
 from robustlab.version import __version__
@@ -140,7 +142,7 @@ def load_sfr(
     if meta.get("format") != SFR_FORMAT:
         raise RobustlabError(f"{directory}/meta.json: unknown format {meta.get('format')!r}")
     try:
-        base = ModelConfig.from_dict(meta["model"], origin=directory / "meta.json").build()
+        base = create(ModelConfig.from_dict(meta["model"], origin=directory / "meta.json"))
     except (TypeError, ValueError, KeyError) as err:
         raise RobustlabError(f"{directory}/meta.json: malformed model config ({err})") from None
     base.load_state_dict(load_tensors(directory / "base.safetensors")[0])
@@ -261,8 +263,6 @@ def classify_image(
     device: torch.device | str = "cpu",
 ) -> str:
     """Top-1 class of one image file, clean and with the universal perturbation added."""
-    from robustlab.data.readers import decode_image
-
     base, defended, meta = load_sfr(directory, device)
     model = defended if defense else base
     config = meta["model"]

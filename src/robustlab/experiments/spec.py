@@ -41,18 +41,21 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from robustlab.attacks import available as available_attacks
+from robustlab.attacks import build
 from robustlab.data import available as available_datasets
 from robustlab.defenses.base import Defense
-from robustlab.defenses.defective import DefectSpec
 from robustlab.defenses.registry import TABLES as DEFENSE_TABLES
 from robustlab.defenses.registry import TRAINING_KEYS, defense_from_table, training_defenses
 from robustlab.defenses.training_time import TrainingDefense, recipe_with
 from robustlab.evaluation.protocols import Protocol, SpecView, parse_protocol
 from robustlab.io import RobustlabError, check_name
 from robustlab.models import available as available_archs
+from robustlab.models.config import DefectSpec
 from robustlab.models.external import FACTORY_HINT, is_external
-from robustlab.training import TrainConfig
+from robustlab.training.config import TrainConfig
 from robustlab.units import PIXEL_UNITS, pgd_budget, to_unit
 
 if sys.version_info >= (3, 11):
@@ -207,7 +210,10 @@ def parse_spec(raw: dict[str, Any], default_name: str = "experiment") -> Spec:
             raise ValueError(
                 f"[models.{entry.name}] base {entry.base!r} is not a trained model of this spec"
             )
-    attacks = {name: _attack(name, entry) for name, entry in raw.get("attacks", {}).items()}
+    attacks = {
+        name: parse_attack(f"[attacks.{name}]", entry)
+        for name, entry in raw.get("attacks", {}).items()
+    }
     n = int(experiment.get("n", 500))
     view = SpecView(
         models={name: entry.trained for name, entry in models.items()},
@@ -374,27 +380,26 @@ def _defended(name: str, entry: dict[str, Any]) -> ModelEntry:
     )
 
 
-def _attack(name: str, entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def parse_attack(where: str, entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """An attack table (``attack = "pgd"``, parameters with ε, step and ξ in 0-255 units)
+    as the attack's name and its parameters in [0, 1] units, checked now, not mid-run. The
+    spec's ``[attacks.NAME]`` tables and ``robustlab attack``'s options both come here."""
     attack = entry.get("attack")
     if attack not in available_attacks():
         raise ValueError(
-            f"[attacks.{name}] attack {attack!r} is missing or unknown; "
+            f"{where} attack {attack!r} is missing or unknown; "
             f"use one of {', '.join(available_attacks())}"
         )
     for key in PIXEL_UNITS:
         value = entry.get(key)
         if value is not None and (type(value) not in (int, float) or not 0 <= value <= 255):
             raise ValueError(
-                f"[attacks.{name}] {key} = {value!r} must be a number in 0..255 "
-                f"(spec units are 0-255, e.g. {key} = 16)"
+                f"{where} {key} = {value!r} must be a number in 0..255 "
+                f"(pixel units are 0-255, e.g. {key} = 16)"
             )
     params = to_unit({k: v for k, v in entry.items() if k != "attack"})
-    from torch import nn
-
-    from robustlab.attacks import build
-
     try:
-        build(attack, nn.Identity(), **params)  # validates the parameters now, not mid-run
+        build(attack, nn.Identity(), **params)  # the constructor checks the parameters
     except ValueError as err:
-        raise ValueError(f"[attacks.{name}] {err}") from None
+        raise ValueError(f"{where} {err}") from None
     return attack, params

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from robustlab.data import Dataset, batches
 from robustlab.distributed import map_batches
 from robustlab.registry import Registry
 
@@ -222,3 +223,13 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
 
     with eval_mode(model):
         return map_batches(len(x), batch_size, labels)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: Dataset, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on ``data``."""
+    correct = 0
+    with eval_mode(model):
+        for x, y in batches(data, batch_size, device=model_device(model)):
+            correct += int((model(x).argmax(1) == y).sum())
+    return correct / max(1, len(data))

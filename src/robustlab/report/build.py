@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-import robustlab
 from robustlab.attacks import AdversarialSet, load_set
 from robustlab.data import load_dataset
 from robustlab.io import (
@@ -45,6 +44,7 @@ from robustlab.report.tables import (
     comparison_rows,
     curve_levels,
 )
+from robustlab.runs import load, read_meta
 
 Record = dict[str, Any]
 
@@ -392,7 +392,7 @@ def _gallery(
     fooled = np.flatnonzero(adv_set.fooled_source)[:size]
     if not len(fooled):
         return None
-    meta = robustlab.runs.read_meta(_source_run(results_dir, adv_set))
+    meta = read_meta(_source_run(results_dir, adv_set))
     classes = meta["dataset"]["classes"]
     # the set records the folder its images came from (older sets: the source run does)
     data_dir = adv_set.config.get("data_dir") or meta["dataset"].get("data_dir")
@@ -432,12 +432,12 @@ def _loader(results: dict[str, Any]) -> Callable[[Path, str], nn.Module | None]:
     found = results.get("models")
     models: dict[str, Any] = found if isinstance(found, dict) else {}
 
-    def load(results_dir: Path, name: str) -> nn.Module | None:
+    def load_named(results_dir: Path, name: str) -> nn.Module | None:
         check_name(name, f"{results_dir}/results.json model")
         runs = (models.get(name) or {}).get("runs") or []
         if len(runs) != 1:
             return None  # an ensemble, a defended model, or an older results.json
         run = under(results_dir, "runs", Path(str(runs[0])).name)
-        return robustlab.load(run) if (run / "meta.json").is_file() else None
+        return load(run) if (run / "meta.json").is_file() else None
 
-    return load
+    return load_named

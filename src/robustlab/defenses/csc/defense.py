@@ -35,6 +35,8 @@ from robustlab.defenses.csc.cbpdn import CBPDNOptions
 from robustlab.defenses.csc.dictionary import DICTIONARY_FILE, ChannelOrder
 from robustlab.defenses.csc.purifier import CSCPurifier
 from robustlab.io import RobustlabError, load_tensors, save_tensors, write_json
+from robustlab.runs import load
+from robustlab.training import TrainConfig, train
 
 
 @PURIFIERS.register("dict")
@@ -102,8 +104,6 @@ class CSCDefense(Defense):
         )
 
     def prepare(self, base: nn.Module, directory: Path, context: PrepareContext) -> None:
-        from robustlab.training import TrainConfig, train
-
         if self.finetune_epochs:
             train_data = sample(context.train, self.finetune_limit, context.seed)
             purified = self._purified(train_data, directory / "purified", context)
@@ -146,7 +146,5 @@ class CSCDefense(Defense):
         return replace(data, images=np.concatenate(chunks))
 
     def wrap(self, base: nn.Module, directory: Path) -> Defended:
-        from robustlab.runs import load
-
         classifier = load(directory / "classifier") if self.finetune_epochs else base
         return Defended(classifier, self.surface, ZeroGradient(self.purifier()))
