@@ -9,7 +9,7 @@ from torch import nn
 from robustlab import attacks, data, models
 from robustlab.attacks import adversarial_set
 from robustlab.attacks.universal import UNIVERSAL_ATTACKS
-from robustlab.defenses.base import PURIFIERS
+from robustlab.defenses.registry import PURIFIERS  # the module that imports every purifier
 from robustlab.evaluation.protocols import PROTOCOLS
 from robustlab.registry import Registry
 
@@ -98,3 +98,29 @@ def test_an_attack_is_built_once_per_cell_not_per_batch(monkeypatch: pytest.Monk
             x[start : start + 3], y[start : start + 3], seed=adversarial_set.batch_seed(3, start)
         )
         assert torch.equal(result.adv[start : start + 3], alone)
+
+
+def test_attack_parameters_are_checked_before_any_model_exists() -> None:
+    from robustlab.attacks.base import UNBOUND
+    from robustlab.attacks.registry import check
+    from robustlab.evaluation.strong import StrongConfig
+
+    check("pgd", eps=8 / 255, step=2 / 255, steps=3)  # fine: no model needed
+    with pytest.raises(ValueError, match="steps=0 must be a positive integer"):
+        check("pgd", eps=8 / 255, step=2 / 255, steps=0)
+    with pytest.raises(ValueError, match=r"attack 'pgd':.*unexpected keyword argument 'queries'"):
+        check("pgd", queries=10)
+    with pytest.raises(ValueError, match="universal attack 'uap'"):
+        UNIVERSAL_ATTACKS.get("uap").check(nope=1)
+    with pytest.raises(RuntimeError, match="constructor ran the model"):
+        UNBOUND(torch.zeros(1, 3, 8, 8))  # a constructor that needed the network would fail
+    with pytest.raises(ValueError, match="queries=0 must be a positive integer"):
+        StrongConfig(eps=8 / 255, queries=0)
+    kind, params = StrongConfig(eps=8 / 255, steps=7).attack("apgd-t")
+    assert kind == "apgdt" and params == {
+        "eps": 8 / 255,
+        "norm": "linf",
+        "steps": 7,
+        "restarts": 1,
+        "target_classes": 9,
+    }

@@ -22,6 +22,17 @@ from robustlab.models.base import frozen
 from robustlab.registry import Registry
 
 
+class _Unbound(nn.Module):
+    """The network an attack's parameters are checked against (``Attack.check``): there is
+    none yet, and a constructor that runs it to check a parameter is a bug."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("an attack's constructor ran the model; check parameters without it")
+
+
+UNBOUND = _Unbound()
+
+
 @dataclass
 class AttackResult:
     """What an attack returns: adversarial images and, for query-based attacks, model queries."""
@@ -77,6 +88,16 @@ class Attack(ABC):
         target: torch.Tensor | None,
         generator: torch.Generator,
     ) -> AttackResult: ...
+
+    @classmethod
+    def check(cls, **params: Any) -> None:
+        """Check ``params`` as the constructor does (one-line ValueErrors, unknown names
+        too), before any model exists: a constructor checks its parameters without
+        touching the network, which :data:`UNBOUND` enforces (any call of it is an error)."""
+        try:
+            cls(UNBOUND, **params)
+        except TypeError as err:
+            raise ValueError(f"attack {cls.name!r}: {err}") from None
 
     def params(self) -> dict[str, Any]:
         """The attack's parameters, for adversarial-set files and result records."""

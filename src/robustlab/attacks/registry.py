@@ -18,6 +18,11 @@ def available(pattern: str = "*") -> list[str]:
     return ATTACKS.names(pattern)
 
 
+def check(name: str, **params: Any) -> None:
+    """Check attack ``name``'s parameters before any model exists (one-line errors)."""
+    ATTACKS.get(name).check(**params)
+
+
 def build(name: str, model: nn.Module, **params: Any) -> Attack:
     """Build attack ``name`` against ``model``; unknown parameters are a clear error."""
     cls = ATTACKS.get(name)

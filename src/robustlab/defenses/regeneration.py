@@ -23,7 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from robustlab.attacks.universal import UniversalPerturbation, apply, build_universal
+from robustlab.attacks.universal import (
+    UNIVERSAL_ATTACKS,
+    UniversalPerturbation,
+    apply,
+    build_universal,
+)
 from robustlab.data import Dataset, batches, sample
 from robustlab.defenses.base import DONE_FILE, Defended, Defense, PrepareContext, Surface
 from robustlab.io import RobustlabError, load_tensors, read_json, save_tensors, write_json
@@ -292,7 +297,7 @@ class RegenerationDefense(Defense):
             raise ValueError(f"xi must be in (0, 255] in 0-255 units, got {self.xi * 255:g}")
         if self.uaps < 1 or self.epochs < 1:
             raise ValueError("uaps and epochs must be at least 1")
-        build_universal(self.attack, nn.Identity(), xi=self.xi)  # unknown attack: fail now
+        UNIVERSAL_ATTACKS.get(self.attack).check(xi=self.xi)  # an unknown attack fails now
 
     @property
     def surface(self) -> Surface:

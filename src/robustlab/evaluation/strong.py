@@ -32,6 +32,7 @@ from torch import nn
 
 from robustlab.attacks.adversarial_set import attack_in_batches
 from robustlab.attacks.base import check_radius, check_steps
+from robustlab.attacks.registry import check as check_attack
 from robustlab.defenses.base import attack_view
 from robustlab.evaluation.adaptive import BATCH, gradient_checks
 from robustlab.evaluation.stats import Rate
@@ -39,7 +40,14 @@ from robustlab.io import load_tensors, save_tensors
 from robustlab.models.base import predict
 
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "square")
-STRONG_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
+# the protocol's attacks: registry name, the parameters the protocol fixes, and which of
+# StrongConfig's budgets each takes
+STRONG_ATTACKS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
+    "apgd-ce": ("apgd", {"loss": "ce"}, ("steps", "restarts")),
+    "apgd-dlr": ("apgd", {"loss": "dlr"}, ("steps", "restarts")),
+    "apgd-t": ("apgdt", {}, ("steps", "restarts", "target_classes")),
+    "square": ("square", {}, ("queries",)),
+}
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,9 @@ class StrongConfig:
         check_radius(self.eps, self.norm)
         for budget in ("steps", "queries", "restarts", "target_classes"):
             check_steps(budget, getattr(self, budget))
+        for name in self.attacks:  # and each attack checks its own parameters
+            kind, params = self.attack(name)
+            check_attack(kind, **params)
 
     def to_dict(self) -> dict[str, Any]:
         """The budgets as JSON-able values (record parameters and cache keys)."""
@@ -74,13 +85,9 @@ class StrongConfig:
 
     def attack(self, name: str) -> tuple[str, dict[str, Any]]:
         """Registry name and parameters of one of the protocol's attacks."""
-        common = {"eps": self.eps, "norm": self.norm}
-        if name == "square":
-            return "square", {**common, "queries": self.queries}
-        apgd = {**common, "steps": self.steps, "restarts": self.restarts}
-        if name == "apgd-t":
-            return "apgdt", {**apgd, "target_classes": self.target_classes}
-        return "apgd", {**apgd, "loss": "ce" if name == "apgd-ce" else "dlr"}
+        kind, fixed, budgets = STRONG_ATTACKS[name]
+        params = {"eps": self.eps, "norm": self.norm, **{b: getattr(self, b) for b in budgets}}
+        return kind, {**params, **fixed}
 
 
 @dataclass(frozen=True)

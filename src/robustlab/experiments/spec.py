@@ -41,10 +41,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from robustlab.attacks import available as available_attacks
-from robustlab.attacks import build
+from robustlab.attacks.registry import check as check_attack
 from robustlab.data import available as available_datasets
 from robustlab.defenses.base import Defense
 from robustlab.defenses.registry import TABLES as DEFENSE_TABLES
@@ -399,7 +397,7 @@ def parse_attack(where: str, entry: dict[str, Any]) -> tuple[str, dict[str, Any]
             )
     params = to_unit({k: v for k, v in entry.items() if k != "attack"})
     try:
-        build(attack, nn.Identity(), **params)  # the constructor checks the parameters
+        check_attack(attack, **params)
     except ValueError as err:
         raise ValueError(f"{where} {err}") from None
     return attack, params

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from robustlab.attacks.base import UNBOUND
 from robustlab.io import RobustlabError, load_tensors, save_tensors
 from robustlab.models.base import frozen, predict
 from robustlab.registry import Registry
@@ -140,6 +141,15 @@ class UniversalAttack(ABC):
 
     def params(self) -> dict[str, Any]:
         return {"attack": self.name, **{k: v for k, v in vars(self).items() if k != "model"}}
+
+    @classmethod
+    def check(cls, **params: Any) -> None:
+        """Check ``params`` as the constructor does, before any model exists (see
+        :meth:`robustlab.attacks.base.Attack.check`)."""
+        try:
+            cls(UNBOUND, **params)
+        except TypeError as err:
+            raise ValueError(f"universal attack {cls.name!r}: {err}") from None
 
 
 UNIVERSAL_ATTACKS: Registry[type[UniversalAttack]] = Registry("universal attack")

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from torch import nn
-
-from robustlab.attacks.universal import UNIVERSAL_ATTACKS, UniversalPerturbation, build_universal
+from robustlab.attacks.universal import UNIVERSAL_ATTACKS, UniversalPerturbation
 from robustlab.evaluation.protocols.base import (
     PROTOCOLS,
     Context,
@@ -80,7 +78,7 @@ class Universal(Protocol):
             if attack not in attacks:
                 raise ValueError(f"{where}: options for {attack!r}, which attacks does not list")
             try:  # the parameters fail now, not after the models trained
-                build_universal(attack, nn.Identity(), **to_unit(params))
+                UNIVERSAL_ATTACKS.get(attack).check(**to_unit(params))
             except ValueError as err:
                 raise ValueError(f"{where}: options.{attack}: {err}") from None
         against = entry.get("against", list(AGAINST))
