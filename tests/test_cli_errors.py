@@ -40,6 +40,7 @@ def _spec(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
+TRAIN = ["train", "--dataset", "digits", "--arch", "lenet", "--epochs", "1"]
 CASES = {
     # spec: each is a variation of TINY_SPEC
     "misspelt section": (
@@ -106,6 +107,34 @@ CASES = {
         "adversarial training needs 0 < eps",
     ),
     "timings of a folder without a run": (lambda t: ["timings", str(t)], "no timing log"),
+    # non-finite and out-of-range numbers: refused at the boundary, before any work
+    "spec lr = inf": (
+        lambda t: ["run", _spec(t, TINY_SPEC.replace("epochs = 1", "epochs = 1\nlr = inf"))],
+        "lr = inf must be a finite number",
+    ),
+    "spec weight_decay = nan": (
+        lambda t: [
+            "run",
+            _spec(t, TINY_SPEC.replace("epochs = 1", "epochs = 1\nweight_decay = nan")),
+        ],
+        "weight_decay = nan must be a finite number",
+    ),
+    "train --pad -3": (
+        lambda t: [*TRAIN, "--pad", "-3", "--out", str(t / "run")],
+        "pad = -3 must be 0",
+    ),
+    "train --milestones 5,3": (
+        lambda t: [*TRAIN, "--milestones", "5,3", "--out", str(t / "run")],
+        "must be increasing positive epochs",
+    ),
+    "train --thermometer 0": (
+        lambda t: [*TRAIN, "--thermometer", "0", "--out", str(t / "run")],
+        "thermometer levels 0 must be at least 2",
+    ),
+    "train --momentum 1.5": (
+        lambda t: [*TRAIN, "--momentum", "1.5", "--out", str(t / "run")],
+        "need 0 <= momentum < 1",
+    ),
 }
 
 
@@ -321,3 +350,35 @@ def test_tables_are_byte_identical_when_read_back(tmp_path: Path) -> None:
     run_spec(spec, tmp_path, device="cpu", quiet=True)  # every cell read from disk
     again = (tmp_path / "results.md").read_bytes(), (tmp_path / "results.csv").read_bytes()
     assert again == first
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--dataset", "digits", "--arch", "lenet", "--lr", "nan", "--out", "x"],
+        ["train", "--dataset", "digits", "--arch", "lenet", "--momentum", "inf", "--out", "x"],
+        ["attack", "--source", "r", "--attack", "cw", "--kappa", "nan", "--out", "x.npz"],
+        ["attack", "--source", "r", "--attack", "mifgsm", "--decay=-inf", "--out", "x.npz"],
+        ["sfr", "eval", "r", "--xi", "nan"],
+        [
+            "universal",
+            "import",
+            "f",
+            "--layout",
+            "hwc",
+            "--channel-order",
+            "rgb",
+            "--scale",
+            "nan",
+            "--out",
+            "x",
+        ],
+    ],
+)
+def test_non_finite_numbers_are_refused_by_the_parser(
+    args: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert "is not a finite number" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fnmatch
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -29,6 +30,17 @@ def _defect(text: str) -> object:
         return DefectSpec.parse(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _finite(text: str) -> float:
+    """A float option: NaN and infinities are refused here, at the boundary, never later."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -89,7 +101,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "--regularizer", choices=["dropout2d", "dropblock"], help="baseline after block 3"
     )
     p.add_argument(
-        "--label-smoothing", type=float, default=0.0, help="label smoothing (paper: 0.1)"
+        "--label-smoothing", type=_finite, default=0.0, help="label smoothing (paper: 0.1)"
     )
     p.add_argument("--thermometer", type=int, help="thermometer-encode the input with L levels")
     p.add_argument(
@@ -100,9 +112,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--lr", type=_finite, default=0.1)
+    p.add_argument("--momentum", type=_finite, default=0.9)
+    p.add_argument("--weight-decay", type=_finite, default=5e-4)
     p.add_argument(
         "--schedule",
         choices=["paper", "cosine", "onecycle"],
@@ -215,19 +227,21 @@ def _add_attack_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     )
     p.add_argument("--source", action="append", required=True, help="source run (repeatable)")
     p.add_argument("--attack", required=True, help="attack name (robustlab list), e.g. pgd")
-    p.add_argument("--eps", type=float, help="perturbation bound in 0-255 units (fgsm/pgd/mifgsm)")
-    p.add_argument("--step", type=float, help="step size in 0-255 units (pgd/mifgsm)")
+    p.add_argument(
+        "--eps", type=_finite, help="perturbation bound in 0-255 units (fgsm/pgd/mifgsm)"
+    )
+    p.add_argument("--step", type=_finite, help="step size in 0-255 units (pgd/mifgsm)")
     p.add_argument("--steps", type=int, help="iterations (pgd/mifgsm/cw/boundary)")
     p.add_argument("--random-start", action="store_true", help="pgd: start at a random point")
     p.add_argument("--norm", choices=["linf", "l2"], help="pgd: the ball's norm (default linf)")
-    p.add_argument("--decay", type=float, help="mifgsm: momentum decay (default 1.0)")
-    p.add_argument("--kappa", type=float, help="cw: confidence (paper: 20, 40)")
-    p.add_argument("--c", type=float, help="cw: initial constant (default 1e-3)")
+    p.add_argument("--decay", type=_finite, help="mifgsm: momentum decay (default 1.0)")
+    p.add_argument("--kappa", type=_finite, help="cw: confidence (paper: 20, 40)")
+    p.add_argument("--c", type=_finite, help="cw: initial constant (default 1e-3)")
     p.add_argument("--search-steps", type=int, help="cw: binary search rounds (paper: 30)")
-    p.add_argument("--lr", type=float, help="cw: Adam learning rate (default 0.01)")
+    p.add_argument("--lr", type=_finite, help="cw: Adam learning rate (default 0.01)")
     p.add_argument("--max-queries", type=int, help="boundary: query budget per example")
     p.add_argument("--candidates", type=int, help="boundary: proposals per step (default 1)")
-    p.add_argument("--sigma", type=float, help="noise: standard deviation in 0-255 units")
+    p.add_argument("--sigma", type=_finite, help="noise: standard deviation in 0-255 units")
     p.add_argument("--target", type=int, help="targeted attack toward this class")
     _add_data_args(p, dataset_required=False)
     p.add_argument("--split", default="test", choices=["train", "test"])
@@ -403,7 +417,7 @@ def _add_csc_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _add_data_args(learn)
     learn.add_argument("--filters", type=int, default=64, help="number of filters M (default 64)")
     learn.add_argument("--size", type=int, default=8, help="filter size P (default 8)")
-    learn.add_argument("--lmbda", type=float, default=0.2, help="sparsity weight λ (default 0.2)")
+    learn.add_argument("--lmbda", type=_finite, default=0.2, help="sparsity weight λ (default 0.2)")
     learn.add_argument("--images", type=int, default=256, help="training images (default 256)")
     learn.add_argument("--iterations", type=int, default=50, help="learning rounds (default 50)")
     learn.add_argument(
@@ -460,7 +474,7 @@ def _add_purify_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
         choices=["bgr", "rgb"],
         help="channel order of a .npy dictionary (default bgr: the release reads with OpenCV)",
     )
-    p.add_argument("--lmbda", type=float, help="sparsity weight λ (default: the dictionary's)")
+    p.add_argument("--lmbda", type=_finite, help="sparsity weight λ (default: the dictionary's)")
     p.add_argument("--size", type=int, help="resize images to SIZE × SIZE first")
     p.add_argument("--max-iter", type=int, default=200, help="ADMM iterations (default 200)")
     p.add_argument(
@@ -468,7 +482,7 @@ def _add_purify_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
         action="store_true",
         help="redo every image, also when OUT_DIR holds images purified with other settings",
     )
-    p.add_argument("--rel-tol", type=float, default=5e-3, help="stopping tolerance (5e-3)")
+    p.add_argument("--rel-tol", type=_finite, default=5e-3, help="stopping tolerance (5e-3)")
     p.add_argument(
         "--compile",
         action="store_true",
@@ -547,14 +561,14 @@ def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     train.add_argument(
         "--attack", default="uap", type=_universal_attack, help="universal attack (robustlab list)"
     )
-    train.add_argument("--xi", type=float, default=10.0, help="ℓ∞ radius in 0-255 units (10)")
+    train.add_argument("--xi", type=_finite, default=10.0, help="ℓ∞ radius in 0-255 units (10)")
     train.add_argument("--uaps", type=int, default=3, help="precomputed perturbations (3)")
     train.add_argument("--attack-images", type=int, default=256, help="images per perturbation")
     train.add_argument("--train-limit", type=int, default=5000, help="training images (5000)")
     train.add_argument("--epochs", type=int, default=3)
     train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--fraction", type=float, default=0.5, help="channels regenerated (0.5)")
+    train.add_argument("--lr", type=_finite, default=1e-3)
+    train.add_argument("--fraction", type=_finite, default=0.5, help="channels regenerated (0.5)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto")
     train.add_argument("--out", required=True, help="SFR directory to write")
@@ -572,7 +586,7 @@ def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ev.add_argument(
         "--attack", default="uap", type=_universal_attack, help="universal attack (robustlab list)"
     )
-    ev.add_argument("--xi", type=float, default=10.0, help="ℓ∞ radius in 0-255 units (10)")
+    ev.add_argument("--xi", type=_finite, default=10.0, help="ℓ∞ radius in 0-255 units (10)")
     ev.add_argument(
         "--perturbation",
         metavar="FILE",
@@ -694,7 +708,7 @@ def _add_universal_parser(sub: argparse._SubParsersAction) -> None:  # type: ign
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--layout", required=True, choices=["matlab", "hwc", "chw"])
     imp.add_argument("--channel-order", required=True, choices=["bgr", "rgb"])
-    imp.add_argument("--scale", type=float, default=1.0, help="factor to 0-255 units (1)")
+    imp.add_argument("--scale", type=_finite, default=1.0, help="factor to 0-255 units (1)")
     imp.add_argument("--crop", type=int, help="centre crop to CROP x CROP")
     imp.add_argument("--dataset", help="HDF5 dataset name (default: the file's only one)")
     imp.add_argument("--out", required=True, help="output file, e.g. uap-resnet50.safetensors")

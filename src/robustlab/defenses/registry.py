@@ -102,7 +102,7 @@ def training_defenses(
         found.append(DefectMasks(defect))
     if regularizer is not None:
         found.append(SpatialDropout(regularizer))
-    if thermometer:
+    if thermometer is not None:  # 0 is an error, not "off"
         if type(thermometer) is not int:
             raise ValueError(
                 f"thermometer must be an integer number of levels, got {thermometer!r}"

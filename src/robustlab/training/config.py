@@ -41,6 +41,33 @@ class TrainConfig:
     schedule: str = "paper"
 
     def __post_init__(self) -> None:
+        """Every parameter checked once, here (the spec and ``robustlab train`` both build a
+        TrainConfig): NaN and infinities never reach a run's meta.json."""
+        for name in (
+            "lr",
+            "momentum",
+            "weight_decay",
+            "gamma",
+            "label_smoothing",
+            "adv_eps",
+            "adv_step",
+        ):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} = {getattr(self, name)} must be a finite number")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0 or self.gamma <= 0:
+            raise ValueError(
+                f"need 0 <= momentum < 1, weight_decay >= 0 and gamma > 0 (got {self.momentum}, "
+                f"{self.weight_decay}, {self.gamma})"
+            )
+        if self.pad < 0:
+            raise ValueError(f"pad = {self.pad} must be 0 (no crop) or a positive number of pixels")
+        if self.milestones is not None and (
+            any(m < 1 for m in self.milestones)
+            or list(self.milestones) != sorted(set(self.milestones))
+        ):
+            raise ValueError(
+                f"milestones {list(self.milestones)} must be increasing positive epochs, e.g. 3,4"
+            )
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}"
