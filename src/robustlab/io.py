@@ -147,6 +147,38 @@ def _read_header(blob: bytes) -> dict[str, Any]:
     return json.loads(meta["json"]) if "json" in meta else {}
 
 
+def check_array(
+    value: np.ndarray | torch.Tensor,
+    what: str,
+    *,
+    kinds: str,
+    ndim: int | None = None,
+    length: int | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    fix: str = "re-create it",
+) -> None:
+    """Refuse an array read from a file unless it is what its reader needs, one line naming
+    ``what`` (the file and the field) and the ``fix``: dtype kind (numpy's ``kinds``: "u"
+    unsigned, "i" signed, "f" float, "b" bool), dimensions, length, a finite range."""
+    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    problem = ""
+    if array.dtype.kind not in kinds:
+        problem = f"dtype {array.dtype}"
+    elif ndim is not None and array.ndim != ndim:
+        problem = f"{array.ndim} dimensions (shape {array.shape}), not {ndim}"
+    elif length is not None and len(array) != length:
+        problem = f"{len(array)} entries, not {length}"
+    elif array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        problem = "NaN or infinite values"
+    elif array.size and low is not None and float(array.min()) < low:
+        problem = f"values down to {float(array.min()):g}, below {low:g}"
+    elif array.size and high is not None and float(array.max()) > high:
+        problem = f"values up to {float(array.max()):g}, above {high:g}"
+    if problem:
+        raise RobustlabError(f"{what} has {problem}; {fix}")
+
+
 def check_writable(directory: str | Path) -> None:
     """Fail now, with one line, when files cannot be written into ``directory`` (read-only,
     a path through a file, no space): not after the work whose result would be lost.

@@ -101,12 +101,28 @@ def load(
     except (TypeError, ValueError, KeyError) as err:
         raise RobustlabError(f"{run_dir}/meta.json: malformed model config ({err})") from None
     tensors, _ = load_tensors(Path(run_dir) / MODEL_FILE)
+    check_weights(tensors, model, Path(run_dir) / MODEL_FILE)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
         first = str(err).splitlines()[0]
         raise RobustlabError(f"{run_dir}: weights do not match meta.json ({first})") from None
     return model.to(device).eval()
+
+
+def check_weights(tensors: dict[str, torch.Tensor], model: nn.Module, where: Path) -> None:
+    """Weights as the model has them: the same dtype per tensor (a cast to int would load
+    silently) and finite values (NaN weights evaluate to chance, silently)."""
+    expected = model.state_dict()
+    for name, tensor in tensors.items():
+        wanted = expected.get(name)
+        if wanted is not None and tensor.dtype != wanted.dtype:
+            raise RobustlabError(
+                f"{where}: {name} is {tensor.dtype}, the model's is "
+                f"{wanted.dtype}; re-train or restore the run"
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise RobustlabError(f"{where}: {name} has NaN or infinite values; re-train the run")
 
 
 def _as_json(data: Any) -> Any:

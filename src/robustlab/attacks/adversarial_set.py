@@ -25,7 +25,7 @@ from robustlab.attacks.base import AttackResult
 from robustlab.attacks.registry import build
 from robustlab.data import Dataset
 from robustlab.distributed import map_batches
-from robustlab.io import RobustlabError, atomic_write
+from robustlab.io import RobustlabError, atomic_write, check_array
 from robustlab.models.base import model_device, predict
 from robustlab.seeding import derive_seed
 from robustlab.version import __version__
@@ -47,6 +47,7 @@ class AdversarialSet:
     l2: np.ndarray
     config: dict[str, Any]
     queries: np.ndarray | None = None
+    path: str | None = None  # where it was read from (messages only; never written)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -97,11 +98,39 @@ def load_set(path: str | Path) -> AdversarialSet:
     except json.JSONDecodeError as err:
         problem = f"{path}: its config is not JSON ({err.msg}); re-generate it"
         raise RobustlabError(problem) from None
+    _check_arrays(path, arrays)
     if not isinstance(config, dict):
         raise RobustlabError(f"{path}: its config is not a JSON object; re-generate it")
     if config.pop("format", None) != SET_FORMAT:
         raise RobustlabError(f"{path}: unknown adversarial set format; re-generate it")
-    return AdversarialSet(config=config, queries=arrays.pop("queries", None), **arrays)
+    queries = arrays.pop("queries", None)
+    return AdversarialSet(config=config, queries=queries, path=str(path), **arrays)
+
+
+def _check_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Every array of a set as :func:`save_set` writes it: uint8 or [0, 1] float32 images
+    (N, C, H, W), integer labels, indices and predictions, finite non-negative norms."""
+    fix = "re-generate it with `robustlab attack` (or delete it: `robustlab run` remakes it)"
+    images = arrays["images"]
+    kinds = "u" if images.dtype == np.uint8 else "f"
+    if images.dtype not in (np.uint8, np.float32):
+        kinds = ""  # any other dtype is refused
+    n = len(images) if images.ndim else -1
+    check_array(
+        images,
+        f"{path} images",
+        kinds=kinds,
+        ndim=4,
+        low=0,
+        high=255 if kinds == "u" else 1,
+        fix=fix,
+    )
+    for name in ("labels", "indices", "clean_pred", "adv_pred"):
+        check_array(arrays[name], f"{path} {name}", kinds="iu", ndim=1, length=n, low=0, fix=fix)
+    for name in ("linf", "l2"):
+        check_array(arrays[name], f"{path} {name}", kinds="f", ndim=1, length=n, low=0, fix=fix)
+    if "queries" in arrays:
+        check_array(arrays["queries"], f"{path} queries", kinds="iu", ndim=1, length=n, fix=fix)
 
 
 def batch_seed(seed: int, start: int) -> int:

@@ -33,6 +33,7 @@ from robustlab.data import Dataset, batches, sample
 from robustlab.defenses.base import DONE_FILE, Defended, Defense, PrepareContext, Surface
 from robustlab.io import RobustlabError, load_tensors, read_json, save_tensors, write_json
 from robustlab.models.base import BlockNet, model_device
+from robustlab.runs import check_weights
 from robustlab.seeding import derive_seed
 
 
@@ -358,5 +359,6 @@ class RegenerationDefense(Defense):
         missing = set(fru_state(defended)) - set(fru)
         if missing:
             raise RobustlabError(f"{directory}/fru.safetensors lacks {sorted(missing)[0]}; retrain")
+        check_weights(fru, defended, directory / "fru.safetensors")
         defended.load_state_dict({**defended.state_dict(), **fru})
         return Defended(defended, self.surface)

@@ -17,6 +17,7 @@ from torch import nn
 
 from robustlab.attacks.adversarial_set import AdversarialSet
 from robustlab.evaluation.stats import Rate
+from robustlab.io import RobustlabError
 from robustlab.models.base import predict
 
 
@@ -35,17 +36,35 @@ class TransferResult:
 
 
 def transfer(
-    target: nn.Module, adv_set: AdversarialSet, clean: torch.Tensor, batch_size: int = 256
+    target: nn.Module,
+    adv_set: AdversarialSet,
+    clean: torch.Tensor,
+    batch_size: int = 256,
+    *,
+    labels: torch.Tensor | None = None,
 ) -> TransferResult:
-    """Evaluate ``target`` on ``adv_set``; ``clean`` are the set's clean images (same order)."""
+    """Evaluate ``target`` on ``adv_set``; ``clean`` are the set's clean images (same order)
+    and ``labels`` their true labels: a set that does not fit them (another dataset, image
+    size or subset, edited labels) is refused instead of scored."""
     if len(clean) != len(adv_set):
         raise ValueError(f"{len(clean)} clean images for an adversarial set of {len(adv_set)}")
-    labels = adv_set.labels
-    clean_correct = predict(target, clean, batch_size).numpy() == labels
-    adv_correct = predict(target, adv_set.pixels(), batch_size).numpy() == labels
+    where = adv_set.path or "the adversarial set"
+    if tuple(adv_set.images.shape[1:]) != tuple(clean.shape[1:]):
+        raise RobustlabError(
+            f"{where}: images of shape {tuple(adv_set.images.shape[1:])}, the data "
+            f"{tuple(clean.shape[1:])}; re-generate the set on this dataset (or delete it)"
+        )
+    if labels is not None and not np.array_equal(adv_set.labels, labels.cpu().numpy()):
+        raise RobustlabError(
+            f"{where}: its labels are not those of its images in the dataset; re-generate "
+            "the set (or delete it: robustlab run remakes it)"
+        )
+    truth = adv_set.labels
+    clean_correct = predict(target, clean, batch_size).numpy() == truth
+    adv_correct = predict(target, adv_set.pixels(), batch_size).numpy() == truth
     counted = clean_correct & adv_set.fooled_source
     return TransferResult(
         defense_rate=Rate(int(np.sum(adv_correct & counted)), int(np.sum(counted))),
-        accuracy=Rate(int(np.sum(adv_correct)), len(labels)),
-        clean_accuracy=Rate(int(np.sum(clean_correct)), len(labels)),
+        accuracy=Rate(int(np.sum(adv_correct)), len(truth)),
+        clean_accuracy=Rate(int(np.sum(clean_correct)), len(truth)),
     )

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import UNBOUND
-from robustlab.io import RobustlabError, load_tensors, save_tensors
+from robustlab.io import RobustlabError, check_array, load_tensors, save_tensors
 from robustlab.models.base import frozen, predict
 from robustlab.registry import Registry
 
@@ -108,6 +108,16 @@ class UniversalPerturbation:
         tensors, meta = load_tensors(path)
         if meta.get("format") != PERTURBATION_FORMAT or "delta" not in tensors:
             raise RobustlabError(f"{path}: not a robustlab universal perturbation file")
+        # δ in [0, 1] pixel units: finite, (C, H, W), no entry beyond the pixel range
+        check_array(
+            tensors["delta"],
+            f"{path} delta",
+            kinds="f",
+            ndim=3,
+            low=-1,
+            high=1,
+            fix="re-import or re-compute the perturbation",
+        )
         meta.pop("format")
         return cls(tensors["delta"], meta)
 

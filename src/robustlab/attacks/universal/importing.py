@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from robustlab.attacks.universal.base import UniversalPerturbation
-from robustlab.io import RobustlabError, load_npy
+from robustlab.io import RobustlabError, check_array, load_npy
 
 Layout = Literal["matlab", "hwc", "chw"]
 LAYOUTS: tuple[Layout, ...] = ("matlab", "hwc", "chw")
@@ -80,6 +80,14 @@ def import_perturbation(
         "source_shape": list(raw.shape),
         "xi": float(delta.abs().max()),
     }
+    check_array(
+        delta,
+        f"{path}",
+        kinds="f",
+        low=-1,
+        high=1,
+        fix="check --scale (to 0-255 units) and the file's values",
+    )
     return UniversalPerturbation(delta, config)
 
 

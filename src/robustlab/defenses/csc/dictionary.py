@@ -17,6 +17,7 @@ metadata records how it was learned (λ, sizes, training images, seed, command).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from robustlab.defenses.csc.cbpdn import (
     objective,
 )
 from robustlab.defenses.csc.stratified import ClusterModel
-from robustlab.io import RobustlabError, load_npy, load_tensors, save_tensors
+from robustlab.io import RobustlabError, check_array, load_npy, load_tensors, save_tensors
 
 DICTIONARY_FILE = "dictionary.safetensors"
 DICTIONARY_FORMAT = "robustlab-csc-dictionary/1"
@@ -205,6 +206,8 @@ def load_dictionary(
     except (KeyError, TypeError, ValueError) as err:
         problem = f"{path}: malformed dictionary metadata ({err}); re-learn it"
         raise RobustlabError(problem) from None
+    if not (math.isfinite(lmbda) and lmbda > 0):
+        raise RobustlabError(f"{path}: lmbda = {lmbda} must be a positive number; re-learn it")
     names = ["filters"] if "clusters" not in meta else [f"filters.{k}" for k in range(count)]
     for name in names:
         filters = tensors.get(name)
@@ -213,6 +216,7 @@ def load_dictionary(
             raise RobustlabError(
                 f"{path}: {name} is {found}, not (M, C, P, P); re-learn it with robustlab csc learn"
             )
+        _check_filters(filters, f"{path} {name}")
     history = meta.get("history") or [[]]
     if "clusters" not in meta:
         return LearnedDictionary(tensors["filters"], lmbda, meta, list(history[0]))
@@ -221,6 +225,14 @@ def load_dictionary(
         for k in range(int(meta["clusters"]))
     ]
     return StratifiedDictionary(ClusterModel.from_tensors(tensors, int(meta["channels"])), members)
+
+
+def _check_filters(filters: torch.Tensor, what: str) -> None:
+    """Finite float filters, none all zero (a zero filter codes nothing: purified images
+    would silently lose what it should have carried)."""
+    check_array(filters, what, kinds="f", ndim=4, fix="re-learn it with robustlab csc learn")
+    if bool((filters.flatten(1).abs().amax(1) == 0).any()):
+        raise RobustlabError(f"{what} has an all-zero filter; re-learn it with robustlab csc learn")
 
 
 def load_released_dictionary(path: Path, channel_order: ChannelOrder = "bgr") -> LearnedDictionary:

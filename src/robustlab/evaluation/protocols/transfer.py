@@ -49,7 +49,7 @@ def transfer_cells(
 
             def compute(attack: str = attack, target: str = target) -> Record:
                 adv_set = ctx.adversarial_set(sources, attack)
-                result = transfer(ctx.model(target), adv_set, ctx.x).to_dict()
+                result = transfer(ctx.model(target), adv_set, ctx.x, labels=ctx.y).to_dict()
                 return {
                     "protocol": kind,
                     "source": "+".join(sources),
