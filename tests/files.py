@@ -103,3 +103,28 @@ def chromium(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess
     return subprocess.run(
         [CHROMIUM, *flags, *args, url], capture_output=True, text=True, timeout=120
     )
+
+
+# a spec that trains two tiny digits models and makes one adversarial set (a transfer cell)
+TRANSFER_SPEC = """
+[experiment]
+dataset = "digits"
+n = 16
+[train]
+arch = "lenet"
+width = 4
+epochs = 1
+pad = 0
+train_limit = 200
+[models.standard]
+[models.source]
+seed = 1
+[attacks.fgsm]
+attack = "fgsm"
+eps = 8
+[[protocols]]
+type = "transfer"
+sources = ["source"]
+targets = ["standard"]
+attacks = ["fgsm"]
+"""

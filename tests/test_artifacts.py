@@ -28,29 +28,9 @@ from robustlab.evaluation.transfer import transfer
 from robustlab.experiments.executor import run_spec
 from robustlab.experiments.spec import parse_spec, parse_toml
 from robustlab.io import RobustlabError, load_tensors, save_tensors
+from tests.files import TRANSFER_SPEC
 
-SPEC = """
-[experiment]
-dataset = "digits"
-n = 12
-[train]
-arch = "lenet"
-width = 4
-epochs = 1
-pad = 0
-train_limit = 200
-[models.standard]
-[models.source]
-seed = 1
-[attacks.fgsm]
-attack = "fgsm"
-eps = 8
-[[protocols]]
-type = "transfer"
-sources = ["source"]
-targets = ["standard"]
-attacks = ["fgsm"]
-"""
+SPEC = TRANSFER_SPEC.replace("n = 16", "n = 12")
 
 
 @pytest.fixture(scope="module")

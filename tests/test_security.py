@@ -32,29 +32,9 @@ from robustlab.experiments.spec import parse_spec, parse_toml
 from robustlab.io import FolderLock, RobustlabError, under
 from robustlab.report import write_report
 from robustlab.report.tables import csv_text, md_cell, write_csv
+from tests.files import TRANSFER_SPEC
 
-SPEC = """
-[experiment]
-dataset = "digits"
-n = 16
-[train]
-arch = "lenet"
-width = 4
-epochs = 1
-pad = 0
-train_limit = 200
-[models.standard]
-[models.source]
-seed = 1
-[attacks.fgsm]
-attack = "fgsm"
-eps = 8
-[[protocols]]
-type = "transfer"
-sources = ["source"]
-targets = ["standard"]
-attacks = ["fgsm"]
-"""
+SPEC = TRANSFER_SPEC
 FACTORY = "tests.factories:tiny_cnn"
 
 

@@ -78,6 +78,3 @@ class Adaptive(Protocol):
 
         ids = ctx.ids([name, ctx.base_of(name)])
         return ctx.record(key(ctx, "adaptive", ids, kind, params, *ctx.declared(name)), compute)
-
-    def evaluated(self) -> tuple[str, ...]:
-        return self.models

@@ -108,9 +108,10 @@ class Protocol(ABC):
     def cells(self, ctx: Context) -> Iterator[Record]:
         """The protocol's records, each computed once through ``ctx.record``."""
 
-    @abstractmethod
     def evaluated(self) -> tuple[str, ...]:
-        """The models this protocol evaluates (the comparison table's rows)."""
+        """The models this protocol evaluates (the comparison table's rows): its ``models``
+        unless it says otherwise (transfer: its targets)."""
+        return tuple(getattr(self, "models", ()))
 
     @property
     def title(self) -> str:

@@ -127,6 +127,3 @@ class Curve(Protocol):
             }
 
         return ctx.record(cell_key, compute)
-
-    def evaluated(self) -> tuple[str, ...]:
-        return self.models

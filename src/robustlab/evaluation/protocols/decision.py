@@ -61,6 +61,3 @@ class Decision(Protocol):
                 }
 
             yield ctx.record(key(ctx, "decision", ctx.ids([name]), params, n), compute)
-
-    def evaluated(self) -> tuple[str, ...]:
-        return self.models

@@ -80,9 +80,6 @@ class Noise(Protocol):
 
         yield probe_cell(ctx, "noise", self.models, sigmas, probe)
 
-    def evaluated(self) -> tuple[str, ...]:
-        return self.models
-
 
 @PROTOCOLS.register()
 @dataclass(frozen=True)
@@ -107,6 +104,3 @@ class Shuffle(Protocol):
             return dict(shuffle_probe(models, ctx.x, ctx.y, ks=ks, seed=ctx.seed))
 
         yield probe_cell(ctx, "shuffle", self.models, ks, probe)
-
-    def evaluated(self) -> tuple[str, ...]:
-        return self.models

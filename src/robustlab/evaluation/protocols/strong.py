@@ -102,6 +102,3 @@ class Strong(Protocol):
 
         # not part of the cached cell: which ε is the headline depends on the spec's order
         return {**ctx.record(cell_key, compute), "headline": headline}
-
-    def evaluated(self) -> tuple[str, ...]:
-        return self.models

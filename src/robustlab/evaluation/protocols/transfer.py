@@ -115,6 +115,3 @@ class EnsembleTransfer(Protocol):
         for target in self.models:
             others = [m for m in self.models if m != target]
             yield from transfer_cells(ctx, self.kind, others, (target,), self.attacks)
-
-    def evaluated(self) -> tuple[str, ...]:
-        return self.models

@@ -149,9 +149,6 @@ class Universal(Protocol):
                 ids = ctx.ids([name, ctx.base_of(name)])
                 yield ctx.record(key(ctx, "universal-file", ids, digest), compute)
 
-    def evaluated(self) -> tuple[str, ...]:
-        return self.models
-
 
 def _files(entry: Mapping[str, Any], where: str) -> tuple[str, ...]:
     """``perturbations``: files in robustlab's format, each read now (a bad one fails here)."""

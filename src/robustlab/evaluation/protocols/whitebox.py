@@ -70,6 +70,3 @@ class Whitebox(Protocol):
             }
 
         return ctx.record(key(ctx, "whitebox/2", ctx.ids([name]), kind, params), compute)
-
-    def evaluated(self) -> tuple[str, ...]:
-        return self.models
