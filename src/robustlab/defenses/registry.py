@@ -16,6 +16,7 @@ from robustlab.defenses.base import PURIFIERS, Defense
 from robustlab.defenses.csc import defense as csc_defense
 from robustlab.defenses.regeneration import RegenerationDefense
 from robustlab.defenses.training_time import (
+    TRAINING_DEFENSES,
     AdversarialTraining,
     DefectMasks,
     LabelSmoothing,
@@ -27,14 +28,7 @@ from robustlab.models.config import DefectSpec
 
 MODULES = (csc_defense, transforms)
 TABLES = ("purify", "regenerate")
-# a trained model's keys that name training-time defenses (mask_seed goes with defect)
-TRAINING_KEYS = {
-    "defect": DefectMasks,
-    "regularizer": SpatialDropout,
-    "thermometer": Thermometer,
-    "label_smoothing": LabelSmoothing,
-    "adv_train": AdversarialTraining,
-}
+TRAINING_KEYS = TRAINING_DEFENSES  # the spec keys of the training-time defenses
 
 
 def available() -> dict[str, list[str]]:

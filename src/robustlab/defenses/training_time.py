@@ -30,6 +30,7 @@ from pathlib import Path
 from robustlab.defenses.base import THERMOMETER_SURFACE, BaseDefense, Surface
 from robustlab.defenses.baselines import REGULARIZERS
 from robustlab.models.config import DefectSpec, ModelConfig
+from robustlab.registry import Registry
 from robustlab.runs import model_config, read_meta
 from robustlab.training.config import TrainConfig
 
@@ -52,6 +53,11 @@ class TrainingDefense(BaseDefense):
         """The defense in a few words, for tables."""
 
 
+# a trained model's spec keys that name training-time defenses (mask_seed goes with defect)
+TRAINING_DEFENSES: Registry[type[TrainingDefense]] = Registry("training-time defense")
+
+
+@TRAINING_DEFENSES.register("defect")
 @dataclass(frozen=True, repr=False)
 class DefectMasks(TrainingDefense):
     """Defective CNN (Luo et al. 2019): fixed random masks zero a share of the neurons of
@@ -67,6 +73,7 @@ class DefectMasks(TrainingDefense):
         return f"defect {self.spec}"
 
 
+@TRAINING_DEFENSES.register("regularizer")
 @dataclass(frozen=True, repr=False)
 class SpatialDropout(TrainingDefense):
     """Spatial dropout (``dropout2d``, Tompson et al. 2015) or DropBlock (Ghiasi et al. 2018)
@@ -97,6 +104,7 @@ class SpatialDropout(TrainingDefense):
         return self.method
 
 
+@TRAINING_DEFENSES.register("thermometer")
 @dataclass(frozen=True, repr=False)
 class Thermometer(TrainingDefense):
     """Thermometer encoding (Buckman et al. 2018) of each pixel into ``levels`` bits; its
@@ -120,6 +128,7 @@ class Thermometer(TrainingDefense):
         return f"thermometer {self.levels}"
 
 
+@TRAINING_DEFENSES.register("label_smoothing")
 @dataclass(frozen=True, repr=False)
 class LabelSmoothing(TrainingDefense):
     """Cross-entropy against targets ``(1 - amount) · onehot + amount / K`` (Szegedy et al.
@@ -139,6 +148,7 @@ class LabelSmoothing(TrainingDefense):
         return f"label smoothing {self.amount:g}"
 
 
+@TRAINING_DEFENSES.register("adv_train")
 @dataclass(frozen=True, repr=False)
 class AdversarialTraining(TrainingDefense):
     """Madry et al. (2018): every batch replaced by its ℓ∞ PGD examples (random start,
