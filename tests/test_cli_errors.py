@@ -382,3 +382,59 @@ def test_non_finite_numbers_are_refused_by_the_parser(
         main(args)
     assert exit_info.value.code == 2
     assert "is not a finite number" in capsys.readouterr().err
+
+
+def test_a_killed_timing_line_does_not_break_the_log(tmp_path: Path) -> None:
+    from robustlab.experiments.timings import LOG_FILE, TimingLog, summarize
+    from robustlab.io import RobustlabError
+
+    log = tmp_path / LOG_FILE
+    log.write_text('{"kind": "train", "name": "a", "seconds": 2.0}\n{"kind": "rec')  # killed
+    with TimingLog(log).timed("record", "b"):
+        pass
+    assert summarize(tmp_path).by_kind.keys() == {"train", "record"}  # the cut line is gone
+    log.write_text('{"kind": "train", "name": "a", "seconds": 2.0}\n[1, 2]\n')
+    with pytest.raises(RobustlabError, match=r"timings.jsonl:2: not a timing line"):
+        summarize(tmp_path)
+
+
+def test_a_pickled_npy_is_refused_without_suggesting_pickle(tmp_path: Path) -> None:
+    import numpy as np
+
+    from robustlab.io import RobustlabError, load_npy
+
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(RobustlabError, match="robustlab never unpickles") as caught:
+        load_npy(tmp_path / "objects.npy")
+    assert "allow_pickle" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "command, advice",
+    [("train", "with --resume"), ("run", "continues from the files"), ("list", "nothing half")],
+)
+def test_an_interrupt_says_how_each_command_continues(
+    command: str, advice: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import robustlab.cli as cli
+
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    parser = cli.build_parser()
+    real_parse = parser.parse_args
+
+    def parse(argv: list[str]) -> object:
+        args = real_parse(argv)
+        args.handler = interrupted
+        return args
+
+    monkeypatch.setattr(parser, "parse_args", parse)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    argv = {
+        "train": ["train", "--dataset", "digits", "--arch", "lenet", "--out", "x"],
+        "run": ["run", "spec.toml", "--out", "x"],
+        "list": ["list"],
+    }[command]
+    assert cli.main(argv) == 130
+    assert advice in capsys.readouterr().err

@@ -842,10 +842,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
-        print(
-            "robustlab: interrupted; run the same command with --resume to continue",
-            file=sys.stderr,
-        )
+        how = {
+            "train": "run the same command with --resume to continue",
+            "run": "run the same command again: it continues from the files already written",
+            "demo": "run the same command again: it continues from the files already written",
+            "purify": "run the same command again: it skips the images already purified",
+            "sfr": "run the same command again: it reuses the perturbations already made",
+        }.get(args.command, "nothing half-written was left; run the same command again")
+        print(f"robustlab: interrupted; {how}", file=sys.stderr)
         return 130
 
 

@@ -106,6 +106,11 @@ def load_npy(path: str | Path) -> np.ndarray:
     except FileNotFoundError:
         raise RobustlabError(f"{path}: file not found; check the path") from None
     except ValueError as err:
+        if "pickle" in str(err):  # numpy's message suggests allow_pickle: never do that
+            raise RobustlabError(
+                f"{path}: holds pickled objects, not a plain numeric array; robustlab never "
+                "unpickles: save the array with numpy.save of a numeric array"
+            ) from None
         raise RobustlabError(f"{path}: not a readable .npy array ({err})") from None
     if not isinstance(array, np.ndarray):
         raise RobustlabError(f"{path}: expected one array (.npy), not an archive")

@@ -46,8 +46,20 @@ class TimingLog:
             self._nested[-1] += elapsed
         what["seconds"] = round(elapsed - nested, 3)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_partial_line(self.path)
         with open(self.path, "a") as log:
             log.write(json.dumps(what, sort_keys=True) + "\n")
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a last line without its newline (a write killed midway), so that the next line
+    starts on a line of its own and the log stays readable."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as log:
+        data = log.read()
+        if data and not data.endswith(b"\n"):
+            log.truncate(data.rfind(b"\n") + 1)
 
 
 @dataclass(frozen=True)
@@ -77,7 +89,23 @@ def summarize(results: Path, top: int = 10) -> TimingSummary:
     path = results / LOG_FILE
     if not path.is_file():
         raise RobustlabError(f"{path}: no timing log; run `robustlab run SPEC --out {results}`")
-    pieces = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    pieces = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            piece = json.loads(line) if line.strip() else None
+            if piece is not None and not (
+                isinstance(piece, dict)
+                and isinstance(piece.get("kind"), str)
+                and isinstance(piece.get("seconds"), int | float)
+            ):
+                raise ValueError("no kind and seconds")
+        except ValueError:
+            raise RobustlabError(
+                f"{path}:{number}: not a timing line; delete that line (the log is never read "
+                "by a run: results do not depend on it)"
+            ) from None
+        if piece is not None:
+            pieces.append(piece)
     by_kind: dict[str, float] = defaultdict(float)
     by_protocol: dict[str, float] = defaultdict(float)
     for piece in pieces:
