@@ -223,6 +223,11 @@ def prepare_output(path: str | Path, force: bool, *, inputs: Iterable[str | Path
     return path
 
 
+def absolute(path: str | Path | None) -> str | None:
+    """``path`` made absolute (recorded in files other commands read from elsewhere)."""
+    return str(Path(path).resolve()) if path is not None else None
+
+
 def is_within(path: str | Path, root: str | Path) -> bool:
     """True when ``path`` is ``root`` or inside it (links resolved)."""
     path, root = Path(path).resolve(), Path(root).resolve()

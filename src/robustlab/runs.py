@@ -62,10 +62,12 @@ def model_config(run_dir: str | Path, meta: dict[str, Any] | None = None) -> Mod
         raise RobustlabError(f"{run_dir}/meta.json: malformed model config ({err})") from None
 
 
-def check_run(run_dir: str | Path, expected: ModelConfig) -> ModelConfig:
+def check_run(
+    run_dir: str | Path, expected: ModelConfig, meta: dict[str, Any] | None = None
+) -> ModelConfig:
     """The run's model config, refused unless it is ``expected`` (the config a caller keyed
     the folder by): a folder edited to describe another model is never evaluated."""
-    config = model_config(run_dir)
+    config = model_config(run_dir, meta)
     if _as_json(config.to_dict()) != _as_json(expected.to_dict()):
         raise RobustlabError(
             f"{run_dir}/meta.json describes another model than the one this "
@@ -95,7 +97,7 @@ def load(
             f"{run_dir}: training stopped at epoch {meta.get('epoch')} of {epochs}; finish it "
             "with the same `robustlab train ... --resume`"
         )
-    config = model_config(run_dir, meta) if expected is None else check_run(run_dir, expected)
+    config = model_config(run_dir, meta) if expected is None else check_run(run_dir, expected, meta)
     try:
         model = create(config)
     except (TypeError, ValueError, KeyError) as err:

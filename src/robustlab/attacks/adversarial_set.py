@@ -112,19 +112,12 @@ def _check_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     (N, C, H, W), integer labels, indices and predictions, finite non-negative norms."""
     fix = "re-generate it with `robustlab attack` (or delete it: `robustlab run` remakes it)"
     images = arrays["images"]
-    kinds = "u" if images.dtype == np.uint8 else "f"
-    if images.dtype not in (np.uint8, np.float32):
-        kinds = ""  # any other dtype is refused
-    n = len(images) if images.ndim else -1
-    check_array(
-        images,
-        f"{path} images",
-        kinds=kinds,
-        ndim=4,
-        low=0,
-        high=255 if kinds == "u" else 1,
-        fix=fix,
+    # uint8 in 0-255 or float32 in [0, 1]; any other dtype is refused (kinds "")
+    kinds, high = {np.dtype(np.uint8): ("u", 255), np.dtype(np.float32): ("f", 1)}.get(
+        images.dtype, ("", 1)
     )
+    n = len(images) if images.ndim else -1
+    check_array(images, f"{path} images", kinds=kinds, ndim=4, low=0, high=high, fix=fix)
     for name in ("labels", "indices", "clean_pred", "adv_pred"):
         check_array(arrays[name], f"{path} {name}", kinds="iu", ndim=1, length=n, low=0, fix=fix)
     for name in ("linf", "l2"):

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.evaluation.adaptive import zero_gradient_share
+from robustlab.evaluation.adaptive import logits_of, zero_gradient_share
 from robustlab.models.base import frozen, model_device, predict
 
 AUTOATTACK = "Croce & Hein 2020 (AutoAttack), checks"
@@ -48,7 +48,6 @@ class Check:
     remedy: str  # what to try when it fires
     forwards: int = 0  # forward passes of one image each
     backwards: int = 0
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,7 +70,7 @@ def randomized(
 ) -> Check:
     """Predictions or (ℓ2-normalised) logits that change between ``passes`` forward passes of
     the same images: a randomized defense, to be attacked with EOT."""
-    outputs = [_logits(model, x) for _ in range(passes)]
+    outputs = [logits_of(model, x) for _ in range(passes)]
     correct = [int((o.argmax(1) == y.cpu()).sum()) for o in outputs]
     unit = [o / (o.norm(dim=1, keepdim=True) + 1e-10) for o in outputs]
     spread = max(float((a - b).norm(dim=1).max()) for a in unit for b in unit) if x.numel() else 0.0
@@ -90,7 +89,7 @@ def randomized(
 def probability_outputs(model: nn.Module, x: torch.Tensor, *, tolerance: float = 1e-5) -> Check:
     """Outputs in [0, 1] that sum to 1: the model returns probabilities, not logits, and
     margin and cross-entropy losses on them saturate."""
-    out = _logits(model, x)
+    out = logits_of(model, x)
     fired = bool(
         out.numel()
         and out.max() < 1 + tolerance
@@ -253,13 +252,13 @@ def unstable_predictions(
     metric, capped at 1); above ``threshold`` the loss surface is too noisy to follow."""
     generator = torch.Generator().manual_seed(seed)
     labels = y.cpu()
-    reference = F.cross_entropy(_logits(model, x), labels, reduction="none")
-    scale = reference.abs().clamp_min(1e-12).where(reference != 0, torch.ones_like(reference))
+    reference = F.cross_entropy(logits_of(model, x), labels, reduction="none")
+    scale = reference.abs().where(reference != 0, torch.ones_like(reference))
     changes = []
     for _ in range(samples):
         noise = (torch.rand(x.shape, generator=generator) - 0.5) * radius
         loss = F.cross_entropy(
-            _logits(model, (x.cpu() + noise).clamp(0, 1)), labels, reduction="none"
+            logits_of(model, (x.cpu() + noise).clamp(0, 1)), labels, reduction="none"
         )
         changes.append(((loss - reference).abs() / scale).mean())
     metric = min(float(torch.stack(changes).mean()), 1.0) if changes else 0.0
@@ -394,16 +393,3 @@ def more_budget_does_not_help(*, budget: float, doubled: float, tolerance: float
         CARLINI,
         "keep doubling steps and restarts until the accuracy stops falling",
     )
-
-
-@torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    device = model_device(model)
-    with frozen(model):
-        return (
-            torch.cat(
-                [model(x[i : i + 256].to(device)).float().cpu() for i in range(0, len(x), 256)]
-            )
-            if len(x)
-            else torch.zeros(0, 0)
-        )

@@ -38,7 +38,15 @@ from robustlab.experiments.jobs import make_adversarial_set, resolve_device
 from robustlab.experiments.models import ModelStore
 from robustlab.experiments.spec import Spec
 from robustlab.experiments.timings import LOG_FILE, TimingLog
-from robustlab.io import atomic_write, config_hash, read_json, under, write_json, writes_output
+from robustlab.io import (
+    absolute,
+    atomic_write,
+    config_hash,
+    read_json,
+    under,
+    write_json,
+    writes_output,
+)
 from robustlab.models.external import is_external, trusting
 from robustlab.report.records import check_record
 from robustlab.report.robustbench import model_card, write_cards
@@ -109,7 +117,7 @@ class Executor:
             # what the report rebuilds models from (it never parses the spec)
             "experiment": {
                 "dataset": spec.dataset,
-                "data_dir": _absolute(spec.data_dir),
+                "data_dir": absolute(spec.data_dir),
                 "n": spec.n,
                 "seed": spec.seed,
             },
@@ -159,7 +167,7 @@ class Executor:
                     params=params,
                     out=path,
                     dataset=self.spec.dataset,
-                    data_dir=_absolute(self.spec.data_dir),
+                    data_dir=absolute(self.spec.data_dir),
                     n=self.spec.n,
                     seed=self.spec.seed,
                     device=str(self.device),
@@ -238,10 +246,6 @@ class Executor:
                 "command": command,
             },
         )
-
-
-def _absolute(path: str | None) -> str | None:
-    return str(Path(path).resolve()) if path is not None else None
 
 
 @writes_output("out", "robustlab run")  # one writer per results directory

@@ -25,7 +25,7 @@ from robustlab.defenses.training_time import DefectMasks, Thermometer, model_wit
 from robustlab.experiments.jobs import import_pretrained, model_config_for
 from robustlab.experiments.spec import ModelEntry, Spec
 from robustlab.experiments.timings import TimingLog
-from robustlab.io import config_hash, under
+from robustlab.io import absolute, config_hash, under
 from robustlab.models.config import ModelConfig
 from robustlab.runs import check_run, load, model_config, read_meta
 from robustlab.training import train
@@ -169,7 +169,7 @@ class ModelStore:
                     run,
                     test_data.subset(self.indices),
                     device=self.device,
-                    dataset_meta={"data_dir": _absolute(self.spec.data_dir)},
+                    dataset_meta={"data_dir": absolute(self.spec.data_dir)},
                 )
             return
         if (run / "meta.json").is_file() and read_meta(run).get("complete"):
@@ -188,7 +188,7 @@ class ModelStore:
                 device=self.device,
                 quiet=self.quiet,
                 # absolute: the report and later commands reload the data from another folder
-                extra_meta={"dataset": {"data_dir": _absolute(self.spec.data_dir)}},
+                extra_meta={"dataset": {"data_dir": absolute(self.spec.data_dir)}},
             )
 
     def declared(self, name: str) -> list[str]:
@@ -220,7 +220,3 @@ class ModelStore:
             return f"{entry.defense.name} on {self.architecture(entry.base)}"
         defect = [d.spec for d in entry.training if isinstance(d, DefectMasks)]
         return entry.arch + (f" (defective {defect[0].keep_prob:g})" if defect else "")
-
-
-def _absolute(path: str | None) -> str | None:
-    return str(Path(path).resolve()) if path is not None else None
