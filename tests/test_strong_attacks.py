@@ -1,12 +1,14 @@
-"""APGD, APGD-T and Square: agreement with torchattacks' implementations of the reference
+"""APGD, APGD-T, FAB and Square: agreement with torchattacks' implementations of the reference
 code (fra31/auto-attack) on a small trained model, and the contract of every attack."""
+
+import copy
 
 import pytest
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from robustlab.attacks import APGD, APGDT, Square, build
+from robustlab.attacks import APGD, APGDT, FAB, Square, build
 from robustlab.attacks.apgd import dlr_loss
 from robustlab.attacks.distances import l2, linf
 
@@ -83,6 +85,54 @@ def test_apgd_robust_accuracy_is_within_one_point_of_torchattacks(digits64, case
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 0.6)])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_fab_robust_accuracy_is_within_one_point_of_torchattacks(
+    digits64, norm: str, eps: float, targeted: bool
+) -> None:
+    """FAB and FAB-T (AutoAttack's targeted form, torchattacks' ``multi_targeted``).
+    torchattacks' FAB makes float32 tensors internally: it attacks a float32 copy, scored in
+    float64 (a last-bit difference moves an image only if it sits on the boundary)."""
+    model, x, y = digits64
+    ours = FAB(model, eps=eps, steps=30, norm=norm, targeted=targeted, target_classes=3)
+    ref = torchattacks.FAB(
+        copy.deepcopy(model).float(),
+        norm="Linf" if norm == "linf" else "L2",
+        eps=eps,
+        steps=30,
+        multi_targeted=targeted,
+        n_classes=10,
+    )
+    ref.n_target_classes = 3
+    ref_adv = ref(x.float(), y).double()
+    ours_acc, ref_acc = accuracy(model, ours(x, y), y), accuracy(model, ref_adv, y)
+    assert ours_acc < accuracy(model, x, y) - 0.2
+    assert abs(ours_acc - ref_acc) <= 0.01 + 1e-9, (ours_acc, ref_acc)
+
+
+@pytest.mark.parametrize("norm, p", [("linf", 1.0), ("l2", 2.0)])
+def test_fab_finds_the_minimal_perturbation_of_a_linear_model(norm: str, p: float) -> None:
+    """For an affine classifier the closest boundary is known in closed form: the smallest
+    (z_y − z_t) / ‖w_y − w_t‖_q over t ≠ y (q dual to the norm; images mid-box, so the box
+    is not active). FAB lands within its overshoot-and-pull-back of it (half a percent)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).double().eval()
+    x = 0.4 + 0.2 * torch.rand(8, 1, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        z = model(x)
+    y, w = z.argmax(1), model[1].weight
+    adv = FAB(model, eps=1.0 if norm == "linf" else 4.0, steps=50, norm=norm)(x, y)
+    dist = (adv - x).flatten(1).norm(p=float("inf") if norm == "linf" else 2, dim=1)
+    exact = torch.stack(
+        [
+            min((z[i, y[i]] - z[i, t]) / (w[y[i]] - w[t]).norm(p=p) for t in range(4) if t != y[i])
+            for i in range(8)
+        ]
+    )
+    assert (model(adv).argmax(1) != y).all()
+    assert torch.all(dist >= exact * (1 - 1e-9)) and torch.all(dist <= exact * 1.01)
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 0.6)])
 def test_square_is_at_least_as_strong_as_torchattacks(digits64, norm: str, eps: float) -> None:
     model, x, y = digits64
     ours = Square(model, eps=eps, queries=1000, norm=norm).run(x, y)
@@ -102,6 +152,8 @@ def test_square_is_at_least_as_strong_as_torchattacks(digits64, norm: str, eps: 
         lambda m: APGD(m, eps=0.6, steps=20, norm="l2", loss="dlr"),
         lambda m: APGDT(m, eps=0.1, steps=10, target_classes=2),
         lambda m: Square(m, eps=0.1, queries=200),
+        lambda m: FAB(m, eps=0.05, steps=10, restarts=2),
+        lambda m: FAB(m, eps=0.3, steps=10, norm="l2", targeted=True, target_classes=2),
         lambda m: Square(m, eps=0.6, queries=200, norm="l2"),
     ],
 )
@@ -171,6 +223,8 @@ def test_dlr_loss_ignores_shifts_and_scales_of_the_logits() -> None:
         (lambda m: APGD(m, restarts=0), "restarts=0 must be a positive integer"),
         (lambda m: APGDT(m, target_classes=0), "target_classes=0"),
         (lambda m: Square(m, queries=0), "queries=0 must be a positive integer"),
+        (lambda m: FAB(m, eta=0.5), r"eta=0.5 must be in \[1.0, 2.0\]"),
+        (lambda m: FAB(m, targeted=True, target_classes=10)(*_two(m)), "only 9 other classes"),
         (lambda m: Square(m, norm="l1"), "norm 'l1'"),
         (lambda m: build("apgd", m, n_restarts=2), "unexpected keyword"),
     ],
@@ -178,6 +232,11 @@ def test_dlr_loss_ignores_shifts_and_scales_of_the_logits() -> None:
 def test_bad_parameters_are_clear_errors(digits64, make, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make(digits64[0])
+
+
+def _two(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    return x, model(x).argmax(1)
 
 
 def test_dlr_needs_enough_classes() -> None:

@@ -6,6 +6,7 @@ from robustlab.attacks.apgdt import APGDT
 from robustlab.attacks.base import Attack, AttackResult, Ensemble
 from robustlab.attacks.boundary import Boundary
 from robustlab.attacks.cw import CW
+from robustlab.attacks.fab import FAB
 from robustlab.attacks.fgsm import FGSM
 from robustlab.attacks.mifgsm import MIFGSM
 from robustlab.attacks.noise import GaussianNoise
@@ -17,6 +18,7 @@ __all__ = [
     "APGD",
     "APGDT",
     "CW",
+    "FAB",
     "FGSM",
     "MIFGSM",
     "PGD",

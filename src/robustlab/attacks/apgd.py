@@ -48,6 +48,7 @@ from robustlab.attacks.base import (
     per_example_norm,
     project_l2,
     project_linf,
+    rows,
 )
 from robustlab.seeding import derive_seed
 
@@ -179,7 +180,7 @@ class APGD(Attack):
             return False
         goal = None if goals is None else goals[todo]
         search = self._single_run(x[todo], y[todo], goal, self._start(x, seed, *draw)[todo])
-        adv[todo] = torch.where(_rows(search.success, x), search.found, search.best)
+        adv[todo] = torch.where(rows(search.success, x), search.found, search.best)
         broken[todo] = search.success
         return True
 
@@ -220,21 +221,21 @@ class APGD(Attack):
             last_loss = s.loss
             self._step(s, x, momentum=0.75 if k > 0 else 1.0)
             s.loss, s.grad, hit = self._evaluate(s.adv, y, target)
-            s.found = torch.where(_rows(hit, x), s.adv, s.found)
+            s.found = torch.where(rows(hit, x), s.adv, s.found)
             s.success |= hit
             rises += (s.loss > last_loss).to(rises.dtype)
             improved = s.loss > s.best_loss
-            s.best = torch.where(_rows(improved, x), s.adv, s.best)
-            s.best_grad = torch.where(_rows(improved, x), s.grad, s.best_grad)
+            s.best = torch.where(rows(improved, x), s.adv, s.best)
+            s.best_grad = torch.where(rows(improved, x), s.grad, s.best_grad)
             s.best_loss = torch.where(improved, s.loss, s.best_loss)
             since_check += 1
             if since_check < interval:
                 continue
             # the reference code counts "at most ρ" (≤) where the paper writes "<"
             halve = (rises <= self.rho * interval) | (~halved_last & (best_at_check >= s.best_loss))
-            s.step = torch.where(_rows(halve, x), s.step / 2, s.step)
-            s.adv = torch.where(_rows(halve, x), s.best, s.adv)
-            s.grad = torch.where(_rows(halve, x), s.best_grad, s.grad)
+            s.step = torch.where(rows(halve, x), s.step / 2, s.step)
+            s.adv = torch.where(rows(halve, x), s.best, s.adv)
+            s.grad = torch.where(rows(halve, x), s.best_grad, s.grad)
             halved_last, best_at_check = halve, s.best_loss.clone()
             since_check, rises = 0, torch.zeros_like(rises)
             interval = max(interval - shrink, shortest)
@@ -297,8 +298,3 @@ class APGD(Attack):
         if target is not None:
             return -F.cross_entropy(logits, target, reduction="none")
         return F.cross_entropy(logits, y, reduction="none")
-
-
-def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A per-example mask shaped to broadcast against a batch like ``like``."""
-    return mask.view(-1, *([1] * (like.ndim - 1)))

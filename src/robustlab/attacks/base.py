@@ -192,6 +192,11 @@ def per_example_norm(t: torch.Tensor, p: float) -> torch.Tensor:
     return norms.view(-1, *([1] * (t.ndim - 1)))
 
 
+def rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-example mask shaped to broadcast against a batch like ``like``."""
+    return mask.view(-1, *([1] * (like.ndim - 1)))
+
+
 def project_l2(adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     """Scale ``adv - x`` into the ℓ2 ball of radius ε around ``x``, then clip to [0, 1]."""
     delta = adv - x

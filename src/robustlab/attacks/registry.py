@@ -7,10 +7,10 @@ from typing import Any
 
 from torch import nn
 
-from robustlab.attacks import apgd, apgdt, boundary, cw, fgsm, mifgsm, noise, pgd, square
+from robustlab.attacks import apgd, apgdt, boundary, cw, fab, fgsm, mifgsm, noise, pgd, square
 from robustlab.attacks.base import ATTACKS, Attack
 
-MODULES = (apgd, apgdt, boundary, cw, fgsm, mifgsm, noise, pgd, square)  # each registers one
+MODULES = (apgd, apgdt, boundary, cw, fab, fgsm, mifgsm, noise, pgd, square)  # each registers one
 
 
 def available(pattern: str = "*") -> list[str]:
