@@ -162,6 +162,7 @@ ALL = {
     "apgd": {"eps": 8 / 255, "steps": 5, "loss": "dlr"},
     "apgdt": {"eps": 8 / 255, "steps": 5, "target_classes": 2},
     "square": {"eps": 8 / 255, "queries": 30},
+    "fab": {"eps": 8 / 255, "steps": 5, "targeted": True, "target_classes": 2},
 }
 
 

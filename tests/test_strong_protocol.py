@@ -107,7 +107,7 @@ def test_accuracy_rising_with_eps_is_flagged() -> None:
     [
         ({"eps": 300}, "eps must be a strength in 0-255"),
         ({"eps": []}, "eps must be a strength in 0-255"),
-        ({"attacks": ["fab"]}, "strong attacks \\['fab'\\]"),
+        ({"attacks": ["deepfool"]}, "strong attacks \\['deepfool'\\]"),
         ({"queries": 0}, "queries=0 must be a positive integer"),
         ({"target_classes": 0}, "target_classes=0"),
         ({"n": 0}, "n = 0 must be a positive integer"),

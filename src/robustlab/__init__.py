@@ -1,7 +1,9 @@
 """robustlab: defenses against adversarial perturbations, and the attacks and evaluations
 that test them.
 
-``robustlab.load(run_dir)`` rebuilds a trained model; the parts live in
+``robustlab.load(run_dir)`` rebuilds a trained model; ``robustlab.evaluate(model, x, y,
+eps=8/255)`` gives the verdict on any model (:mod:`robustlab.evaluation.escalation`); the
+parts live in
 ``robustlab.data``, ``robustlab.models``, ``robustlab.defenses``,
 ``robustlab.attacks`` and ``robustlab.evaluation``.
 """
@@ -12,7 +14,7 @@ from typing import Any
 
 from robustlab.version import __version__
 
-__all__ = ["__version__", "load"]
+__all__ = ["__version__", "evaluate", "load"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from robustlab.runs import load
 
         return load
+    if name == "evaluate":
+        from robustlab.evaluation.escalation import evaluate
+
+        return evaluate
     raise AttributeError(f"module 'robustlab' has no attribute {name!r}")

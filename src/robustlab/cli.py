@@ -306,6 +306,83 @@ def _attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be numbers like 0.5,0.5,0.5") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{text} must be finite numbers")
+    return values
+
+
+def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "evaluate",
+        help="the verdict on a model: AutoAttack's attacks, failure checks, escalation",
+        description="Evaluate any model's robustness: the strong attacks of AutoAttack's "
+        "version, the failure checks of the literature, and the escalation their remedies "
+        "prescribe, until the checks pass (status reliable or resolved) or the budget is "
+        "spent (unreliable). Resumable: run the same command again after an interruption. "
+        "--eps is in 0-255 pixel units for linf, in [0, 1] pixel units for l2.",
+    )
+    p.add_argument("--model", required=True, help="a run folder, or package.module:function")
+    p.add_argument("--weights", help="factory models: safetensors or a weights-only state dict")
+    p.add_argument("--mean", type=_floats, help="factory models: per-channel mean, e.g. 0.5")
+    p.add_argument("--std", type=_floats, help="factory models: per-channel std")
+    p.add_argument("--base", help="the undefended base run: transfer checks")
+    _add_data_args(p, dataset_required=False)
+    p.add_argument("--n", type=_positive, default=1000, help="seeded test images (default 1000)")
+    p.add_argument("--eps", type=_finite, default=8.0, help="radius (default 8, i.e. 8/255)")
+    p.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    p.add_argument("--version", choices=["standard", "plus", "rand"], default="standard")
+    p.add_argument("--budget", choices=["standard", "thorough"], default="standard")
+    p.add_argument("--steps", type=_positive, default=100, help="APGD/FAB steps (default 100)")
+    p.add_argument("--queries", type=_positive, default=5000, help="Square queries (5000)")
+    p.add_argument("--restarts", type=_positive, default=1)
+    p.add_argument("--target-classes", type=_positive, default=9)
+    p.add_argument("--seed", type=int, default=0, help="seed of the images and the attacks")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="folder of the evaluation (resumable)")
+    p.add_argument("--report", action="store_true", help="also write report.html")
+    p.add_argument("--quiet", action="store_true")
+    _add_trust_arg(p)
+    p.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from robustlab.evaluation.verdict import EvaluationConfig
+    from robustlab.experiments.evaluate import ModelSource, evaluate_model
+
+    eps = from_255(args.eps) if args.norm == "linf" else args.eps
+    config = EvaluationConfig(
+        eps=eps,
+        norm=args.norm,
+        version=args.version,
+        budget=args.budget,
+        steps=args.steps,
+        queries=args.queries,
+        restarts=args.restarts,
+        target_classes=args.target_classes,
+    )
+    verdict = evaluate_model(
+        source=ModelSource(args.model, args.weights, args.mean, args.std),
+        config=config,
+        out=args.out,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        n=args.n,
+        seed=args.seed,
+        base=args.base,
+        device=args.device,
+        report=args.report,
+        quiet=args.quiet,
+        command=args.command_line,
+    )
+    print(f"{args.out}: {verdict.summary()}")
+    return 0
+
+
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "run",
@@ -793,6 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train_parser,
         _add_eval_clean_parser,
         _add_attack_parser,
+        _add_evaluate_parser,
         _add_run_parser,
         _add_timings_parser,
         _add_report_parser,
@@ -845,6 +923,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         how = {
             "train": "run the same command with --resume to continue",
             "run": "run the same command again: it continues from the files already written",
+            "evaluate": "run the same command again: it continues after the last finished attack",
             "demo": "run the same command again: it continues from the files already written",
             "purify": "run the same command again: it skips the images already purified",
             "sfr": "run the same command again: it reuses the perturbations already made",

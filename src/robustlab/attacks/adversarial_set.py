@@ -152,22 +152,34 @@ def attack_in_batches(
     # disable=None: no bar when stderr is not a terminal (logs, CI), unless quiet
     bar = tqdm(total=len(x), desc=attack, leave=False, disable=True if quiet else None)
 
+    steps = int(getattr(built, "steps", 0)) if built.traced else 0
+
     def one_batch(start: int, stop: int) -> torch.Tensor:
-        """Adversarials, flattened, with the query counts (or -1) as a last column."""
+        """Adversarials, flattened, then the query counts (or -1), then for a traced attack
+        the success flags and the loss trace, as columns of one tensor."""
         xb, yb = x[start:stop].to(device), y[start:stop].to(device)
         goal = target[start:stop].to(device) if target is not None else None
         result = built.run(xb, yb, goal, seed=batch_seed(seed, start))
         counts = result.queries if result.queries is not None else torch.full_like(yb, -1)
+        columns = [result.adv.flatten(1).double(), counts.double().view(-1, 1)]
+        if steps:
+            assert result.success is not None and result.trace is not None
+            columns += [result.success.double().view(-1, 1), result.trace.double()]
         bar.update(stop - start)
-        return torch.cat([result.adv.flatten(1).double(), counts.double().view(-1, 1)], 1).cpu()
+        return torch.cat(columns, 1).cpu()
 
     if len(x) == 0:
         return AttackResult(x.detach().cpu().clone())
     packed = map_batches(len(x), batch_size, one_batch)
     bar.close()
-    counts = packed[:, -1].long()
-    adv = packed[:, :-1].float().view(x.shape)
-    return AttackResult(adv, counts if bool((counts >= 0).all()) else None)
+    width = x[0].numel()
+    adv = packed[:, :width].float().view(x.shape)
+    counts = packed[:, width].long()
+    result = AttackResult(adv, counts if bool((counts >= 0).all()) else None)
+    if steps:
+        result.success = packed[:, width + 1].bool()
+        result.trace = packed[:, width + 2 :].float()
+    return result
 
 
 def generate_set(

@@ -30,7 +30,7 @@ point of highest loss found.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -50,6 +50,7 @@ from robustlab.attacks.base import (
     project_linf,
     rows,
 )
+from robustlab.models.base import frozen
 from robustlab.seeding import derive_seed
 
 Loss = Literal["ce", "dlr"]
@@ -82,6 +83,7 @@ class _Search:
     found: torch.Tensor  # first adversarial found (valid where ``success``)
     success: torch.Tensor
     step: torch.Tensor  # η per example, shaped to broadcast
+    history: list[torch.Tensor] = field(default_factory=list)  # best loss after each step
 
 
 @ATTACKS.register()
@@ -115,6 +117,7 @@ class APGD(Attack):
     """
 
     name = "apgd"
+    traced = True
 
     def __init__(
         self,
@@ -156,11 +159,30 @@ class APGD(Attack):
                 f"{logits.shape[1]}); use loss='ce'"
             )
         broken = self._succeeded(logits, y, target)
+        trace = self._empty_trace(x)
         seed = generator.initial_seed()  # the call's seed: it seeds every random start
         for restart in range(self.restarts):
-            if not self._restart(x, y, target, adv, broken, seed, restart):
+            if not self._restart(x, y, target, adv, broken, seed, restart, trace=trace):
                 break
-        return AttackResult(adv)
+        return AttackResult(adv, success=broken.clone(), trace=trace)
+
+    def run_from(
+        self, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, *, seed: int | None = None
+    ) -> AttackResult:
+        """One untargeted run started at ``start`` (projected into the ball) instead of a
+        random point: a white-box attack started from a black-box attack's adversarials,
+        the remedy of Carlini et al. 2019 when black-box attacks do better. Deterministic
+        (``seed`` is accepted for the common call signature)."""
+        del seed
+        with frozen(self.model):
+            self._check_inputs(x, y, None)
+            x = x.detach()
+            search = self._single_run(x, y, None, self._project(start.detach().to(x), x))
+        adv = torch.where(rows(search.success, x), search.found, search.best).detach()
+        return AttackResult(adv, success=search.success, trace=torch.stack(search.history, 1))
+
+    def _empty_trace(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(x), self.steps), float("nan"), device=x.device, dtype=x.dtype)
 
     def _restart(
         self,
@@ -171,10 +193,12 @@ class APGD(Attack):
         broken: torch.Tensor,
         seed: int,
         *draw: object,
+        trace: torch.Tensor | None = None,
     ) -> bool:
         """One run from a random start (``seed`` and ``draw`` seed it) on the examples not yet
         broken, toward ``goals`` (per example; None: untargeted), updating ``adv`` and
-        ``broken`` in place. False when no example was left to attack."""
+        ``broken`` in place, and ``trace`` (the best loss per step) where it is still empty.
+        False when no example was left to attack."""
         todo = (~broken).nonzero().squeeze(1)
         if len(todo) == 0:
             return False
@@ -182,6 +206,8 @@ class APGD(Attack):
         search = self._single_run(x[todo], y[todo], goal, self._start(x, seed, *draw)[todo])
         adv[todo] = torch.where(rows(search.success, x), search.found, search.best)
         broken[todo] = search.success
+        if trace is not None and bool(trace.isnan().all()):
+            trace[todo] = torch.stack(search.history, 1)
         return True
 
     def _succeeded(
@@ -228,6 +254,7 @@ class APGD(Attack):
             s.best = torch.where(rows(improved, x), s.adv, s.best)
             s.best_grad = torch.where(rows(improved, x), s.grad, s.best_grad)
             s.best_loss = torch.where(improved, s.loss, s.best_loss)
+            s.history.append(s.best_loss.detach())
             since_check += 1
             if since_check < interval:
                 continue

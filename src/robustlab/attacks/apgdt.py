@@ -82,12 +82,14 @@ class APGDT(APGD):
         ranked = logits.argsort(dim=1, descending=True)
         adv = x.clone()
         broken = logits.argmax(1) != y
+        trace = self._empty_trace(x)
         seed = generator.initial_seed()
         for rank in range(1, self.target_classes + 1):
             for restart in range(self.restarts):
-                if not self._restart(x, y, ranked[:, rank], adv, broken, seed, rank, restart):
-                    return AttackResult(adv)
-        return AttackResult(adv)
+                goals = ranked[:, rank]
+                if not self._restart(x, y, goals, adv, broken, seed, rank, restart, trace=trace):
+                    return AttackResult(adv, success=broken.clone(), trace=trace)
+        return AttackResult(adv, success=broken.clone(), trace=trace)
 
     def _succeeded(
         self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None

@@ -39,6 +39,11 @@ class AttackResult:
 
     adv: torch.Tensor
     queries: torch.Tensor | None = None  # model evaluations spent on each example
+    # iterative attacks that keep their path: success found anywhere along it (on the model
+    # they attacked), and the best loss after each step of the first run, (n, steps), NaN
+    # for examples that run did not attack (the failure checks read both)
+    success: torch.Tensor | None = None
+    trace: torch.Tensor | None = None
 
 
 class Attack(ABC):
@@ -47,6 +52,7 @@ class Attack(ABC):
 
     name: ClassVar[str]
     gradient: ClassVar[bool] = True  # False: decision- or score-based, or no attack at all
+    traced: ClassVar[bool] = False  # True: results carry ``success`` and ``trace`` (steps wide)
 
     def __init__(self, model: nn.Module, *, seed: int = 0) -> None:
         self.model = model

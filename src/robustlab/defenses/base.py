@@ -223,13 +223,27 @@ def attack_view(model: nn.Module) -> nn.Module:
     return model
 
 
-def _thermometer_view(model: nn.Module) -> nn.Module:
-    """A shallow copy of ``model`` (weights shared) whose encoding passes BPDA gradients."""
+def exact_view(model: nn.Module) -> nn.Module | None:
+    """The defense's exact differentiable implementation, where it has one (None otherwise):
+    a transform run without autograd (:class:`ZeroGradient`, e.g. CSC) differentiated
+    through itself (CBPDN unrolled), a thermometer encoding through its soft relaxation.
+    The escalation of a verdict attacks it when the declared surface's gradients fail."""
+    if isinstance(model, Defended) and type(model.transform) is ZeroGradient:
+        return Defended(model.classifier, Surface(), model.transform.inner)
+    if isinstance(getattr(model, "encode", None), ThermometerEncoding):
+        return _thermometer_view(model, relaxed=True)
+    return None
+
+
+def _thermometer_view(model: nn.Module, *, relaxed: bool = False) -> nn.Module:
+    """A shallow copy of ``model`` (weights shared) whose encoding passes BPDA gradients
+    (``relaxed``: is soft, forward and backward)."""
     encode = getattr(model, "encode")  # noqa: B009
     view = copy.copy(model)
     view._modules = dict(model._modules)  # the original keeps its own encoding
     device = next((b.device for b in model.buffers()), torch.device("cpu"))
-    view._modules["encode"] = ThermometerEncoding(encode.levels, bpda=True).to(device)
+    soft = ThermometerEncoding(encode.levels, bpda=not relaxed, relaxed=relaxed)
+    view._modules["encode"] = soft.to(device)
     return view
 
 

@@ -64,23 +64,28 @@ class ThermometerEncoding(nn.Module):
     the same bits forward, and backward the gradient of a ramp per level,
     ĝ_k(v) = clip(L·v − (k − 1), 0, 1), which equals τ_k outside ((k−1)/L, k/L): BPDA with a
     differentiable approximation (Athalye et al. 2018, who broke thermometer encoding so).
+    ``relaxed=True``: the ramps forward too, a soft encoding an attacker differentiates
+    exactly (the linear form of LS-PGA's relaxation, Buckman et al. 2018); its adversarials
+    are scored on the real encoding.
     """
 
     thresholds: torch.Tensor
 
-    def __init__(self, levels: int, bpda: bool = False) -> None:
+    def __init__(self, levels: int, bpda: bool = False, *, relaxed: bool = False) -> None:
         super().__init__()
         if levels < 2:
             raise ValueError(f"thermometer encoding needs at least 2 levels, got {levels}")
-        self.levels, self.bpda = levels, bpda
+        self.levels, self.bpda, self.relaxed = levels, bpda, relaxed
         self.register_buffer("thresholds", torch.arange(1, levels + 1) / levels, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         levels = x.unsqueeze(2)
         thresholds = self.thresholds.view(1, 1, -1, 1, 1).to(x.dtype)
         bits = (levels >= thresholds).to(x.dtype)
-        if self.bpda:
+        if self.bpda or self.relaxed:
             ramp = (self.levels * (levels - thresholds) + 1).clamp(0, 1)
+            if self.relaxed:
+                return ramp.flatten(1, 2)
             return (bits + (ramp - ramp.detach())).flatten(1, 2)
         # `+ 0 * levels` keeps the graph connected: gradient attacks get an honest zero
         # gradient instead of an error about an input that was not used

@@ -23,6 +23,7 @@ Sanity flags (AutoAttack's checks, Croce & Hein 2020, section 5; Carlini et al. 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,15 +40,33 @@ from robustlab.evaluation.stats import Rate
 from robustlab.io import load_tensors, save_tensors
 from robustlab.models.base import predict
 
+# the spec protocol's default (AutoAttack's standard version before FAB-T existed here: the
+# default stays, so that the shipped specs' cache keys do; ``attacks`` may name FAB-T)
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "square")
 # the protocol's attacks: registry name, the parameters the protocol fixes, and which of
-# StrongConfig's budgets each takes
+# the budgets (steps, restarts, target_classes, queries) each takes
 STRONG_ATTACKS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "apgd-ce": ("apgd", {"loss": "ce"}, ("steps", "restarts")),
     "apgd-dlr": ("apgd", {"loss": "dlr"}, ("steps", "restarts")),
     "apgd-t": ("apgdt", {}, ("steps", "restarts", "target_classes")),
+    "fab": ("fab", {}, ("steps", "restarts")),
+    "fab-t": ("fab", {"targeted": True}, ("steps", "restarts", "target_classes")),
     "square": ("square", {}, ("queries",)),
 }
+# AutoAttack's versions (Croce & Hein 2020; its ``autoattack.py``): ``rand`` attacks with EOT
+VERSIONS: dict[str, tuple[str, ...]] = {
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+}
+
+
+def attack_params(
+    name: str, *, eps: float, norm: str, budgets: Mapping[str, int]
+) -> tuple[str, dict[str, Any]]:
+    """Registry name and parameters of the protocol attack ``name`` with these budgets."""
+    kind, fixed, takes = STRONG_ATTACKS[name]
+    return kind, {"eps": eps, "norm": norm, **{b: budgets[b] for b in takes}, **fixed}
 
 
 @dataclass(frozen=True)
@@ -85,9 +104,8 @@ class StrongConfig:
 
     def attack(self, name: str) -> tuple[str, dict[str, Any]]:
         """Registry name and parameters of one of the protocol's attacks."""
-        kind, fixed, budgets = STRONG_ATTACKS[name]
-        params = {"eps": self.eps, "norm": self.norm, **{b: getattr(self, b) for b in budgets}}
-        return kind, {**params, **fixed}
+        budgets = {b: getattr(self, b) for b in ("steps", "restarts", "target_classes", "queries")}
+        return attack_params(name, eps=self.eps, norm=self.norm, budgets=budgets)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,164 @@
+"""Verdicts: a robust accuracy with the evidence of how far to trust it.
+
+A robust accuracy is an upper bound: the worst case per image over every attack that ran
+(:mod:`~robustlab.evaluation.worst_case`). The evaluation checks itself with the failure
+tests of the field (:mod:`~robustlab.evaluation.checks`) and, where one fires, escalates
+(:mod:`~robustlab.evaluation.escalation`) until the checks pass or the budget is spent.
+Its :class:`Verdict` says which:
+
+- ``reliable``: every check passed on the first try;
+- ``resolved``: checks fired, the escalation ran their remedies, and the checks pass on
+  the escalated attacks (the record says how many more images the escalation broke);
+- ``unreliable``: a check still fails: the number is an upper bound of unknown tightness;
+  ``deciding`` names the check, ``advice`` what a user could try next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from robustlab.attacks.base import check_choice, check_radius, check_steps
+from robustlab.evaluation.checks import Check
+from robustlab.evaluation.stats import Rate
+from robustlab.evaluation.strong import VERSIONS
+from robustlab.evaluation.worst_case import Role
+
+Status = Literal["reliable", "resolved", "unreliable"]
+BUDGETS = ("standard", "thorough")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What to run: the threat model (``eps`` in [0, 1] pixel units, ``norm``), AutoAttack's
+    ``version`` (``standard``: APGD-CE, APGD-T, FAB-T, Square; ``plus``; ``rand``: APGD-CE
+    and APGD-DLR with EOT), the attacks' budgets (AutoAttack's by default; CPU runs may
+    use less, and every verdict carries them) and the escalation ``budget``
+    (``standard``: each remedy once; ``thorough``: a second round at twice the budget).
+
+    ``eot_samples``: gradient samples of EOT attacks; ``passes``: forward passes that score
+    an adversarial of a randomized model (broken if most passes misclassify it);
+    ``probe``: images the probing checks use (unstable predictions, ε = 1, binarization).
+    """
+
+    eps: float
+    norm: str = "linf"
+    version: str = "standard"
+    budget: str = "standard"
+    steps: int = 100
+    restarts: int = 1
+    target_classes: int = 9
+    queries: int = 5000
+    eot_samples: int = 20
+    passes: int = 10
+    probe: int = 64
+
+    def __post_init__(self) -> None:
+        check_radius(self.eps, self.norm)
+        check_choice("version", self.version, tuple(VERSIONS))
+        check_choice("budget", self.budget, BUDGETS)
+        for name in ("steps", "restarts", "target_classes", "queries", "eot_samples"):
+            check_steps(name, getattr(self, name))
+        for name in ("passes", "probe"):
+            check_steps(name, getattr(self, name))
+
+    def budgets(self, scale: int = 1) -> dict[str, int]:
+        """The attacks' budgets, ``scale`` times the configured steps, restarts and queries."""
+        return {
+            "steps": self.steps * scale,
+            "restarts": self.restarts * scale,
+            "target_classes": self.target_classes,
+            "queries": self.queries * scale,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One attack of an evaluation: what it attacked, why, and what it broke.
+
+    ``role``: ``white`` (iterative gradient attack), ``black`` (score-based, transferred or
+    random), ``single`` (single-step gradient); ``reason``: the check whose remedy it is
+    ("" for the version's own attacks and the checks' probes); ``new``: images it broke
+    that no earlier step had; ``robust_after``: robust images once it ran.
+    """
+
+    name: str
+    attack: str
+    role: Role
+    surface: str
+    reason: str
+    attacked: int
+    broke: int
+    new: int
+    robust_after: int
+    seconds: float
+    params: Mapping[str, Any]
+    counted: bool = True  # False: outside the threat model (ε = 1 probe), not a worst case
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "params": dict(self.params)}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of :func:`~robustlab.evaluation.escalation.evaluate` (module docstring)."""
+
+    config: EvaluationConfig
+    clean: Rate
+    robust: Rate  # worst case per image over every counted step: an upper bound
+    status: Status
+    checks: tuple[Check, ...]  # their final state
+    fired: tuple[str, ...]  # checks that fired before any escalation
+    steps: tuple[Step, ...]
+    first_breakers: Mapping[str, int]  # per step, the images it broke first
+    breaker: tuple[str, ...]  # per image, the step that broke it first ("" if none)
+    escalation_broke: int  # images broken by escalation steps (0 if none ran)
+    deciding: str = ""
+    advice: str = ""
+
+    @property
+    def failing(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def summary(self) -> str:
+        """One line: robust accuracy, status and the deciding check."""
+        c = self.config
+        head = f"robust accuracy {self.robust} at eps={c.eps:.4g} ({c.norm}), {self.status}"
+        if self.status == "unreliable":
+            return f"{head}: {self.deciding} fails; {self.advice}"
+        if self.status == "resolved":
+            return f"{head}: {', '.join(self.fired)} fired and pass after escalation"
+        return f"{head}: every check passed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "clean": self.clean.to_dict(),
+            "robust": self.robust.to_dict(),
+            "upper_bound": True,
+            "status": self.status,
+            "deciding": self.deciding,
+            "advice": self.advice,
+            "fired": list(self.fired),
+            "checks": [c.to_dict() for c in self.checks],
+            "steps": [s.to_dict() for s in self.steps],
+            "first_breakers": dict(self.first_breakers),
+            "breaker": list(self.breaker),
+            "escalation_broke": self.escalation_broke,
+        }
+
+
+def decide(fired: tuple[str, ...], final: tuple[Check, ...], tried: list[str]) -> dict[str, str]:
+    """Status, deciding check and advice from the checks before and after escalation."""
+    failing = [c for c in final if not c.passed]
+    if not fired and not failing:
+        return {"status": "reliable", "deciding": "", "advice": ""}
+    if not failing:
+        return {"status": "resolved", "deciding": "", "advice": ""}
+    first = failing[0]
+    done = f" (escalation tried: {', '.join(tried)})" if tried else ""
+    return {"status": "unreliable", "deciding": first.name, "advice": first.remedy + done}
