@@ -343,3 +343,74 @@ def test_the_verdict_report_renders_in_headless_chromium(tmp_path: Path, weights
     )
     dom = chromium((out / "report.html").as_uri(), tmp_path / "profile", "--dump-dom").stdout
     assert 'id="status"' in dom and "Checks" in dom and "apgd-ce" in dom
+
+
+VERDICT_SPEC = """
+[experiment]
+dataset = "digits"
+seed = 0
+n = 32
+
+[train]
+arch = "lenet"
+width = 4
+epochs = 3
+batch_size = 64
+lr = 0.05
+pad = 0
+train_limit = 800
+
+[models.standard]
+[models.bits]
+base = "standard"
+purify = { bits = 2 }
+
+[[protocols]]
+type = "verdict"
+models = ["standard", "bits"]
+eps = 16
+steps = 5
+queries = 50
+full_queries = 100
+target_classes = 3
+probe = 8
+"""
+
+
+def test_the_verdict_protocol_fills_the_comparison_table(tmp_path: Path) -> None:
+    from robustlab.experiments.executor import run_spec
+    from robustlab.experiments.spec import parse_spec, parse_toml
+    from robustlab.report.tables import comparison_rows, markdown
+
+    spec = parse_spec(parse_toml(VERDICT_SPEC))
+    records = run_spec(spec, tmp_path / "results", device="cpu", quiet=True)
+    verdicts = {r["target"]: r for r in records if r["protocol"] == "verdict"}
+    assert set(verdicts) == {"standard", "bits"}
+    bits = verdicts["bits"]
+    assert bits["config"]["eps"] == pytest.approx(16 / 255) and bits["upper_bound"] is True
+    assert any(s["name"] == "transfer" for s in bits["steps"])  # from its undefended base
+    rows = {row.model: row for row in comparison_rows(records)}
+    assert rows["bits"].verdict == bits["robust"]
+    assert rows["bits"].status.startswith(bits["status"])
+    text = markdown(records)
+    assert "verdict (upper bound)" in text and "## Verdicts: worst case per image" in text
+    again = run_spec(spec, tmp_path / "results", device="cpu", quiet=True)  # all cached
+    assert [r for r in again if r["protocol"] == "verdict"] == list(verdicts.values())
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"eps": 0}, "eps = 0 must be a positive strength"),
+        ({"version": "fast"}, "version 'fast' must be"),
+        ({"steps": 0}, "steps=0 must be a positive integer"),
+        ({"colour": "red"}, "unknown key 'colour'"),
+    ],
+)
+def test_verdict_spec_errors_name_the_table(entry: dict, message: str) -> None:
+    from robustlab.experiments.spec import parse_spec
+
+    protocol = {"type": "verdict", "models": ["standard"], **entry}
+    source = {"experiment": {"dataset": "digits"}, "models": {"standard": {}}}
+    with pytest.raises(ValueError, match=r"\[\[protocols\]\] #1 \(verdict\).*" + message):
+        parse_spec({**source, "protocols": [protocol]})

@@ -58,7 +58,7 @@ LADDER = (
     Rung(
         "square-full",
         frozenset({"unavailable_gradients", "square_beats_gradients", "white_box_beats_black_box"}),
-        "Square with at least 5,000 queries",
+        "Square with AutoAttack's 5,000 queries (or the config's full_queries)",
     ),
     Rung(
         "more-steps",
@@ -256,7 +256,7 @@ def climb(ev: Evaluation, rung: Rung, scale: int, *, reason: str) -> bool:
     if rung.name == "from-black-box" and not _from_black_box(ev, scale, suffix, reason):
         return False
     elif rung.name == "square-full":
-        budgets = {**ev.budgets(scale), "queries": max(5000, c.queries) * scale}
+        budgets = {**ev.budgets(scale), "queries": max(c.full_queries, c.queries) * scale}
         kind, params = attack_params("square", eps=c.eps, norm=c.norm, budgets=budgets)
         ev.attack(
             f"square-full{suffix}",

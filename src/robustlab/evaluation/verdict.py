@@ -39,7 +39,9 @@ class EvaluationConfig:
 
     ``eot_samples``: gradient samples of EOT attacks; ``passes``: forward passes that score
     an adversarial of a randomized model (broken if most passes misclassify it);
-    ``probe``: images the probing checks use (unstable predictions, ε = 1, binarization).
+    ``probe``: images the probing checks use (unstable predictions, ε = 1, binarization);
+    ``full_queries``: Square's queries on the escalation's ``square-full`` rung (AutoAttack's
+    5,000; a CPU spec may name fewer, and the verdict carries it).
     """
 
     eps: float
@@ -53,6 +55,7 @@ class EvaluationConfig:
     eot_samples: int = 20
     passes: int = 10
     probe: int = 64
+    full_queries: int = 5000
 
     def __post_init__(self) -> None:
         check_radius(self.eps, self.norm)
@@ -60,7 +63,7 @@ class EvaluationConfig:
         check_choice("budget", self.budget, BUDGETS)
         for name in ("steps", "restarts", "target_classes", "queries", "eot_samples"):
             check_steps(name, getattr(self, name))
-        for name in ("passes", "probe"):
+        for name in ("passes", "probe", "full_queries"):
             check_steps(name, getattr(self, name))
 
     def budgets(self, scale: int = 1) -> dict[str, int]:

@@ -186,6 +186,7 @@ def _comparison_section(rows: list[ComparisonRow], command: str) -> str:
         cells += [f'<td class="num">{decision}</td>', cell(row.noise32)]
         cells += [f'<td class="num">{cost}</td>', f'<td class="num">{row.added_parameters}</td>']
         cells.append(f"<td>{esc(', '.join(row.flags) or '—')}</td>")
+        cells += [cell(row.verdict), f"<td>{esc(row.status)}</td>"]
         body.append(cells)
     return (
         "<p>Rows: models (defended or not); columns: the worst case over each protocol's "
@@ -194,7 +195,10 @@ def _comparison_section(rows: list[ComparisonRow], command: str) -> str:
         "or EOT where the defense declares them; <em>strong</em> runs APGD-CE, APGD-T and "
         "Square through the same view and counts an image robust only if no attack broke it. "
         "Flags mark signs of gradient masking. Universal restoration: (clean + perturbed "
-        "top-1) / (2 × base clean top-1)."
+        "top-1) / (2 × base clean top-1). <em>verdict</em>: the worst case per image over "
+        "every attack of the verdict protocol, its escalation included (an upper bound), with "
+        "its status: reliable, resolved (checks passed after escalation) or unreliable (the "
+        "deciding check named)."
         "</p>" + table(COMPARISON_HEADERS, body)
     )
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from robustlab.evaluation.protocols import verdict as verdict_protocol
 from robustlab.io import atomic_write
 
 Record = dict[str, Any]
@@ -91,6 +92,7 @@ def markdown(records: list[Record]) -> str:
         _universal_section,
         _decision_section,
         _curve_sections,
+        verdict_protocol.markdown,
     ):
         lines += section(records)
     return "\n".join(lines)
@@ -295,6 +297,9 @@ class ComparisonRow:
     cost_ratio: float | None = None  # ms/image relative to the undefended base
     added_parameters: int | None = None
     flags: tuple[str, ...] = ()
+    verdict: Record | None = None  # the verdict's worst case per image over every attack run
+    status: str = "—"  # reliable | resolved | unreliable, and the deciding check
+    # protocol columns that come after the flags (the older columns keep their places)
 
 
 COMPARISON_HEADERS = (
@@ -311,6 +316,8 @@ COMPARISON_HEADERS = (
     "ms/image (×base)",
     "added params",
     "flags",
+    "verdict (upper bound)",
+    "status (deciding check)",
 )
 
 
@@ -329,6 +336,8 @@ def comparison_rows(records: list[Record]) -> list[ComparisonRow]:
         flags = sorted({f for r in checked for f in r.get("flags", [])})
         strong = [r["accuracy"] for r in mine if r["protocol"] == "strong" and r["headline"]]
         decision = [r["score"]["score"] for r in mine if r["protocol"] == "decision"]
+        verdicts = [r for r in mine if r["protocol"] == "verdict"]
+        verdict = min(verdicts, key=lambda r: r["robust"]["rate"]) if verdicts else None
         noise = [
             r["curves"][name]["32.0"]
             for r in records
@@ -350,9 +359,18 @@ def comparison_rows(records: list[Record]) -> list[ComparisonRow]:
                 cost_ratio=summary["cost_ratio"],
                 added_parameters=summary["added_parameters"],
                 flags=tuple(flags),
+                verdict=verdict["robust"] if verdict else None,
+                status=_status_text(verdict),
             )
         )
     return rows
+
+
+def _status_text(verdict: Record | None) -> str:
+    if verdict is None:
+        return "—"
+    deciding = verdict.get("deciding") or ""
+    return f"{verdict['status']} ({deciding})" if deciding else str(verdict["status"])
 
 
 def comparison_markdown(rows: list[ComparisonRow]) -> list[str]:
@@ -381,13 +399,18 @@ def comparison_markdown(rows: list[ComparisonRow]) -> list[str]:
         cells.append(_cost_text(row))
         cells.append(str(row.added_parameters) if row.added_parameters is not None else "—")
         cells.append(", ".join(row.flags) or "—")
+        cells.append(_rate_text(row.verdict) if row.verdict is not None else "—")
+        cells.append(row.status)
         lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
     lines += [
         "",
         "Universal restoration: (clean + perturbed top-1) / (2 × the base model's clean "
         "top-1), interval from the pooled hits. Strong: APGD-CE, APGD-T and Square, worst case "
         "per image, at the protocol's first ε. Flags come from the white-box, adaptive and "
-        "strong cells.",
+        "strong cells. Verdict: the worst case per image over every attack the verdict protocol "
+        "ran (its escalation included), an upper bound; its status says whether the failure "
+        "checks passed (reliable), passed after escalation (resolved), or not (unreliable, "
+        "with the check that decides it).",
         "",
     ]
     return lines

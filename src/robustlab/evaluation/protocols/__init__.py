@@ -11,6 +11,7 @@ from robustlab.evaluation.protocols import (
     strong,
     transfer,
     universal,
+    verdict,
     whitebox,
 )
 from robustlab.evaluation.protocols.base import (
@@ -23,6 +24,6 @@ from robustlab.evaluation.protocols.base import (
     parse_protocol,
 )
 
-MODULES = (adaptive, curve, decision, probes, strong, transfer, universal, whitebox)
+MODULES = (adaptive, curve, decision, probes, strong, transfer, universal, verdict, whitebox)
 
 __all__ = ["PROTOCOLS", "Context", "Protocol", "Record", "Schema", "SpecView", "parse_protocol"]
