@@ -215,7 +215,10 @@ def test_l2_pgd_stays_in_its_ball(batch) -> None:
         (lambda m: CW(m, c=0), "c > 0"),
         (lambda m: Boundary(m, max_queries=0), "max_queries"),
         (lambda m: build("deepfool", m), "unknown attack 'deepfool'"),
-        (lambda m: build("pgd", m, epsilon=0.1), "unexpected keyword"),
+        (
+            lambda m: build("pgd", m, epsilon=0.1),
+            "attack .pgd. takes no .epsilon.; its parameters: eps, step",
+        ),
     ],
 )
 def test_bad_parameters_are_clear_errors(batch, make, message: str) -> None:

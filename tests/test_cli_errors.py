@@ -131,6 +131,51 @@ CASES = {
         lambda t: [*TRAIN, "--thermometer", "0", "--out", str(t / "run")],
         "thermometer levels 0 must be at least 2",
     ),
+    # late checks and misleading messages (#26 classes 2-4): refused before any work
+    "spec without protocols": (
+        lambda t: ["run", _spec(t, TINY_SPEC.split("[[protocols]]")[0])],
+        "the spec has no [[protocols]]",
+    ),
+    "width 4.5": (
+        lambda t: ["run", _spec(t, TINY_SPEC.replace("width = 4", "width = 4.5"))],
+        "width = 4.5 must be a positive integer",
+    ),
+    "an empty ensemble": (
+        lambda t: ["run", _spec(t, TINY_SPEC + "[models.en]\nmembers = []\n")],
+        "an ensemble needs a list of at least two models",
+    ),
+    "a protocol's n beyond the experiment's": (
+        lambda t: [
+            "run",
+            _spec(
+                t, TINY_SPEC + '[[protocols]]\ntype = "verdict"\nmodels = ["standard"]\nn = 100\n'
+            ),
+        ],
+        "n = 100 exceeds the experiment's n = 8",
+    ),
+    "shuffle ks = [0]": (
+        lambda t: [
+            "run",
+            _spec(
+                t, TINY_SPEC + '[[protocols]]\ntype = "shuffle"\nmodels = ["standard"]\nks = [0]\n'
+            ),
+        ],
+        "ks = [0] must be positive integers",
+    ),
+    "fgsm --steps": (
+        lambda t: [
+            "attack",
+            "--source",
+            str(t),
+            "--attack",
+            "fgsm",
+            "--steps",
+            "3",
+            "--out",
+            str(t / "a.npz"),
+        ],
+        "attack 'fgsm' takes no 'steps'; its parameters: eps",
+    ),
     "train --momentum 1.5": (
         lambda t: [*TRAIN, "--momentum", "1.5", "--out", str(t / "run")],
         "need 0 <= momentum < 1",
@@ -154,6 +199,35 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert message in err[0]
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
     assert (tmp_path / "file").read_text() == "a file, not a folder"
+
+
+def test_a_spec_that_is_not_utf8_is_named_and_a_bom_is_fine(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from robustlab.experiments.spec import load_spec
+
+    path = tmp_path / "latin.toml"
+    path.write_bytes(TINY_SPEC.replace("digits", 'digits"\nname = "caf\xe9').encode("latin-1"))
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: not UTF-8 text (byte 0xe9" in err and "save the spec as UTF-8" in err
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + TINY_SPEC.encode())
+    assert load_spec(bom).dataset == "digits"
+
+
+def test_late_checks_come_before_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """What the data cannot give is refused before the first model trains: an explicit n
+    beyond the test split, a patch grid larger than the images."""
+    too_many = TINY_SPEC.replace("n = 8", "n = 100000")
+    assert main(["run", _spec(tmp_path, too_many), "--out", str(tmp_path / "a"), "--quiet"]) == 2
+    assert (
+        "[experiment] n = 100000, but digits's test split has 360 images" in capsys.readouterr().err
+    )
+    grid = TINY_SPEC + '[[protocols]]\ntype = "shuffle"\nmodels = ["standard"]\nks = [100]\n'
+    assert main(["run", _spec(tmp_path, grid), "--out", str(tmp_path / "b"), "--quiet"]) == 2
+    assert "a 100 × 100 grid does not fit 8 × 8 images" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("model.safetensors"))  # nothing trained
 
 
 def test_zero_width_is_refused_by_the_parser(capsys: pytest.CaptureFixture) -> None:

@@ -226,7 +226,10 @@ def test_dlr_loss_ignores_shifts_and_scales_of_the_logits() -> None:
         (lambda m: FAB(m, eta=0.5), r"eta=0.5 must be in \[1.0, 2.0\]"),
         (lambda m: FAB(m, targeted=True, target_classes=10)(*_two(m)), "only 9 other classes"),
         (lambda m: Square(m, norm="l1"), "norm 'l1'"),
-        (lambda m: build("apgd", m, n_restarts=2), "unexpected keyword"),
+        (
+            lambda m: build("apgd", m, n_restarts=2),
+            "attack .apgd. takes no .n_restarts.; its parameters: eps, steps, norm, loss, restarts",
+        ),
     ],
 )
 def test_bad_parameters_are_clear_errors(digits64, make, message: str) -> None:

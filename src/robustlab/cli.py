@@ -53,6 +53,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _natural(text: str) -> int:
+    """A non-negative integer option: seeds, padding, class indices."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a non-negative integer, e.g. 0")
+    return value
+
+
 def _milestones(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(m) for m in text.split(",") if m)
@@ -93,7 +104,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument(
         "--defect", type=_defect, help="defective blocks, BLOCKS:P[:MODE][:xN], e.g. bottom:0.1"
     )
-    p.add_argument("--mask-seed", type=int, default=0, help="seed of the defect masks (default 0)")
+    p.add_argument(
+        "--mask-seed", type=_natural, default=0, help="seed of the defect masks (default 0)"
+    )
     p.add_argument(
         "--width", type=_positive, help="base width of resnet8/10/18/50, lenet, senet18, wrn"
     )
@@ -110,8 +123,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="EPS:STEP:STEPS",
         help="Madry adversarial training with PGD, 0-255 units, e.g. 8:2:7",
     )
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=_positive, default=5)
+    p.add_argument("--batch-size", type=_positive, default=128)
     p.add_argument("--lr", type=_finite, default=0.1)
     p.add_argument("--momentum", type=_finite, default=0.9)
     p.add_argument("--weight-decay", type=_finite, default=5e-4)
@@ -127,14 +140,20 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         type=_milestones,
         help="paper schedule: epochs where lr ×0.1 (default: 150/350, 250/350 of --epochs)",
     )
-    p.add_argument("--pad", type=int, default=4, help="random-crop padding in pixels (0: no crop)")
+    p.add_argument(
+        "--pad", type=int, default=4, help="random-crop padding in pixels (0: no crop)"
+    )
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory (GPU)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for training (GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--train-limit", type=int, help="train on a seeded random subset of N images")
-    p.add_argument("--test-limit", type=int, help="test on a seeded random subset of N images")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order")
+    p.add_argument(
+        "--train-limit", type=_positive, help="train on a seeded random subset of N images"
+    )
+    p.add_argument(
+        "--test-limit", type=_positive, help="test on a seeded random subset of N images"
+    )
+    p.add_argument("--seed", type=_natural, default=0, help="seed of initialisation and data order")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -202,7 +221,7 @@ def _add_eval_clean_parser(sub: argparse._SubParsersAction) -> None:  # type: ig
     p.add_argument("run", help="run directory")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--data-dir", help="override the dataset folder recorded in the run")
-    p.add_argument("--limit", type=int, help="evaluate a seeded random subset of N images")
+    p.add_argument("--limit", type=_positive, help="evaluate a seeded random subset of N images")
     p.add_argument("--device", default="auto")
     _add_trust_arg(p)
     p.set_defaults(handler=_eval_clean)
@@ -231,23 +250,23 @@ def _add_attack_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
         "--eps", type=_finite, help="perturbation bound in 0-255 units (fgsm/pgd/mifgsm)"
     )
     p.add_argument("--step", type=_finite, help="step size in 0-255 units (pgd/mifgsm)")
-    p.add_argument("--steps", type=int, help="iterations (pgd/mifgsm/cw/boundary)")
+    p.add_argument("--steps", type=_positive, help="iterations (pgd/mifgsm/cw/boundary)")
     p.add_argument("--random-start", action="store_true", help="pgd: start at a random point")
     p.add_argument("--norm", choices=["linf", "l2"], help="pgd: the ball's norm (default linf)")
     p.add_argument("--decay", type=_finite, help="mifgsm: momentum decay (default 1.0)")
     p.add_argument("--kappa", type=_finite, help="cw: confidence (paper: 20, 40)")
     p.add_argument("--c", type=_finite, help="cw: initial constant (default 1e-3)")
-    p.add_argument("--search-steps", type=int, help="cw: binary search rounds (paper: 30)")
+    p.add_argument("--search-steps", type=_positive, help="cw: binary search rounds (paper: 30)")
     p.add_argument("--lr", type=_finite, help="cw: Adam learning rate (default 0.01)")
-    p.add_argument("--max-queries", type=int, help="boundary: query budget per example")
-    p.add_argument("--candidates", type=int, help="boundary: proposals per step (default 1)")
+    p.add_argument("--max-queries", type=_positive, help="boundary: query budget per example")
+    p.add_argument("--candidates", type=_positive, help="boundary: proposals per step (default 1)")
     p.add_argument("--sigma", type=_finite, help="noise: standard deviation in 0-255 units")
-    p.add_argument("--target", type=int, help="targeted attack toward this class")
+    p.add_argument("--target", type=_natural, help="targeted attack toward this class")
     _add_data_args(p, dataset_required=False)
     p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--n", type=int, help="attack a seeded random subset of N images")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subset and the attack")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--n", type=_positive, help="attack a seeded random subset of N images")
+    p.add_argument("--seed", type=_natural, default=0, help="seed of the subset and the attack")
+    p.add_argument("--batch-size", type=_positive, default=256)
     p.add_argument("--float", action="store_true", help="store float32 images, not uint8")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="adversarial set file (.npz)")
@@ -341,7 +360,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:  # type: igno
     p.add_argument("--queries", type=_positive, default=5000, help="Square queries (5000)")
     p.add_argument("--restarts", type=_positive, default=1)
     p.add_argument("--target-classes", type=_positive, default=9)
-    p.add_argument("--seed", type=int, default=0, help="seed of the images and the attacks")
+    p.add_argument("--seed", type=_natural, default=0, help="seed of the images and the attacks")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="folder of the evaluation (resumable)")
     p.add_argument("--report", action="store_true", help="also write report.html")
@@ -492,15 +511,24 @@ def _add_csc_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "on the high-pass parts of seeded training images; writes OUT/dictionary.safetensors.",
     )
     _add_data_args(learn)
-    learn.add_argument("--filters", type=int, default=64, help="number of filters M (default 64)")
-    learn.add_argument("--size", type=int, default=8, help="filter size P (default 8)")
-    learn.add_argument("--lmbda", type=_finite, default=0.2, help="sparsity weight λ (default 0.2)")
-    learn.add_argument("--images", type=int, default=256, help="training images (default 256)")
-    learn.add_argument("--iterations", type=int, default=50, help="learning rounds (default 50)")
     learn.add_argument(
-        "--clusters", type=int, default=1, help="k > 1: stratified, one dictionary per cluster"
+        "--filters", type=_positive, default=64, help="number of filters M (default 64)"
     )
-    learn.add_argument("--seed", type=int, default=0)
+    learn.add_argument("--size", type=_positive, default=8, help="filter size P (default 8)")
+    learn.add_argument("--lmbda", type=_finite, default=0.2, help="sparsity weight λ (default 0.2)")
+    learn.add_argument(
+        "--images", type=_positive, default=256, help="training images (default 256)"
+    )
+    learn.add_argument(
+        "--iterations", type=_positive, default=50, help="learning rounds (default 50)"
+    )
+    learn.add_argument(
+        "--clusters",
+        type=_positive,
+        default=1,
+        help="k > 1: stratified, one dictionary per cluster",
+    )
+    learn.add_argument("--seed", type=_natural, default=0)
     learn.add_argument("--device", default="auto")
     learn.add_argument("--out", required=True, help="dictionary folder, e.g. dicts/NAME")
     learn.add_argument("--force", action="store_true", help="replace an existing dictionary")
@@ -552,8 +580,8 @@ def _add_purify_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
         help="channel order of a .npy dictionary (default bgr: the release reads with OpenCV)",
     )
     p.add_argument("--lmbda", type=_finite, help="sparsity weight λ (default: the dictionary's)")
-    p.add_argument("--size", type=int, help="resize images to SIZE × SIZE first")
-    p.add_argument("--max-iter", type=int, default=200, help="ADMM iterations (default 200)")
+    p.add_argument("--size", type=_positive, help="resize images to SIZE × SIZE first")
+    p.add_argument("--max-iter", type=_positive, default=200, help="ADMM iterations (default 200)")
     p.add_argument(
         "--force",
         action="store_true",
@@ -639,14 +667,16 @@ def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--attack", default="uap", type=_universal_attack, help="universal attack (robustlab list)"
     )
     train.add_argument("--xi", type=_finite, default=10.0, help="ℓ∞ radius in 0-255 units (10)")
-    train.add_argument("--uaps", type=int, default=3, help="precomputed perturbations (3)")
-    train.add_argument("--attack-images", type=int, default=256, help="images per perturbation")
-    train.add_argument("--train-limit", type=int, default=5000, help="training images (5000)")
-    train.add_argument("--epochs", type=int, default=3)
-    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--uaps", type=_positive, default=3, help="precomputed perturbations (3)")
+    train.add_argument(
+        "--attack-images", type=_positive, default=256, help="images per perturbation"
+    )
+    train.add_argument("--train-limit", type=_positive, default=5000, help="training images (5000)")
+    train.add_argument("--epochs", type=_positive, default=3)
+    train.add_argument("--batch-size", type=_positive, default=64)
     train.add_argument("--lr", type=_finite, default=1e-3)
     train.add_argument("--fraction", type=_finite, default=0.5, help="channels regenerated (0.5)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_natural, default=0)
     train.add_argument("--device", default="auto")
     train.add_argument("--out", required=True, help="SFR directory to write")
     train.add_argument("--force", action="store_true")
@@ -678,8 +708,8 @@ def _add_sfr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     ev.add_argument("--defense", choices=["on", "off"], default="on", help="for --input")
     ev.add_argument("--input", help="an image file to classify")
-    ev.add_argument("--n", type=int, default=1000, help="test images (1000)")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--n", type=_positive, default=1000, help="test images (1000)")
+    ev.add_argument("--seed", type=_natural, default=0)
     ev.add_argument("--device", default="auto")
     _add_trust_arg(ev)
     ev.set_defaults(handler=_sfr_eval)
@@ -786,7 +816,7 @@ def _add_universal_parser(sub: argparse._SubParsersAction) -> None:  # type: ign
     imp.add_argument("--layout", required=True, choices=["matlab", "hwc", "chw"])
     imp.add_argument("--channel-order", required=True, choices=["bgr", "rgb"])
     imp.add_argument("--scale", type=_finite, default=1.0, help="factor to 0-255 units (1)")
-    imp.add_argument("--crop", type=int, help="centre crop to CROP x CROP")
+    imp.add_argument("--crop", type=_positive, help="centre crop to CROP x CROP")
     imp.add_argument("--dataset", help="HDF5 dataset name (default: the file's only one)")
     imp.add_argument("--out", required=True, help="output file, e.g. uap-resnet50.safetensors")
     imp.add_argument("--force", action="store_true", help="replace an existing OUT (not FILE)")

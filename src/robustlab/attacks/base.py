@@ -9,8 +9,9 @@ call's ``seed`` (default: the one it was built with); the same seed gives the sa
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -103,7 +104,20 @@ class Attack(ABC):
         try:
             cls(UNBOUND, **params)
         except TypeError as err:
-            raise ValueError(f"attack {cls.name!r}: {err}") from None
+            raise ValueError(cls.parameter_error(params, err)) from None
+
+    @classmethod
+    def parameter_error(cls, params: Mapping[str, Any], err: TypeError) -> str:
+        """A one-line message for parameters the constructor does not take, naming the
+        ones it does (not Python's "unexpected keyword argument")."""
+        accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in SKIPPED]
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            return (
+                f"attack {cls.name!r} takes no {unknown[0]!r}; its parameters: "
+                f"{', '.join(accepted)}"
+            )
+        return f"attack {cls.name!r}: {err}"
 
     def params(self) -> dict[str, Any]:
         """The attack's parameters, for adversarial-set files and result records."""
@@ -133,6 +147,7 @@ class Attack(ABC):
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
+SKIPPED = ("self", "model")  # constructor arguments that are not parameters
 
 
 def check_range(name: str, value: float, low: float, high: float, hint: str = "") -> float:

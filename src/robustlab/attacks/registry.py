@@ -29,4 +29,4 @@ def build(name: str, model: nn.Module, **params: Any) -> Attack:
     try:
         return cls(model, **params)
     except TypeError as err:
-        raise ValueError(f"attack {name!r}: {err}") from None
+        raise ValueError(cls.parameter_error(params, err)) from None

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from robustlab.attacks import AdversarialSet, load_set
 from robustlab.attacks.universal import UniversalPerturbation, build_universal
-from robustlab.data import load_dataset, sample, sample_indices
+from robustlab.data import Dataset, load_dataset, sample, sample_indices
 from robustlab.defenses.base import attack_view
 from robustlab.evaluation.clean import summary
 from robustlab.evaluation.protocols import Record
@@ -39,6 +39,7 @@ from robustlab.experiments.models import ModelStore
 from robustlab.experiments.spec import Spec
 from robustlab.experiments.timings import LOG_FILE, TimingLog
 from robustlab.io import (
+    RobustlabError,
     absolute,
     atomic_write,
     config_hash,
@@ -79,12 +80,28 @@ class Executor:
         self.device = resolve_device(device)
         self.timings = TimingLog(self.out / LOG_FILE)
         test = load_dataset(spec.dataset, "test", spec.data_dir)
+        self._check_data(test)
         self.indices: np.ndarray = sample_indices(len(test), spec.n, spec.seed)
         self.x, self.y = test.subset(self.indices).tensors()
         self.seed, self.n = spec.seed, spec.n
         self.models = ModelStore(
             spec, self.out, self.device, timings=self.timings, indices=self.indices, quiet=quiet
         )
+
+    def _check_data(self, test: Dataset) -> None:
+        """What the spec asks of the data, before any model trains: an explicit n no larger
+        than the test split (the default, 500, takes what there is), each protocol's own."""
+        asked = self.spec.source.get("experiment", {}).get("n")
+        if asked is not None and asked > len(test):
+            raise RobustlabError(
+                f"[experiment] n = {asked}, but {self.spec.dataset}'s test split has "
+                f"{len(test)} images; use n <= {len(test)}"
+            )
+        for protocol in self.spec.protocols:
+            try:
+                protocol.check_data(images=len(test), size=test.image_size)
+            except ValueError as err:
+                raise RobustlabError(f"{self.spec.path or 'spec'}: {err}") from None
 
     def run(self) -> list[Record]:
         """All protocols, in spec order; writes results.json/.csv/.md and returns the records."""

@@ -149,9 +149,15 @@ def load_spec(path: str | Path) -> Spec:
     """Read and validate a TOML spec; raise :class:`RobustlabError` naming the bad entry."""
     path = Path(path)
     try:
-        raw = parse_toml(path.read_text())
+        # utf-8-sig: a byte-order mark (as some editors save) is not part of the spec
+        raw = parse_toml(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise RobustlabError(f"{path}: spec not found; see specs/ for examples") from None
+    except UnicodeDecodeError as err:
+        raise RobustlabError(
+            f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+            "save the spec as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as err:
         raise RobustlabError(f"{path}: not valid TOML ({err})") from None
     try:
@@ -219,6 +225,11 @@ def parse_spec(raw: dict[str, Any], default_name: str = "experiment") -> Spec:
         n=n,
     )
     protocols = [parse_protocol(i, p, view) for i, p in enumerate(raw.get("protocols", []))]
+    if not protocols:
+        raise ValueError(
+            "the spec has no [[protocols]]: nothing would be evaluated; add one, e.g. "
+            '[[protocols]] type = "noise" (docs/experiments.md lists them)'
+        )
     return Spec(
         name=str(experiment.get("name", default_name)),
         dataset=dataset,
@@ -234,7 +245,13 @@ def parse_spec(raw: dict[str, Any], default_name: str = "experiment") -> Spec:
 
 def _model(name: str, defaults: dict[str, Any], entry: dict[str, Any]) -> ModelEntry:
     if "members" in entry:
-        return ModelEntry(name=name, members=tuple(entry["members"]))
+        members = entry["members"]
+        if not isinstance(members, list) or len(members) < 2:
+            raise ValueError(
+                f"[models.{name}] members = {members!r}: an ensemble needs a list of at least "
+                'two models, e.g. members = ["standard", "defective"]'
+            )
+        return ModelEntry(name=name, members=tuple(members))
     if "base" in entry or any(table in entry for table in DEFENSE_TABLES):
         return _defended(name, entry)
     merged = {**defaults, **entry}
@@ -327,7 +344,10 @@ def _model_options(name: str, arch: str, merged: dict[str, Any]) -> dict[str, An
         raise ValueError(f"{where} weights {weights!r}: no such file")
     if not isinstance(merged.get("factory_args", {}), dict):
         raise ValueError(f"{where} factory_args must be a table, e.g. {{ num_classes = 10 }}")
-    options: dict[str, Any] = {"width": merged["width"]} if "width" in merged else {}
+    width = merged.get("width")
+    if width is not None and (type(width) is not int or width < 1):
+        raise ValueError(f"{where} width = {width!r} must be a positive integer, e.g. 16")
+    options: dict[str, Any] = {"width": width} if width is not None else {}
     options.update({k: merged[k] for k in sorted(external)})
     return options
 

@@ -108,6 +108,11 @@ class Protocol(ABC):
     def cells(self, ctx: Context) -> Iterator[Record]:
         """The protocol's records, each computed once through ``ctx.record``."""
 
+    def check_data(self, *, images: int, size: int) -> None:
+        """Refuse, before any model trains, what the data cannot give (default: nothing):
+        ``images`` test images of ``size`` × ``size`` pixels."""
+        del images, size  # a hook with a default (nothing to refuse), not abstract
+
     def evaluated(self) -> tuple[str, ...]:
         """The models this protocol evaluates (the comparison table's rows): its ``models``
         unless it says otherwise (transfer: its targets)."""
@@ -166,12 +171,18 @@ def spec_attacks(entry: Mapping[str, Any], where: str, spec: SpecView) -> tuple[
 
 
 def count(entry: Mapping[str, Any], field: str, where: str, default: int) -> int:
-    """A positive integer of the table (``default``, unchecked, when absent)."""
+    """A positive integer of the table (``default``, unchecked, when absent); the image
+    count ``n`` may not exceed the experiment's (``default``): it would silently be less."""
     if field not in entry:
         return default
     value = entry[field]
     if type(value) is not int or value < 1:
         raise ValueError(f"{where}: {field} = {value!r} must be a positive integer")
+    if field == "n" and value > default:
+        raise ValueError(
+            f"{where}: n = {value} exceeds the experiment's n = {default}; use n <= {default} "
+            "(or raise [experiment] n)"
+        )
     return value
 
 

@@ -94,8 +94,19 @@ class Shuffle(Protocol):
 
     @classmethod
     def parse(cls, entry: Mapping[str, Any], where: str, spec: SpecView) -> Shuffle:
-        ks = tuple(int(k) for k in _levels(entry, "ks", where, [2, 4, 8]))
+        levels = _levels(entry, "ks", where, [2, 4, 8])
+        if not all(type(k) is int and k >= 1 for k in levels):
+            raise ValueError(f"{where}: ks = {levels!r} must be positive integers, e.g. [2, 4, 8]")
+        ks = tuple(levels)
         return cls(names(entry, "models", where), ks, entry.get("name"))
+
+    def check_data(self, *, images: int, size: int) -> None:
+        """A k × k grid needs at least one pixel per patch: k <= the image size."""
+        if max(self.ks) > size:
+            raise ValueError(
+                f"{self.title}: ks = {list(self.ks)}: a {max(self.ks)} × {max(self.ks)} grid "
+                f"does not fit {size} × {size} images (no patch would move); use k <= {size}"
+            )
 
     def cells(self, ctx: Context) -> Iterator[Record]:
         ks = list(self.ks)
