@@ -227,7 +227,39 @@ def test_late_checks_come_before_training(tmp_path: Path, capsys: pytest.Capture
     grid = TINY_SPEC + '[[protocols]]\ntype = "shuffle"\nmodels = ["standard"]\nks = [100]\n'
     assert main(["run", _spec(tmp_path, grid), "--out", str(tmp_path / "b"), "--quiet"]) == 2
     assert "a 100 × 100 grid does not fit 8 × 8 images" in capsys.readouterr().err
+    targets = (
+        TINY_SPEC + '[[protocols]]\ntype = "strong"\nmodels = ["standard"]\ntarget_classes = 99\n'
+    )
+    assert main(["run", _spec(tmp_path, targets), "--out", str(tmp_path / "c"), "--quiet"]) == 2
+    assert "target_classes = 99, but the data has 10 classes" in capsys.readouterr().err
     assert not list(tmp_path.rglob("model.safetensors"))  # nothing trained
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[]", "expected a JSON object, found list"),
+        ("{}", "'records' must be a list, found nothing"),
+        ('{"records": 5, "spec": {}}', "'records' must be a list, found int"),
+        ('{"records": [1], "spec": {}}', "every record must be a JSON object"),
+    ],
+)
+def test_a_malformed_results_json_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, content: str, message: str
+) -> None:
+    (tmp_path / "results.json").write_text(content)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "report.html").exists()
+
+
+@pytest.mark.parametrize("device", ["meta", "mps", "xla"])
+def test_devices_robustlab_does_not_run_on_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, device: str
+) -> None:
+    assert main([*TRAIN, "--device", device, "--out", str(tmp_path / "run")]) == 2
+    assert f"unknown device {device!r}; use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
 
 
 def test_zero_width_is_refused_by_the_parser(capsys: pytest.CaptureFixture) -> None:

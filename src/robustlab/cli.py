@@ -140,9 +140,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         type=_milestones,
         help="paper schedule: epochs where lr ×0.1 (default: 150/350, 250/350 of --epochs)",
     )
-    p.add_argument(
-        "--pad", type=int, default=4, help="random-crop padding in pixels (0: no crop)"
-    )
+    p.add_argument("--pad", type=int, default=4, help="random-crop padding in pixels (0: no crop)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory (GPU)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for training (GPU)")

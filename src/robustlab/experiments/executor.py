@@ -99,7 +99,9 @@ class Executor:
             )
         for protocol in self.spec.protocols:
             try:
-                protocol.check_data(images=len(test), size=test.image_size)
+                protocol.check_data(
+                    images=len(test), size=test.image_size, classes=len(test.classes)
+                )
             except ValueError as err:
                 raise RobustlabError(f"{self.spec.path or 'spec'}: {err}") from None
 

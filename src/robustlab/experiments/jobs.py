@@ -31,7 +31,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise RobustlabError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        device = torch.device("meta")  # refused just below, with the same message
+    if device.type not in ("cpu", "cuda"):  # mps, meta, xla...: not what robustlab runs on
+        raise RobustlabError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RobustlabError(f"device {name!r} asked for, but torch sees no GPU; use --device cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():

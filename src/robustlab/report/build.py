@@ -68,7 +68,8 @@ def write_report(
             f"{results_dir}: no results.json; run `robustlab run SPEC --out {results_dir}` first"
         )
     results = read_json(results_dir / "results.json")
-    for index, record in enumerate(results.get("records", [])):
+    _check_layout(results, results_dir / "results.json")
+    for index, record in enumerate(results["records"]):
         problem = record_problem(record)
         if problem is not None:
             raise RobustlabError(
@@ -201,6 +202,25 @@ def _comparison_section(rows: list[ComparisonRow], command: str) -> str:
         "deciding check named)."
         "</p>" + table(COMPARISON_HEADERS, body)
     )
+
+
+# what a results.json must hold before any record is read (records are checked one by one)
+LAYOUT = {"records": list, "spec": dict}
+
+
+def _check_layout(results: object, path: Path) -> None:
+    """One line for a results.json that is not what `robustlab run` writes."""
+    fix = "re-run `robustlab run` on its spec to rewrite it"
+    if not isinstance(results, dict):
+        raise RobustlabError(
+            f"{path}: expected a JSON object, found {type(results).__name__}; {fix}"
+        )
+    for key, kind in LAYOUT.items():
+        if not isinstance(results.get(key), kind):
+            found = type(results.get(key)).__name__ if key in results else "nothing"
+            raise RobustlabError(f"{path}: {key!r} must be a {kind.__name__}, found {found}; {fix}")
+    if not all(isinstance(record, dict) for record in results["records"]):
+        raise RobustlabError(f"{path}: every record must be a JSON object; {fix}")
 
 
 def _run_section(results: dict[str, Any]) -> str:

@@ -108,10 +108,10 @@ class Protocol(ABC):
     def cells(self, ctx: Context) -> Iterator[Record]:
         """The protocol's records, each computed once through ``ctx.record``."""
 
-    def check_data(self, *, images: int, size: int) -> None:
+    def check_data(self, *, images: int, size: int, classes: int) -> None:
         """Refuse, before any model trains, what the data cannot give (default: nothing):
-        ``images`` test images of ``size`` × ``size`` pixels."""
-        del images, size  # a hook with a default (nothing to refuse), not abstract
+        ``images`` test images of ``size`` × ``size`` pixels in ``classes`` classes."""
+        del images, size, classes  # a hook with a default (nothing to refuse), not abstract
 
     def evaluated(self) -> tuple[str, ...]:
         """The models this protocol evaluates (the comparison table's rows): its ``models``

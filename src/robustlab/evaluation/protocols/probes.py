@@ -100,7 +100,7 @@ class Shuffle(Protocol):
         ks = tuple(levels)
         return cls(names(entry, "models", where), ks, entry.get("name"))
 
-    def check_data(self, *, images: int, size: int) -> None:
+    def check_data(self, *, images: int, size: int, classes: int) -> None:
         """A k × k grid needs at least one pixel per patch: k <= the image size."""
         if max(self.ks) > size:
             raise ValueError(

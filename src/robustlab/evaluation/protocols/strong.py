@@ -72,6 +72,16 @@ class Strong(Protocol):
             raise ValueError(f"{where}: {err}") from None
         return cls(models, tuple(values), configs, n, entry.get("name"))
 
+    def check_data(self, *, images: int, size: int, classes: int) -> None:
+        """Targeted attacks need at most classes − 1 targets (and APGD-T four classes)."""
+        config = self.configs[0]
+        targeted = [a for a in config.attacks if a in ("apgd-t", "fab-t")]
+        if targeted and config.target_classes > classes - 1:
+            raise ValueError(
+                f"{self.title}: target_classes = {config.target_classes}, but the data has "
+                f"{classes} classes; use target_classes <= {classes - 1}"
+            )
+
     def cells(self, ctx: Context) -> Iterator[Record]:
         for name in self.models:
             cells = [
