@@ -210,3 +210,45 @@ def load_sfr_base(run: Path) -> nn.Module:
     import robustlab
 
     return robustlab.load(run)
+
+
+def test_an_interrupted_sfr_train_rerun_with_other_images_recomputes_its_perturbations(
+    digits_run: Path, tmp_path: Path
+) -> None:
+    """#26 class 5: the perturbation files are named by the images they were made on (and
+    the base weights), so other --attack-images or --train-limit never reuse them."""
+    out = tmp_path / "sfr"
+    layer = conv_layers(load_sfr_base(digits_run))[0]
+    common = ["sfr", "train", str(digits_run), "--layers", layer, "--uaps", "1", "--attack"]
+    common += ["fff", "--epochs", "1", "--out", str(out), "--device", "cpu", "--quiet"]
+    assert main([*common, "--attack-images", "16", "--train-limit", "64"]) == 0
+    (out / "meta.json").unlink()  # as if killed before the end: no meta.json, files kept
+    (out / "defense.json").unlink()
+    assert main([*common, "--attack-images", "24", "--train-limit", "64"]) == 0
+    assert len(list((out / "perturbations").glob("train-0-*.safetensors"))) == 2
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "perturbations").glob("train-0-*")}
+    (out / "meta.json").unlink()
+    (out / "defense.json").unlink()
+    assert main([*common, "--attack-images", "24", "--train-limit", "64"]) == 0  # same: reused
+    assert {p: p.stat().st_mtime_ns for p in (out / "perturbations").glob("train-0-*")} == stamp
+
+
+def test_a_defense_folder_is_keyed_by_the_spec_seed() -> None:
+    """#26 class 5: ``prepare`` draws its subsets with the spec's seed."""
+    from robustlab.experiments.models import ModelStore
+    from robustlab.experiments.spec import parse_spec
+
+    def identity(seed: int) -> list[str]:
+        raw = {
+            "experiment": {"dataset": "digits", "seed": seed, "n": 8},
+            "train": {"arch": "lenet", "width": 4, "seed": 0},
+            "models": {"standard": {}, "jpeg": {"base": "standard", "purify": {"jpeg": 75}}},
+            "protocols": [{"type": "noise", "models": ["jpeg"], "sigmas": [8]}],
+        }
+        store = ModelStore(
+            parse_spec(raw), Path("unused"), torch.device("cpu"), timings=None, indices=None
+        )
+        return store.identity("jpeg")
+
+    assert identity(0) != identity(1) and identity(1) != identity(2)
+    assert identity(0) == identity(0)

@@ -12,8 +12,9 @@ images with universally perturbed ones.
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,13 @@ def auto_layers(model: nn.Module, count: int = 3) -> list[str]:
     return names[:count]
 
 
+def _digest(parts: Iterable[bytes]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()[:12]
+
+
 def universal_perturbation(
     cache: Path, model: nn.Module, attack: str, images: torch.Tensor, params: dict[str, Any]
 ) -> UniversalPerturbation:
@@ -319,17 +327,22 @@ class RegenerationDefense(Defense):
         layers = self.resolve_layers(base)  # before any expensive work
         data = sample(context.train, self.train_limit, context.seed)
         pixels, _ = data.tensors(context.device)
+        weights = _digest(t.cpu().numpy().tobytes() for t in base.state_dict().values())
         perturbations = []
         for k in range(self.uaps):  # each from its own seeded subset of the training images
             pick = torch.randperm(
                 len(pixels), generator=torch.Generator().manual_seed(derive_seed(context.seed, k))
             )[: self.attack_images]
+            images = pixels[pick.to(context.device)]
             params = {"xi": self.xi, "seed": derive_seed(context.seed, "uap", k)}
+            # named by the images and the base weights too: an interrupted `sfr train` re-run
+            # with other --attack-images, --train-limit or another run computes them anew
+            inputs = _digest([images.cpu().numpy().tobytes(), weights.encode()])
             found = universal_perturbation(
-                directory / "perturbations" / f"train-{k}.safetensors",
+                directory / "perturbations" / f"train-{k}-{inputs}.safetensors",
                 base,
                 self.attack,
-                pixels[pick.to(context.device)],
+                images,
                 params,
             )
             perturbations.append(found.delta.to(context.device))

@@ -71,8 +71,12 @@ class ModelStore:
         entry = self.spec.models[name]
         if entry.base is not None:
             assert entry.defense is not None
-            key = config_hash([entry.defense.describe(), self.identity(entry.base)])
-            return [f"{name}-{key}"]
+            parts: list[Any] = [entry.defense.describe(), self.identity(entry.base)]
+            # ``prepare`` draws its subsets with the spec's seed, so the seed is part of the
+            # key; seed 0 adds nothing, so the folders of seed-0 specs keep their names
+            if self.spec.seed != 0:
+                parts.append({"seed": self.spec.seed})
+            return [f"{name}-{config_hash(parts)}"]
         return [d.name for d in self.run_dirs(name)]
 
     def train_key(self, entry: ModelEntry) -> str:
