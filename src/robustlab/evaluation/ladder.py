@@ -255,6 +255,8 @@ def climb(ev: Evaluation, rung: Rung, scale: int, *, reason: str) -> bool:
             )
     if rung.name == "from-black-box" and not _from_black_box(ev, scale, suffix, reason):
         return False
+    elif rung.name == "square-full" and scale * max(c.full_queries, c.queries) <= c.queries:
+        return False  # no more queries than the version's Square already had
     elif rung.name == "square-full":
         budgets = {**ev.budgets(scale), "queries": max(c.full_queries, c.queries) * scale}
         kind, params = attack_params("square", eps=c.eps, norm=c.norm, budgets=budgets)
