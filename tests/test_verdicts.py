@@ -205,6 +205,23 @@ def test_a_model_that_gets_nothing_right_has_an_exact_zero(digits) -> None:
     assert verdict.clean.hits == 0 and verdict.robust.hits == 0 and not verdict.steps
 
 
+def test_an_evaluation_leaves_the_model_as_it_found_it() -> None:
+    """Eval mode and BatchNorm statistics untouched, whatever the ladder wrapped around it
+    (a readout or log-outputs module in training mode once handed that mode down)."""
+    from tests.factories import tiny_cnn
+
+    torch.manual_seed(0)
+    model = tiny_cnn(num_classes=10, in_channels=1).eval()
+    x = torch.rand(24, 1, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    evaluate(Softmaxed(model).eval(), x, y, eps=0.1, **SMALL)
+    assert not model.training and not any(m.training for m in model.modules())
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
 def test_the_facade_and_config_errors() -> None:
     assert robustlab.evaluate is evaluate
     with pytest.raises(ValueError, match="version 'fast'"):

@@ -218,8 +218,8 @@ def attack_view(model: nn.Module) -> nn.Module:
     if surface.kind == "bpda":
         view: nn.Module = Defended(model.classifier, surface, StraightThrough(model.transform))
         return view
-    if surface.kind == "randomized":
-        return ExpectationOverTransformation(model, surface.eot_samples)
+    if surface.kind == "randomized":  # eval: attacks restore the mode they found
+        return ExpectationOverTransformation(model, surface.eot_samples).eval()
     return model
 
 

@@ -155,8 +155,10 @@ def binarization_test(
         if (scores[:k] >= 0).any() or scores[k] <= 0 or (scores[k + 1 :] >= 0).any():
             continue  # no provable adversarial, or a random point finds it: not a test
         valid += 1
-        real = Readout(model, layer, w, b, mean).to(device)
-        attacked = Readout(view, layer, w, b, mean).to(device)
+        # in eval mode: an attack restores a module's mode after the call, and a readout in
+        # training mode would hand that mode down to the evaluated model (its BatchNorm)
+        real = Readout(model, layer, w, b, mean).to(device).eval()
+        attacked = Readout(view, layer, w, b, mean).to(device).eval()
         target = image[None].to(device)
         adv = APGD(attacked, eps=eps, steps=steps, norm=norm, seed=seed)(  # type: ignore[arg-type]
             target, torch.zeros(1, dtype=torch.long, device=device)

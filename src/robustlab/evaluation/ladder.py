@@ -229,7 +229,9 @@ def climb(ev: Evaluation, rung: Rung, scale: int, *, reason: str) -> bool:
     c, w = ev.config, ev.worst
     suffix = "" if scale == 1 else f"-x{scale}"
     if rung.name == "log-outputs":
-        ev.state.view, ev.state.surface = LogOutputs(ev.state.view), ev.state.surface + "+log"
+        # eval mode, or attacks restoring its mode would put the model in training mode
+        view = LogOutputs(ev.state.view).eval()
+        ev.state.view, ev.state.surface = view, ev.state.surface + "+log"
         xp, _ = ev.probe_set()
         ev.state.checks["probability_outputs"] = C.probability_outputs(ev.state.view, xp)
     elif rung.name == "eot":
@@ -288,7 +290,7 @@ def _eot_checks(ev: Evaluation) -> None:
     """Randomness and instability, judged again on what EOT attacks: the average over
     ``eot`` samples must predict the same class on every pass."""
     xp, yp = ev.probe_set()
-    averaged = ExpectationOverTransformation(ev.model, ev.state.eot)
+    averaged = ExpectationOverTransformation(ev.model, ev.state.eot).eval()
     predictions = [logits_of(averaged, xp).argmax(1) for _ in range(3)]
     changed = int(sum((p != predictions[0]).sum() for p in predictions[1:]))
     ev.state.checks["randomized"] = C.Check(
