@@ -142,7 +142,7 @@ CASES = {
     ),
     "an empty ensemble": (
         lambda t: ["run", _spec(t, TINY_SPEC + "[models.en]\nmembers = []\n")],
-        "an ensemble needs a list of at least two models",
+        "an ensemble needs a list of models",
     ),
     "a protocol's n beyond the experiment's": (
         lambda t: [

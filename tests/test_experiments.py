@@ -167,7 +167,7 @@ def test_demo_spec_for_both_datasets() -> None:
     fashion = demo_spec("fashion-mnist")
     assert set(fashion.models) == {"standard", "defective", "source"}
     assert fashion.models["defective"].defense_text() == "defect bottom:0.1"
-    assert [p.kind for p in fashion.protocols] == ["transfer", "noise"]
+    assert [p.kind for p in fashion.protocols] == ["transfer", "noise", "verdict"]
     digits = demo_spec("digits")
     assert digits.dataset == "digits" and digits.models["standard"].train.pad == 0
     assert digits.models["standard"].train_limit is None

@@ -50,6 +50,7 @@ def test_every_kind_of_part_is_in_its_registry() -> None:
         "strong",
         "transfer",
         "universal",
+        "verdict",
         "whitebox",
     }
 

@@ -2,9 +2,10 @@
 
 A source, a standard and a ``bottom:0.1`` defective ResNet-8 are trained on Fashion-MNIST
 (fetched with its published checksums when it is not installed), FGSM and PGD adversarial
-sets are made once on the source, and the transfer table, the Gaussian-noise curve and the
-HTML report are written under the output folder. Running it again reuses everything it
-finished.
+sets are made once on the source, and the transfer table, the Gaussian-noise curve, the
+verdicts of the standard and the defective model (robust accuracy as an upper bound, with
+the status of its failure checks) and the HTML report are written under the output folder.
+Running it again reuses everything it finished.
 
 Only when Fashion-MNIST can be neither found nor downloaded does the demo fall back to
 scikit-learn's 8×8 digits, says so loudly, and says why its table is no test of the paper.
@@ -104,6 +105,17 @@ def summarize(records: list[Record], dataset: str) -> str:
                     f"{_rate(curves['standard'][level])}   defective "
                     f"{_rate(curves['defective'][level])}"
                 )
+    verdicts = [r for r in records if r["protocol"] == "verdict"]
+    if verdicts:
+        lines.append(
+            f"  verdicts at eps={verdicts[0]['eps']:g}/255 (robust accuracy, an upper bound; "
+            "the status of its failure checks):"
+        )
+    for record in verdicts:
+        deciding = f" ({record['deciding']})" if record["deciding"] else ""
+        lines.append(
+            f"    {record['target']:<18}{_rate(record['robust'])}   {record['status']}{deciding}"
+        )
     if dataset != "fashion-mnist":
         lines += ["", f"WARNING: {DIGITS_CAVEAT} Fix: {FIX}"]
     return "\n".join(lines)

@@ -161,9 +161,15 @@ def load_spec(path: str | Path) -> Spec:
     except tomllib.TOMLDecodeError as err:
         raise RobustlabError(f"{path}: not valid TOML ({err})") from None
     try:
-        return replace(parse_spec(raw, default_name=path.stem), path=str(path))
+        spec = replace(parse_spec(raw, default_name=path.stem), path=str(path))
     except (ValueError, KeyError, TypeError) as err:
         raise RobustlabError(f"{path}: {err}") from None
+    if not spec.protocols:  # a spec file that would train and evaluate nothing
+        raise RobustlabError(
+            f"{path}: the spec has no [[protocols]]: nothing would be evaluated; add one, "
+            'e.g. [[protocols]] type = "noise" (docs/experiments.md lists them)'
+        )
+    return spec
 
 
 def parse_toml(text: str) -> dict[str, Any]:
@@ -225,11 +231,6 @@ def parse_spec(raw: dict[str, Any], default_name: str = "experiment") -> Spec:
         n=n,
     )
     protocols = [parse_protocol(i, p, view) for i, p in enumerate(raw.get("protocols", []))]
-    if not protocols:
-        raise ValueError(
-            "the spec has no [[protocols]]: nothing would be evaluated; add one, e.g. "
-            '[[protocols]] type = "noise" (docs/experiments.md lists them)'
-        )
     return Spec(
         name=str(experiment.get("name", default_name)),
         dataset=dataset,
@@ -246,10 +247,10 @@ def parse_spec(raw: dict[str, Any], default_name: str = "experiment") -> Spec:
 def _model(name: str, defaults: dict[str, Any], entry: dict[str, Any]) -> ModelEntry:
     if "members" in entry:
         members = entry["members"]
-        if not isinstance(members, list) or len(members) < 2:
+        if not isinstance(members, list) or not members:
             raise ValueError(
-                f"[models.{name}] members = {members!r}: an ensemble needs a list of at least "
-                'two models, e.g. members = ["standard", "defective"]'
+                f"[models.{name}] members = {members!r}: an ensemble needs a list of "
+                'models, e.g. members = ["standard", "defective"]'
             )
         return ModelEntry(name=name, members=tuple(members))
     if "base" in entry or any(table in entry for table in DEFENSE_TABLES):

@@ -171,19 +171,25 @@ def spec_attacks(entry: Mapping[str, Any], where: str, spec: SpecView) -> tuple[
 
 
 def count(entry: Mapping[str, Any], field: str, where: str, default: int) -> int:
-    """A positive integer of the table (``default``, unchecked, when absent); the image
-    count ``n`` may not exceed the experiment's (``default``): it would silently be less."""
+    """A positive integer of the table (``default``, unchecked, when absent)."""
     if field not in entry:
         return default
     value = entry[field]
     if type(value) is not int or value < 1:
         raise ValueError(f"{where}: {field} = {value!r} must be a positive integer")
-    if field == "n" and value > default:
+    return value
+
+
+def images(entry: Mapping[str, Any], where: str, spec: SpecView, default: int | None = None) -> int:
+    """The table's ``n`` (``default``: the experiment's): at most the experiment's n, which
+    is all the images there are (more would silently be fewer)."""
+    n = count(entry, "n", where, spec.n if default is None else default)
+    if n > spec.n:
         raise ValueError(
-            f"{where}: n = {value} exceeds the experiment's n = {default}; use n <= {default} "
+            f"{where}: n = {n} exceeds the experiment's n = {spec.n}; use n <= {spec.n} "
             "(or raise [experiment] n)"
         )
-    return value
+    return n
 
 
 def flag_rising_with_eps(cells: list[Record], group: Callable[[Record], Any]) -> list[Record]:

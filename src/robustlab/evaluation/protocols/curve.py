@@ -19,6 +19,7 @@ from robustlab.evaluation.protocols.base import (
     Schema,
     SpecView,
     count,
+    images,
     key,
     names,
 )
@@ -58,7 +59,7 @@ class Curve(Protocol):
             raise ValueError(
                 f"{where}: search_steps = {search_steps!r} must be a positive integer up to 20"
             )
-        steps, n = count(entry, "steps", where, 20), count(entry, "n", where, spec.n)
+        steps, n = count(entry, "steps", where, 20), images(entry, where, spec)
         resolution = eps_max / 2**search_steps
         levels = entry.get("eps", [e for e in DEFAULT_LEVELS if e <= eps_max])
         if (

@@ -16,6 +16,7 @@ from robustlab.evaluation.protocols.base import (
     Schema,
     SpecView,
     count,
+    images,
     key,
     names,
 )
@@ -42,7 +43,7 @@ class Decision(Protocol):
     @classmethod
     def parse(cls, entry: Mapping[str, Any], where: str, spec: SpecView) -> Decision:
         params = {k: count(entry, k, where, 0) for k in PARAMS if k in entry}
-        n = count(entry, "n", where, min(spec.n, 100))
+        n = images(entry, where, spec, min(spec.n, 100))
         return cls(names(entry, "models", where), params, n, entry.get("name"))
 
     def cells(self, ctx: Context) -> Iterator[Record]:

@@ -16,8 +16,8 @@ from robustlab.evaluation.protocols.base import (
     Record,
     Schema,
     SpecView,
-    count,
     flag_rising_with_eps,
+    images,
     key,
     names,
 )
@@ -61,7 +61,7 @@ class Strong(Protocol):
                 "e.g. eps = 8 or eps = [2, 4, 8]"
             )
         models = names(entry, "models", where)
-        n = min(count(entry, "n", where, spec.n), spec.n)
+        n = images(entry, where, spec)
         budgets = {k: entry[k] for k in BUDGETS if k in entry}
         attacks = tuple(entry.get("attacks", STANDARD_ATTACKS))
         try:

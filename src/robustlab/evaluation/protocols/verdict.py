@@ -25,7 +25,7 @@ from robustlab.evaluation.protocols.base import (
     Record,
     Schema,
     SpecView,
-    count,
+    images,
     key,
     names,
 )
@@ -70,7 +70,7 @@ class VerdictProtocol(Protocol):
             config = EvaluationConfig(eps=radius, norm=norm, **options)
         except (ValueError, TypeError) as err:
             raise ValueError(f"{where}: {err}") from None
-        n = min(count(entry, "n", where, spec.n), spec.n)
+        n = images(entry, where, spec)
         return cls(names(entry, "models", where), float(eps), config, n, entry.get("name"))
 
     def cells(self, ctx: Context) -> Iterator[Record]:
