@@ -43,25 +43,23 @@ def _finite(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer, e.g. 16")
-    return value
+def _integer(minimum: int, kind: str, example: int) -> Callable[[str], int]:
+    """An integer option of at least ``minimum`` (an argparse ``type=``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be a {kind} integer, e.g. {example}")
+        return value
+
+    return parse
 
 
-def _natural(text: str) -> int:
-    """A non-negative integer option: seeds, padding, class indices."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a non-negative integer, e.g. 0")
-    return value
+_positive = _integer(1, "positive", 16)  # counts: images, steps, epochs, batch sizes
+_natural = _integer(0, "non-negative", 0)  # seeds, class indices
 
 
 def _milestones(text: str) -> tuple[int, ...]:
