@@ -61,9 +61,8 @@ class EvaluationConfig:
         check_radius(self.eps, self.norm)
         check_choice("version", self.version, tuple(VERSIONS))
         check_choice("budget", self.budget, BUDGETS)
-        for name in ("steps", "restarts", "target_classes", "queries", "eot_samples"):
-            check_steps(name, getattr(self, name))
-        for name in ("passes", "probe", "full_queries"):
+        counts = ("steps", "restarts", "target_classes", "queries", "eot_samples", "passes")
+        for name in (*counts, "probe", "full_queries"):
             check_steps(name, getattr(self, name))
 
     def budgets(self, scale: int = 1) -> dict[str, int]:

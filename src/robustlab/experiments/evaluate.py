@@ -22,8 +22,9 @@ from robustlab.data.datasets import Dataset
 from robustlab.evaluation.escalation import Evaluation
 from robustlab.evaluation.verdict import EvaluationConfig, Verdict
 from robustlab.experiments.jobs import resolve_device
-from robustlab.io import RobustlabError, read_json, under, write_json, writes_output
+from robustlab.io import RobustlabError, atomic_write, read_json, under, write_json, writes_output
 from robustlab.models.external import build_external, is_external, load_weights
+from robustlab.report.robustbench import check_card
 from robustlab.report.verdict_page import verdict_card, verdict_page
 from robustlab.runs import load, read_meta
 from robustlab.version import __version__
@@ -130,10 +131,13 @@ def evaluate_model(
     )
     verdict = evaluation.run()
     record = {**verdict.to_dict(), "plan": plan, "command": command}
+    card = verdict_card(verdict, plan)
+    check_card(card)  # the RobustBench fields, as for the cards of `robustlab run`
     write_json(out / "verdict.json", record)
-    write_json(out / "card.json", verdict_card(verdict, plan))
+    write_json(out / "card.json", card)
     if report:
-        (out / "report.html").write_text(verdict_page(verdict, plan, command))
+        with atomic_write(out / "report.html", "w") as handle:
+            handle.write(verdict_page(verdict, plan, command))
     return verdict
 
 
