@@ -186,7 +186,7 @@ def recheck(ev: Evaluation) -> None:
     """The checks that compare attacks: which kind broke which images, and the last loss trace."""
     w, checks = ev.worst, ev.state.checks
     white, single, black = w.by("white"), w.by("single"), w.by("black")
-    squares = [m for name, m in w.broke.items() if name.startswith(("square", "square-full"))]
+    squares = [m for name, m in w.broke.items() if name.startswith("square")]  # square-full too
     square = torch.stack(squares).any(0) if squares else torch.zeros_like(w.correct)
     extra = int((square & ~(white | single)).sum())
     counts = {"gradient attacks": int((white | single).sum()), "square": extra}
