@@ -73,7 +73,16 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-TIMING = ("seconds", "command", "ms_per_image", "cost_ratio")
+# wall-clock measurements and what was counted with them (seconds and memory in each cost)
+TIMING = (
+    "seconds",
+    "command",
+    "ms_per_image",
+    "cost_ratio",
+    "cost",
+    "cost_by_attack",
+    "cost_by_model",
+)
 
 
 def without_timing(records: list[dict]) -> list[dict]:

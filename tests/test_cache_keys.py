@@ -3,7 +3,9 @@ defense and result cell of ``specs/three-defenses*.toml`` keeps its name, so exi
 directories are reused as they are (nothing recomputes after a refactor).
 
 ``tests/golden/keys-*.json`` were captured with the executor before the protocol modules
-existed (commit ce718ba); the keys are hashes of configs, the same on every CPU. The run is
+existed (commit ce718ba); the keys are hashes of configs, the same on every CPU. Changed by
+design since: the 11 summary cells (they now count network passes per image, so their key
+gained "passes" and older summary cells are recomputed, in seconds). The run is
 planned, not carried out: cells and models are stubbed, only their keys are recorded.
 """
 
@@ -29,7 +31,7 @@ def _planned_keys(spec_name: str, out: Path, monkeypatch: pytest.MonkeyPatch) ->
 
     def record(self: executor.Executor, key: list[Any], compute: Any) -> dict[str, Any]:
         records.append(config_hash(key))
-        fake: dict[str, Any] = {"accuracy": {"hits": 0}, "attack": "a", "params": {}}
+        fake: dict[str, Any] = {"accuracy": {"hits": 0}, "attack": "a", "params": {}, "cost": {}}
         if key[0] == "curve":
             fake["rates"] = [None] * len(key[5])  # one rate per level
         return fake

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from robustlab.defenses.csc import (
     CBPDNOptions,
@@ -250,3 +251,74 @@ def test_purifier_gradients_bpda_identity_and_unrolled(device: torch.device) -> 
     (grad,) = torch.autograd.grad((unrolled(images) * weights).sum(), images)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert not torch.allclose(grad, weights)
+
+
+def _warm_purifier(**kwargs: object) -> CSCPurifier:
+    """Float64 solves that meet the tolerance (a fixed ρ converges on these textures)."""
+    filters = random_dictionary(6, 1, 5, seed=0).double()
+    options = CBPDNOptions(max_iter=300, rel_tol=1e-3, auto_rho=False)
+    return CSCPurifier(filters, lmbda=0.05, options=options, **kwargs)  # type: ignore[arg-type]
+
+
+def test_warm_start_solves_a_moved_image_in_fewer_iterations_within_tolerance() -> None:
+    images = _textures(6).double()
+    moved = images.clone()
+    moved[:, :, 4:7, 4:7] += 0.02  # a Square-like change of a few pixels
+    cold = _warm_purifier()
+    with torch.no_grad():
+        reference = cold(moved)
+        cold_iterations = cold.counts.iterations
+        warm = _warm_purifier()
+        with warm.warm_start():
+            warm(images)  # the earlier solves of the same images
+            before = warm.counts.iterations
+            result = warm(moved)
+    warm_iterations = warm.counts.iterations - before
+    assert warm.counts.warm_solves == 6 and warm_iterations < 0.5 * cold_iterations
+    # ADMM converges from any start: the same solution, within the stopping tolerance
+    torch.testing.assert_close(result, reference, rtol=0, atol=5e-3)
+    assert (result - reference).abs().mean() < 5e-4
+
+
+def test_warm_starts_are_scoped_remember_only_converged_solves_and_skip_autograd() -> None:
+    images = _textures(4).double()
+    purifier = _warm_purifier()
+    with torch.no_grad():
+        purifier(images)
+        purifier(images)  # outside warm_start(): every solve is cold
+        assert purifier.counts.warm_solves == 0
+        with purifier.warm_start():
+            purifier(images)
+            purifier(images)
+        assert purifier.counts.warm_solves == 4
+        purifier(images)  # the memory went with the block
+        assert purifier.counts.warm_solves == 4
+    capped = CSCPurifier(
+        random_dictionary(6, 1, 5, seed=0).double(),
+        lmbda=0.05,
+        options=CBPDNOptions(max_iter=2, auto_rho=False),
+    )
+    with torch.no_grad(), capped.warm_start():
+        capped(images)
+        capped(images)  # a solve stopped by max_iter is no solution to start from
+    assert capped.counts.warm_solves == 0
+    unrolled = _warm_purifier()
+    with unrolled.warm_start():
+        unrolled(images)
+        unrolled(images.clone().requires_grad_(True))  # differentiated: the exact, cold solve
+    assert unrolled.counts.warm_solves == 0
+    with pytest.raises(ValueError, match="warm_capacity"):
+        _warm_purifier(warm_capacity=-1)
+
+
+def test_attacks_warm_start_the_purifier_and_stay_deterministic() -> None:
+    from robustlab.attacks.registry import build
+
+    torch.manual_seed(0)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(256, 3)).double().eval()
+    model = nn.Sequential(_warm_purifier(), classifier)
+    x, y = _textures(4).double(), torch.tensor([0, 1, 2, 0])
+    square = build("square", model, eps=8 / 255, queries=30, seed=3)
+    first, second = square(x, y), square(x, y)
+    assert model[0].counts.warm_solves > 0  # the attack's queries started warm
+    torch.testing.assert_close(first, second, rtol=0, atol=0)

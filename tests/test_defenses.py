@@ -113,6 +113,12 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
         for r in strong
     )
     assert len(list((results / "strong").glob("*/square.safetensors"))) == len(strong)
+    for r in strong:  # counted per attack: APGD differentiates, Square queries
+        assert r["cost"]["forward"] > 0 and r["cost"]["seconds"] > 0
+        by_attack = r["cost_by_attack"]
+        assert by_attack["apgd-ce"]["backward"] > 0 and by_attack["square"]["backward"] == 0
+        assert r["cost"]["forward"] >= sum(c["forward"] for c in by_attack.values())
+    assert [r["protocol"] for r in records if "cost" not in r] == []
     jpeg_whitebox = next(
         r for r in records if r["protocol"] == "whitebox" and r["target"] == "jpeg"
     )
@@ -130,6 +136,9 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
     assert set(cards) == {r["target"] for r in records if r["protocol"] == "summary"}
     for card in cards.values():
         check_card(card)  # every documented field, with its type
+    passes = {r["target"]: r["passes_per_image"] for r in records if r["protocol"] == "summary"}
+    assert passes["standard"] == 1 and passes["csc"] == 1  # counted: one network pass each
+    assert all(cards[name]["number_forward_passes"] == round(p) for name, p in passes.items())
     assert cards["jpeg"]["architecture"] == "jpeg on lenet" and cards["jpeg"]["eps"] == "16/255"
     strong_jpeg = next(r for r in strong if r["target"] == "jpeg" and r["headline"])
     assert cards["jpeg"]["autoattack_acc"] == f"{100 * strong_jpeg['accuracy']['rate']:.2f}"

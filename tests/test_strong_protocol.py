@@ -67,8 +67,14 @@ def test_stopped_runs_continue_from_the_flags_on_disk(batch, tmp_path: Path, mon
     monkeypatch.setattr(strong, "attack_in_batches", logged)
     again = strong_attack(model, x, y, CONFIG, store=tmp_path)
     assert first.after["apgd-t"].hits > 0  # so Square has images to attack
-    assert calls == ["square"]  # APGD-CE and APGD-T are read back
-    assert again.to_dict() == first.to_dict()
+    assert calls == ["square"]  # APGD-CE and APGD-T are read back, with what they cost
+    recomputed, read_back = again.to_dict(), first.to_dict()
+    for name in ("apgd-ce", "apgd-t"):
+        assert recomputed["cost_by_attack"][name] == read_back["cost_by_attack"][name]
+    assert recomputed["cost_by_attack"]["apgd-ce"]["backward"] > 0  # counted, not estimated
+    square = (recomputed["cost_by_attack"].pop("square"), read_back["cost_by_attack"].pop("square"))
+    assert square[0]["forward"] == square[1]["forward"]  # the same passes, other seconds
+    assert recomputed == read_back
     other = StrongConfig(eps=16 / 255, steps=10, target_classes=3, queries=100)
     calls.clear()
     strong_attack(model, x, y, other, store=tmp_path)  # other settings: the files do not count

@@ -193,6 +193,11 @@ def test_a_resumed_evaluation_reuses_every_step_and_gives_the_same_verdict(
     again = evaluate(Softmaxed(model), x, y, eps=0.1, store=tmp_path, **SMALL)
     strip = lambda v: {**v.to_dict(), "steps": [s.name for s in v.steps]}  # noqa: E731
     assert strip(again) == strip(first)
+    # each step's counted cost is kept with it and read back, not measured again as zero
+    assert [s.cost for s in again.steps] == [s.cost for s in first.steps]
+    attacked = [s for s in first.steps if s.attacked]
+    assert attacked and all(s.cost["forward"] >= s.attacked for s in attacked)
+    assert any(s.cost["backward"] > 0 for s in attacked)
 
 
 def test_a_model_that_gets_nothing_right_has_an_exact_zero(digits) -> None:

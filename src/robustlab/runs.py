@@ -17,6 +17,7 @@ from torch import nn
 from robustlab.assemble import create
 from robustlab.io import RobustlabError, load_tensors, read_json, save_tensors, write_json
 from robustlab.models.config import ModelConfig
+from robustlab.models.cost import count_passes
 from robustlab.version import __version__
 
 MODEL_FILE = "model.safetensors"
@@ -109,7 +110,7 @@ def load(
     except RuntimeError as err:
         first = str(err).splitlines()[0]
         raise RobustlabError(f"{run_dir}: weights do not match meta.json ({first})") from None
-    return model.to(device).eval()
+    return count_passes(model.to(device).eval())
 
 
 def check_weights(tensors: dict[str, torch.Tensor], model: nn.Module, where: Path) -> None:

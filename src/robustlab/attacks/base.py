@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.models.base import frozen
+from robustlab.models.base import frozen, warm_started
+from robustlab.models.cost import add_queries, paused
 from robustlab.registry import Registry
 
 
@@ -80,11 +81,13 @@ class Attack(ABC):
     ) -> AttackResult:
         """Like calling the attack, with per-example extras (query counts) in the result."""
         seed = self.seed if seed is None else int(seed)
-        with frozen(self.model):
+        with frozen(self.model), warm_started(self.model):
             self._check_inputs(x, y, target)
             generator = torch.Generator(device=x.device).manual_seed(seed)
             result = self._run(x.detach(), y, target, generator)
         result.adv = result.adv.detach()
+        if result.queries is not None:  # score-based: the meters count its queries too
+            add_queries(int(result.queries.clamp_min(0).sum()))
         return result
 
     @abstractmethod
@@ -140,7 +143,7 @@ class Attack(ABC):
                 continue
             if labels.shape != (len(x),) or labels.dtype.is_floating_point:
                 raise ValueError(f"{name} must be integers of shape ({len(x)},)")
-            with torch.no_grad():
+            with torch.no_grad(), paused():  # validating the input is no pass of the attack
                 classes = int(self.model(x[:1]).shape[1])
             if len(labels) and (labels.min() < 0 or labels.max() >= classes):
                 raise ValueError(f"{name} must be in 0..{classes - 1} for this model")

@@ -77,6 +77,8 @@ def _check_type(where: str, key: str, value: Any, annotation: Any) -> None:
         raise ValueError(f"{where}: {key} must be a number, got {value!r}")
     if text == "int" and (not isinstance(value, int) or isinstance(value, bool)):
         raise ValueError(f"{where}: {key} must be an integer, got {value!r}")
+    if text == "bool" and not isinstance(value, bool):
+        raise ValueError(f"{where}: {key} must be true or false, got {value!r}")
     if text == "str" and not isinstance(value, str):
         raise ValueError(f"{where}: {key} must be a string, got {value!r}")
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks.apgd import APGD
-from robustlab.evaluation.checks import Check
+from robustlab.evaluation.checks import Check, metered
 from robustlab.models.base import frozen, model_device
 
 ZIMMERMANN = "Zimmermann et al. 2022, Increasing Confidence in Adversarial Robustness Evaluations"
@@ -120,6 +120,7 @@ def _fit(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, fl
     return (w / std).detach(), float(b.detach()), mean
 
 
+@metered
 def binarization_test(
     model: nn.Module,
     view: nn.Module,
@@ -173,6 +174,4 @@ def binarization_test(
         ZIMMERMANN,
         "the attack misses adversarials that exist: more steps and restarts, another loss, "
         "or a better gradient path",
-        forwards=len(x) * (points + count + 2) + valid * (steps + 2),
-        backwards=valid * (steps + 1),
     )

@@ -21,8 +21,9 @@ Sources:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from torch import nn
 
 from robustlab.evaluation.adaptive import logits_of, zero_gradient_share
 from robustlab.models.base import frozen, model_device, predict
+from robustlab.models.cost import Meter, counted
 
 AUTOATTACK = "Croce & Hein 2020 (AutoAttack), checks"
 PINTOR = "Pintor et al. 2022, Indicators of Attack Failure"
@@ -46,7 +48,7 @@ class Check:
     evidence: Mapping[str, float | int | str]
     source: str
     remedy: str  # what to try when it fires
-    forwards: int = 0  # forward passes of one image each
+    forwards: int = 0  # passes of one image each, counted (robustlab.models.cost)
     backwards: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,9 +63,22 @@ class Check:
         }
 
 
+def metered(check: Callable[..., Check]) -> Callable[..., Check]:
+    """A check on a model whose ``forwards``/``backwards`` are the passes it ran, counted."""
+
+    @functools.wraps(check)
+    def run(model: nn.Module, *args: Any, **kwargs: Any) -> Check:
+        with Meter() as cost:
+            found = check(counted(model), *args, **kwargs)
+        return replace(found, forwards=cost.forward, backwards=cost.backward)
+
+    return run
+
+
 # AutoAttack's checks ---------------------------------------------------------------------------
 
 
+@metered
 @torch.no_grad()
 def randomized(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, passes: int = 5, tolerance: float = 1e-4
@@ -81,10 +96,10 @@ def randomized(
         {"correct_per_pass": ",".join(map(str, correct)), "max_logit_change": spread},
         AUTOATTACK,
         "attack with EOT over 20 samples (version 'rand') and score by majority over passes",
-        forwards=passes * len(x),
     )
 
 
+@metered
 @torch.no_grad()
 def probability_outputs(model: nn.Module, x: torch.Tensor, *, tolerance: float = 1e-5) -> Check:
     """Outputs in [0, 1] that sum to 1: the model returns probabilities, not logits, and
@@ -105,10 +120,10 @@ def probability_outputs(model: nn.Module, x: torch.Tensor, *, tolerance: float =
         },
         AUTOATTACK,
         "attack the logits: remove the final softmax (or take its log)",
-        forwards=len(x),
     )
 
 
+@metered
 def zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Check:
     """Correctly classified images whose input gradient of the cross-entropy is all zero:
     a gradient attack has nothing to follow there (masked or shattered gradients)."""
@@ -121,8 +136,6 @@ def zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Check:
         AUTOATTACK,
         "attack through the defense's declared surface (BPDA), transfer from the undefended "
         "base, or a score-based attack (Square, 5,000 queries)",
-        forwards=len(x) + int(right.sum()),
-        backwards=int(right.sum()),
     )
 
 
@@ -169,6 +182,7 @@ def _counting_autograd() -> Iterator[_Counter]:
         torch.Tensor.backward = originals[2]  # type: ignore[method-assign]
 
 
+@metered
 def optimises_at_test_time(model: nn.Module, x: torch.Tensor) -> Check:
     """A forward pass that itself differentiates (calls ``backward`` or ``autograd.grad``):
     a dynamic defense that optimises at test time, which fixed attacks underestimate."""
@@ -181,7 +195,6 @@ def optimises_at_test_time(model: nn.Module, x: torch.Tensor) -> Check:
         AUTOATTACK,
         "an adaptive attack on the whole test-time procedure (Tramèr et al. 2020), e.g. "
         "through its unrolled optimisation",
-        forwards=1,
     )
 
 
@@ -209,6 +222,7 @@ def number_of_classes(classes: int, *, attacks: Sequence[str], target_classes: i
 # Pintor et al.'s indicators --------------------------------------------------------------------
 
 
+@metered
 def unavailable_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Check:
     """No usable input gradient: backpropagation raises, does not reach the input
     (a non-differentiable step breaks the graph), or is all zero for some image."""
@@ -231,11 +245,10 @@ def unavailable_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
         {"reason": reason},
         PINTOR,
         "BPDA through the non-differentiable part, or a score-based attack",
-        forwards=1 + (zero.forwards if zero else 0),
-        backwards=1 + (zero.backwards if zero else 0),
     )
 
 
+@metered
 @torch.no_grad()
 def unstable_predictions(
     model: nn.Module,
@@ -268,7 +281,6 @@ def unstable_predictions(
         {"mean_relative_loss_change": metric, "radius": radius, "samples": samples},
         PINTOR,
         "average the gradients over noise (EOT), or smooth the loss",
-        forwards=(samples + 1) * len(x),
     )
 
 

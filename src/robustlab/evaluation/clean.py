@@ -11,6 +11,7 @@ from torch import nn
 from robustlab.defenses.base import added_parameters
 from robustlab.evaluation.stats import Rate
 from robustlab.models.base import accuracy, eval_mode, model_device, predict
+from robustlab.models.cost import Meter, counted
 
 __all__ = ["accuracy", "model_device", "predict"]
 
@@ -26,14 +27,26 @@ def ms_per_image(model: nn.Module, x: torch.Tensor, count: int = 64) -> float:
         return 1000 * (time.perf_counter() - start) / max(1, len(batch))
 
 
+def passes_per_image(model: nn.Module, x: torch.Tensor, count: int = 16) -> float:
+    """Network passes per predicted image, counted (:mod:`robustlab.models.cost`): 1 for a
+    plain model, the EOT samples of a randomized defense, the members of an ensemble."""
+    batch = x[:count]
+    with Meter() as cost:
+        predict(model, batch)
+    return cost.forward / max(1, len(batch))
+
+
 def summary(model: nn.Module, base: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     """The comparison table's own cell of a model: clean accuracy on ``x``, inference cost
-    (ms/image and its ratio to the undefended ``base``) and the parameters a defense adds."""
+    (ms/image and network passes per image, each with its ratio to the undefended ``base``)
+    and the parameters a defense adds."""
     clean = Rate(int((predict(model, x) == y.cpu()).sum()), len(y))
-    ms = ms_per_image(model, x)
+    ms, passes = ms_per_image(model, x), passes_per_image(counted(model), x)
     return {
         "clean_accuracy": clean.to_dict(),
         "ms_per_image": ms,
         "cost_ratio": ms / ms_per_image(base, x) if base is not model else None,
+        "passes_per_image": passes,
+        "passes_ratio": passes / passes_per_image(counted(base), x) if base is not model else None,
         "added_parameters": added_parameters(model, base),
     }

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,6 +43,7 @@ from robustlab.evaluation.strong import VERSIONS, attack_params
 from robustlab.evaluation.verdict import EvaluationConfig, Step, Verdict, decide
 from robustlab.evaluation.worst_case import Role, WorstCase
 from robustlab.io import config_hash, load_tensors, save_tensors
+from robustlab.models.cost import Meter, counted
 from robustlab.seeding import derive_seed
 
 
@@ -80,8 +80,10 @@ class Evaluation:
         store: Path | None = None,
         quiet: bool = True,
     ) -> None:
-        self.model, self.x, self.y, self.config = model, x.cpu(), y.cpu(), config
-        self.base, self.seed, self.store, self.quiet = base, seed, store, quiet
+        # a user's networks count their passes too (robustlab.models.cost)
+        self.model, self.x, self.y, self.config = counted(model), x.cpu(), y.cpu(), config
+        self.base = counted(base) if base is not None else None
+        self.seed, self.store, self.quiet = seed, store, quiet
         clean = logits_of(model, self.x)
         self.classes = int(clean.shape[1])
         self.worst = WorstCase(clean.argmax(1) == self.y)
@@ -114,25 +116,14 @@ class Evaluation:
         meta = {"name": name, "kind": kind, "params": params, "on": on, "n": self.worst.n}
         meta |= {"todo": config_hash(todo.nonzero().flatten().tolist()), "seed": self.seed}
         meta |= {"passes": self.state.passes, "surface": self.state.surface}
-        started = time.perf_counter()
-        saved = self._load(name, meta)
-        if saved is None:
-            index = todo.nonzero().flatten()
-            target = {"view": self.state.view, "model": self.model, "base": self.base}[on]
-            if target is None:
-                raise ValueError(f"step {name!r} needs the undefended base model; pass base=")
-            out = (run or self._batched(kind, params))(target, index)
-            saved = {"broken": torch.zeros_like(self.worst.correct)}
-            saved["broken"][index] = self._misclassified(out["adv"], self.y[index])
-            if role == "black":
-                saved["points"] = self.x.clone()
-                saved["points"][index] = out["adv"].to(self.x)
-            if "trace" in out:
-                saved["success"] = torch.zeros_like(self.worst.correct)
-                saved["success"][index] = out["success"].bool()
-                saved["trace"] = torch.full((self.worst.n, out["trace"].shape[1]), math.nan)
-                saved["trace"][index] = out["trace"].float()
-            self._save(name, meta, saved)
+        loaded = self._load(name, meta)
+        if loaded is None:
+            with Meter() as measured:
+                saved = self._compute(todo, on, role, run or self._batched(kind, params))
+            cost = measured.to_dict()
+            self._save(name, meta, saved, cost)
+        else:
+            saved, cost = loaded
         self.results[name] = saved
         if "trace" in saved and counted:
             self.state.traced = name
@@ -148,9 +139,10 @@ class Evaluation:
             broke=int((broken & self.worst.correct).sum()),
             new=new,
             robust_after=int(self.worst.robust.sum()),
-            seconds=time.perf_counter() - started,
+            seconds=float(cost["seconds"]),
             params=params,
             counted=counted,
+            cost=cost,
         )
         self.steps.append(step)
         if not self.quiet:
@@ -160,6 +152,27 @@ class Evaluation:
                 file=sys.stderr,
             )
         return step
+
+    def _compute(
+        self, todo: torch.Tensor, on: str, role: Role, run: Runner
+    ) -> dict[str, torch.Tensor]:
+        """Attack the images ``todo`` of the model ``on`` names and score the adversarials."""
+        index = todo.nonzero().flatten()
+        target = {"view": self.state.view, "model": self.model, "base": self.base}[on]
+        if target is None:
+            raise ValueError(f"a step on {on!r} needs the undefended base model; pass base=")
+        out = run(target, index)
+        saved = {"broken": torch.zeros_like(self.worst.correct)}
+        saved["broken"][index] = self._misclassified(out["adv"], self.y[index])
+        if role == "black":
+            saved["points"] = self.x.clone()
+            saved["points"][index] = out["adv"].to(self.x)
+        if "trace" in out:
+            saved["success"] = torch.zeros_like(self.worst.correct)
+            saved["success"][index] = out["success"].bool()
+            saved["trace"] = torch.full((self.worst.n, out["trace"].shape[1]), math.nan)
+            saved["trace"][index] = out["trace"].float()
+        return saved
 
     def _batched(self, kind: str, params: dict[str, Any]) -> Runner:
         def run(target: nn.Module, index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -186,25 +199,39 @@ class Evaluation:
         safe = name.replace(":", "_")  # step names are ours: letters, digits, - and :
         return None if self.store is None else self.store / f"{len(self.steps):02d}-{safe}.st"
 
-    def _load(self, name: str, meta: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    def _load(
+        self, name: str, meta: dict[str, Any]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """A step finished by an earlier run of this plan, and what it cost then."""
         path = self._path(name)
         if path is None or not path.is_file():
             return None
         tensors, saved = load_tensors(path)
-        if saved != {"key": config_hash(meta)}:
+        cost = saved.get("cost")
+        if (
+            saved.get("key") != config_hash(meta)
+            or not isinstance(cost, dict)
+            or not _is_cost(cost)
+        ):
             return None  # another plan's step (the store's key should prevent it): recompute
         for key in ("broken", "success"):
             if key in tensors:
                 tensors[key] = tensors[key].bool()
-        return tensors
+        return tensors, cost
 
-    def _save(self, name: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    def _save(
+        self,
+        name: str,
+        meta: dict[str, Any],
+        tensors: dict[str, torch.Tensor],
+        cost: dict[str, Any],
+    ) -> None:
         path = self._path(name)
         if path is not None:
             stored = {
                 k: v.to(torch.uint8) if v.dtype == torch.bool else v for k, v in tensors.items()
             }
-            save_tensors(path, stored, {"key": config_hash(meta)})
+            save_tensors(path, stored, {"key": config_hash(meta), "cost": cost})
 
     # -- the plan ---------------------------------------------------------------------
 
@@ -296,6 +323,14 @@ class Evaluation:
         self.state.checks = {check.name: check for check in found}
         if not asked.passed:
             self.state.targets = targets
+
+
+def _is_cost(cost: dict[str, Any]) -> bool:
+    """A step file's cost: counts and seconds as numbers (files are data: checked)."""
+    return all(
+        isinstance(cost.get(k), int | float) and math.isfinite(cost[k]) and cost[k] >= 0
+        for k in ("forward", "backward", "queries", "seconds")
+    )
 
 
 def evaluate(

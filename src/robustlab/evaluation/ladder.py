@@ -23,6 +23,7 @@ from robustlab.evaluation.adaptive import BATCH, logits_of
 from robustlab.evaluation.binarization import binarization_test
 from robustlab.evaluation.strong import attack_params
 from robustlab.models.base import model_device
+from robustlab.models.cost import Meter, counted
 from robustlab.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -290,8 +291,9 @@ def _eot_checks(ev: Evaluation) -> None:
     """Randomness and instability, judged again on what EOT attacks: the average over
     ``eot`` samples must predict the same class on every pass."""
     xp, yp = ev.probe_set()
-    averaged = ExpectationOverTransformation(ev.model, ev.state.eot).eval()
-    predictions = [logits_of(averaged, xp).argmax(1) for _ in range(3)]
+    averaged = ExpectationOverTransformation(counted(ev.model), ev.state.eot).eval()
+    with Meter() as cost:
+        predictions = [logits_of(averaged, xp).argmax(1) for _ in range(3)]
     changed = int(sum((p != predictions[0]).sum() for p in predictions[1:]))
     ev.state.checks["randomized"] = C.Check(
         "randomized",
@@ -299,7 +301,7 @@ def _eot_checks(ev: Evaluation) -> None:
         {"eot_samples": ev.state.eot, "passes": ev.state.passes, "changed_predictions": changed},
         C.AUTOATTACK,
         "more EOT samples (a larger budget), or attack the randomness explicitly",
-        forwards=3 * ev.state.eot * len(xp),
+        forwards=cost.forward,
     )
     ev.state.checks["unstable_predictions"] = C.unstable_predictions(
         averaged, xp, yp, radius=ev.neighbourhood(), seed=ev.seed

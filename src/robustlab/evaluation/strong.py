@@ -39,6 +39,7 @@ from robustlab.evaluation.adaptive import BATCH, gradient_checks
 from robustlab.evaluation.stats import Rate
 from robustlab.io import load_tensors, save_tensors
 from robustlab.models.base import predict
+from robustlab.models.cost import Meter, counted
 
 # the spec protocol's default (AutoAttack's standard version before FAB-T existed here: the
 # default stays, so that the shipped specs' cache keys do; ``attacks`` may name FAB-T)
@@ -118,6 +119,7 @@ class StrongResult:
     zero_gradient_share: float
     randomized: bool
     flags: list[str] = field(default_factory=list)
+    cost: dict[str, dict[str, Any]] = field(default_factory=dict)  # per attack (models.cost)
 
     @property
     def accuracy(self) -> Rate:
@@ -132,6 +134,7 @@ class StrongResult:
             "zero_gradient_share": self.zero_gradient_share,
             "randomized": self.randomized,
             "flags": list(self.flags),
+            "cost_by_attack": dict(self.cost),
         }
 
 
@@ -145,23 +148,28 @@ def strong_attack(
     store: Path | None = None,
 ) -> StrongResult:
     """Run ``config.attacks`` in order on ``model`` (module docstring); resumable via ``store``."""
-    labels = y.cpu()
+    labels, model = y.cpu(), counted(model)  # a user's network counts its passes too
     clean_pred = predict(model, x)
     robust = clean_pred == labels
     clean = Rate(int(robust.sum()), len(labels))
     after: dict[str, Rate] = {}
     broken: dict[str, int] = {}
+    costs: dict[str, dict[str, Any]] = {}
     for name in config.attacks:
         path = store / f"{name}.safetensors" if store is not None else None
-        still = _load_flags(path, config, name, len(labels))
-        if still is None:
+        loaded = _load_flags(path, config, name, len(labels))
+        if loaded is None:
             still = robust.clone()
             todo = robust.nonzero().squeeze(1)
-            if len(todo):
-                still[todo] = _survivors(model, x[todo], y[todo], config, name, seed)
+            with Meter() as cost:
+                if len(todo):
+                    still[todo] = _survivors(model, x[todo], y[todo], config, name, seed)
+            costs[name] = cost.to_dict()
             if path is not None:
                 meta = {"attack": name, "config": config.to_dict(), "n": len(labels)}
-                save_tensors(path, {"robust": still.to(torch.uint8)}, meta)
+                save_tensors(path, {"robust": still.to(torch.uint8)}, {**meta, "cost": costs[name]})
+        else:
+            still, costs[name] = loaded
         broken[name] = int((robust & ~still).sum())
         robust = robust & still
         after[name] = Rate(int(robust.sum()), len(labels))
@@ -169,7 +177,9 @@ def strong_attack(
     flags = checks.flags
     if "square" in config.attacks and config.attacks.index("square") > 0 and broken["square"]:
         flags.append("square_beats_gradients")
-    return StrongResult(clean, after, broken, checks.zero_gradient_share, checks.randomized, flags)
+    return StrongResult(
+        clean, after, broken, checks.zero_gradient_share, checks.randomized, flags, costs
+    )
 
 
 def _survivors(
@@ -183,15 +193,19 @@ def _survivors(
     return survived
 
 
-def _load_flags(path: Path | None, config: StrongConfig, name: str, n: int) -> torch.Tensor | None:
-    """Robust flags saved by an earlier, interrupted run of the same cell (None if absent)."""
+def _load_flags(
+    path: Path | None, config: StrongConfig, name: str, n: int
+) -> tuple[torch.Tensor, dict[str, Any]] | None:
+    """Robust flags saved by an earlier, interrupted run of the same cell and what they cost
+    (None if absent)."""
     if path is None or not path.is_file():
         return None
     tensors, meta = load_tensors(path)
     expected = {"attack": name, "config": config.to_dict(), "n": n}
-    if meta != _jsonable(expected):
+    cost = meta.pop("cost", None)
+    if meta != _jsonable(expected) or not isinstance(cost, dict):
         return None  # made with other settings: recompute (the caller's key should prevent it)
-    return tensors["robust"].bool()
+    return tensors["robust"].bool(), cost
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:

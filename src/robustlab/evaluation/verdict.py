@@ -16,7 +16,7 @@ Its :class:`Verdict` says which:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from robustlab.attacks.base import check_choice, check_radius, check_steps
@@ -100,9 +100,10 @@ class Step:
     seconds: float
     params: Mapping[str, Any]
     counted: bool = True  # False: outside the threat model (ε = 1 probe), not a worst case
+    cost: Mapping[str, Any] = field(default_factory=dict)  # passes, queries, seconds, memory
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "params": dict(self.params)}
+        return {**asdict(self), "params": dict(self.params), "cost": dict(self.cost)}
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from robustlab.io import (
     write_json,
     writes_output,
 )
+from robustlab.models.cost import Meter, paused
 from robustlab.models.external import is_external, trusting
 from robustlab.report.records import check_record
 from robustlab.report.robustbench import model_card, write_cards
@@ -179,7 +180,8 @@ class Executor:
         key = config_hash([[r.name for r in runs], attack, params, self.spec.n, self.spec.seed])
         path = self.out / "advs" / f"{key}.npz"
         if not path.is_file():
-            with self.timings.timed("adversarial set", path.stem):
+            # made once for every cell that reads it: its cost is its timing line, not theirs
+            with self.timings.timed("adversarial set", path.stem), paused():
                 make_adversarial_set(
                     sources=runs,
                     attack=attack,
@@ -207,7 +209,7 @@ class Executor:
             images, _ = subset.tensors()
             params = to_unit({**options, "xi": xi})
             view = attack_view(self.model(victim))
-            with self.timings.timed("universal", path.stem):
+            with self.timings.timed("universal", path.stem), paused():  # as adversarial sets
                 found = build_universal(attack, view, seed=self.spec.seed, **params)(
                     images.to(self.device)
                 )
@@ -222,7 +224,10 @@ class Executor:
             cached: Record = read_json(path)
             return cached
         with self.timings.timed("record", path.stem) as what:
-            record = {**compute(), "seed": self.spec.seed, "version": __version__}
+            with Meter() as cost:  # models a cell trains or sets it makes first are paused
+                computed = compute()
+            record = {**computed, "cost": cost.to_dict(), "seed": self.spec.seed}
+            record["version"] = __version__
             what.update({k: record[k] for k in _CELL_FIELDS if k in record})
         check_record(record)  # a bug, not bad input: never write a cell the report cannot read
         write_json(path, record)
@@ -243,15 +248,17 @@ class Executor:
             model, base = self.model(name), self.model(self.base_of(name))
             return {"protocol": "summary", "target": name, **summary(model, base, self.x, self.y)}
 
+        # "passes": cells that count network passes (older summary cells lack them)
         key = ["summary", self.ids([name, self.base_of(name)]), self.spec.n, self.spec.seed]
+        key.append("passes")
         # not part of the cached cell: a description of the spec's entry
         return {**self.record(key, compute), "defense": self.spec.models[name].defense_text()}
 
     def _card(self, name: str, records: list[Record], command: str) -> dict[str, Any]:
         """The RobustBench-style card of one evaluated model."""
         entry = self.spec.models[name]
-        surface = getattr(self.model(name), "surface", None)
-        passes = surface.eot_samples if surface is not None and surface.kind == "randomized" else 1
+        summary = next(r for r in records if r["protocol"] == "summary" and r["target"] == name)
+        passes = max(1, round(summary["passes_per_image"]))  # counted, not declared
         return model_card(
             name,
             records,

@@ -27,6 +27,7 @@ from robustlab.experiments.spec import ModelEntry, Spec
 from robustlab.experiments.timings import TimingLog
 from robustlab.io import absolute, config_hash, under
 from robustlab.models.config import ModelConfig
+from robustlab.models.cost import paused
 from robustlab.runs import check_run, load, model_config, read_meta
 from robustlab.training import train
 
@@ -107,20 +108,20 @@ class ModelStore:
 
     def model(self, name: str) -> nn.Module:
         """Train the entry if its run is missing or unfinished (prepare its defense if it has
-        one), then load it (cached)."""
+        one), then load it (cached). Not counted by the meter of the cell that asks first."""
         if name not in self._models:
-            entry = self.spec.models[name]
-            if entry.members:
-                members = [self.model(m) for m in entry.members]
-                self._models[name] = Ensemble(members).eval()
-            elif entry.base is not None:
-                self._models[name] = self.defended(entry)
-            else:
-                self.train(entry)
-                self._models[name] = load(
-                    self.run_dirs(name)[0], self.device, expected=self.model_config(entry)
-                )
+            with paused():
+                self._models[name] = self._build(name)
         return self._models[name]
+
+    def _build(self, name: str) -> nn.Module:
+        entry = self.spec.models[name]
+        if entry.members:
+            return Ensemble([self.model(m) for m in entry.members]).eval()
+        if entry.base is not None:
+            return self.defended(entry)
+        self.train(entry)
+        return load(self.run_dirs(name)[0], self.device, expected=self.model_config(entry))
 
     def defended(self, entry: ModelEntry) -> nn.Module:
         assert entry.defense is not None and entry.base is not None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
@@ -198,6 +198,20 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+@contextmanager
+def warm_started(model: nn.Module) -> Iterator[nn.Module]:
+    """Let every part of ``model`` that solves an iterative problem per input start from its
+    earlier solutions for the block (a module with a ``warm_start()`` context, such as the
+    CSC purifier), and forget them after. Attacks run in this block: they query slowly
+    moving inputs; what robustlab scores is predicted outside it."""
+    with ExitStack() as stack:
+        for module in model.modules():
+            warm_start = getattr(module, "warm_start", None)
+            if callable(warm_start):
+                stack.enter_context(warm_start())
+        yield model
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -22,7 +22,9 @@ RATE_KEYS = ("hits", "n", "rate", "low", "high")
 # record is the comparison table's own
 SCHEMAS: dict[str, Schema] = {
     "summary": Schema(
-        ("target",), ("clean_accuracy",), ("ms_per_image", "cost_ratio", "added_parameters")
+        ("target",),
+        ("clean_accuracy",),
+        ("ms_per_image", "cost_ratio", "passes_per_image", "added_parameters"),
     ),
     **{
         kind: schema

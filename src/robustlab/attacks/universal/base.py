@@ -20,7 +20,7 @@ from torch import nn
 
 from robustlab.attacks.base import UNBOUND
 from robustlab.io import RobustlabError, check_array, load_tensors, save_tensors
-from robustlab.models.base import frozen, predict
+from robustlab.models.base import frozen, predict, warm_started
 from robustlab.registry import Registry
 
 Norm = Literal["linf", "l2"]
@@ -142,7 +142,7 @@ class UniversalAttack(ABC):
         if self.needs_images and (images.ndim != 4 or len(images) == 0):
             raise ValueError(f"{self.name} needs a batch of images (N, C, H, W)")
         generator = torch.Generator(device=images.device).manual_seed(self.seed)
-        with frozen(self.model):
+        with frozen(self.model), warm_started(self.model):
             delta = self._generate(images.detach(), generator)
         return UniversalPerturbation(delta.detach().cpu(), self.params())
 

@@ -72,6 +72,10 @@ class CBPDNOptions:
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
 
+    def initial_rho(self, lmbda: float) -> float:
+        """The ρ of a cold start (sporco's default 50 λ + 1 unless ``rho`` is set)."""
+        return self.rho if self.rho is not None else 50.0 * lmbda + 1.0
+
 
 @dataclass
 class CBPDNState:
@@ -215,8 +219,7 @@ def cbpdn(
     batch, size = signal.shape[0], dictionary.size
     if state is None:
         zeros = signal.new_zeros(batch, dictionary.freq.shape[0], *size)
-        rho0 = options.rho if options.rho is not None else 50.0 * lmbda + 1.0
-        state = CBPDNState(zeros, zeros, signal.new_full((batch,), rho0))
+        state = CBPDNState(zeros, zeros, signal.new_full((batch,), options.initial_rho(lmbda)))
     # D^T s in the pixel domain: the x-step adds it before its FFT, one real pass
     back = torch.fft.irfft2(dictionary.adjoint(torch.fft.rfft2(signal)), s=size)
     images = _Images(

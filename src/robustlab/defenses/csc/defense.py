@@ -52,6 +52,10 @@ class CSCDefense(Defense):
     finetune_limit : purified training images used for fine-tuning (purifying is costly).
     finetune_lr : SGD learning rate of the fine-tuning (cosine schedule).
     max_iter : CBPDN iterations at most (the release's reconstruction script: 200).
+    auto_rho : sporco's adaptive ρ (residual balancing, its default). On Fashion-MNIST's
+        high-pass images it keeps some solves from ever meeting the tolerance (5 of 8 ran
+        500 iterations), so every solve there stops at ``max_iter`` and warm starts under
+        attack cannot apply; a fixed ρ = 50 λ + 1 converges in ~63 (docs/csc.md).
     channel_order : for a released ``.npy`` dictionary: "bgr" (the release's, default) or
         "rgb" (see :func:`~robustlab.defenses.csc.dictionary.load_released_dictionary`).
     """
@@ -63,6 +67,7 @@ class CSCDefense(Defense):
     finetune_lr: float = 0.01
     max_iter: int = 200
     channel_order: str | None = None
+    auto_rho: bool = True
     name = "csc"
     main = "dictionary"  # purify = { dict = "dicts/NAME" }
     kind = "input"
@@ -86,7 +91,10 @@ class CSCDefense(Defense):
     def describe(self) -> dict[str, Any]:
         # the content, not the path, identifies the dictionary
         digest = hashlib.sha256(self._file().read_bytes()).hexdigest()[:16]
-        return {**super().describe(), "dict_sha256": digest}
+        described = {**super().describe(), "dict_sha256": digest}
+        if self.auto_rho:  # the default, as before the option existed: the same folders
+            del described["auto_rho"]
+        return described
 
     def _file(self) -> Path:
         path = Path(self.dictionary)
@@ -99,9 +107,8 @@ class CSCDefense(Defense):
 
     def purifier(self) -> CSCPurifier:
         order = cast("ChannelOrder | None", self.channel_order)
-        return CSCPurifier(
-            self._file(), self.lmbda, CBPDNOptions(max_iter=self.max_iter), channel_order=order
-        )
+        options = CBPDNOptions(max_iter=self.max_iter, auto_rho=self.auto_rho)
+        return CSCPurifier(self._file(), self.lmbda, options, channel_order=order)
 
     def prepare(self, base: nn.Module, directory: Path, context: PrepareContext) -> None:
         if self.finetune_epochs:

@@ -12,6 +12,8 @@ the method's released reconstruction script does before saving images.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +34,7 @@ from robustlab.defenses.csc.dictionary import (
     load_dictionary,
 )
 from robustlab.defenses.csc.tikhonov import tikhonov_split
+from robustlab.defenses.csc.warm import SolveCounts, WarmStarts
 from robustlab.io import RobustlabError
 
 DictionaryLike = torch.Tensor | str | Path | LearnedDictionary | StratifiedDictionary
@@ -57,6 +60,12 @@ class CSCPurifier(nn.Module):
         Images handed to the solver at once. It iterates ``options.batch_size`` of them
         together and replaces each converged image by the next, so larger chunks leave
         fewer slow images running alone at the end of a chunk.
+
+    warm_capacity : int
+        Solves :meth:`warm_start` remembers (0: none, every solve starts cold). Under
+        attack each solve then starts from the nearest earlier converged solve of the same
+        image (:mod:`robustlab.defenses.csc.warm`); ``counts`` keeps the solves and ADMM
+        iterations run.
     """
 
     def __init__(
@@ -69,6 +78,7 @@ class CSCPurifier(nn.Module):
         tikhonov_lmbda: float = 5.0,
         batch_size: int = 256,
         channel_order: ChannelOrder | None = None,
+        warm_capacity: int = 512,
     ) -> None:
         super().__init__()
         if rescale not in ("clip", "max"):
@@ -86,6 +96,26 @@ class CSCPurifier(nn.Module):
         members = loaded.members if isinstance(loaded, StratifiedDictionary) else [loaded]
         self.channels = int(members[0].filters.shape[1])
         self._fourier: dict[tuple[int, int, int, str, torch.dtype], FourierDictionary] = {}
+        if warm_capacity < 0:
+            raise ValueError(f"warm_capacity must be >= 0 (0: cold starts), got {warm_capacity}")
+        self.warm_capacity = warm_capacity
+        self._warm: WarmStarts | None = None
+        self.counts = SolveCounts()
+
+    @contextmanager
+    def warm_start(self) -> Iterator[None]:
+        """Within the block, start every solve without autograd from the nearest earlier
+        solve of the block (the same stopping rule; the result equals the cold solve's
+        within ``options.rel_tol``). Solves autograd differentiates through (the exact,
+        unrolled view) stay cold. A nested block shares the outer one's memory."""
+        if self._warm is not None or not self.warm_capacity:
+            yield
+            return
+        self._warm = WarmStarts(self.warm_capacity)
+        try:
+            yield
+        finally:
+            self._warm = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != self.channels:
@@ -118,13 +148,30 @@ class CSCPurifier(nn.Module):
         for cluster in torch.unique(clusters).tolist():
             members = clusters == cluster
             fourier = self._fourier_dictionary(int(cluster), high)
-            code = cbpdn(fourier, high[members], self.lmbda, self.options).coefficients
+            code = self._code(int(cluster), fourier, high[members])
             sparse_part = sparse_part.index_put((members,), reconstruct(fourier, code))
         output = low + sparse_part
         if self.rescale == "max":
             peak = output.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
             output = output / peak
         return output.clamp(0.0, 1.0)
+
+    def _code(self, cluster: int, fourier: FourierDictionary, high: torch.Tensor) -> torch.Tensor:
+        """The CBPDN code of ``high``: warm-started inside :meth:`warm_start` (no autograd)."""
+        warm = self._warm if not (torch.is_grad_enabled() and high.requires_grad) else None
+        if warm is None:
+            result = cbpdn(fourier, high, self.lmbda, self.options)
+            self.counts.add(
+                result.iterations, torch.zeros_like(result.iterations, dtype=torch.bool)
+            )
+            return result.coefficients
+        key = (cluster, high.shape[-2], high.shape[-1], str(high.device), high.dtype)
+        rho0 = self.options.initial_rho(self.lmbda)
+        state, started, source = warm.start(key, high, rho0, int(fourier.freq.shape[0]))
+        result = cbpdn(fourier, high, self.lmbda, self.options, state=state)
+        warm.remember(key, high, source, result, max_iter=self.options.max_iter)
+        self.counts.add(result.iterations, started)
+        return result.coefficients
 
     def _fourier_dictionary(self, cluster: int, like: torch.Tensor) -> FourierDictionary:
         key = (cluster, like.shape[-2], like.shape[-1], str(like.device), like.dtype)

@@ -24,6 +24,7 @@ from robustlab.evaluation.protocols.base import (
     names,
 )
 from robustlab.io import config_hash
+from robustlab.models.cost import total
 from robustlab.units import from_255
 from robustlab.version import __version__
 
@@ -82,12 +83,13 @@ class Curve(Protocol):
         )
 
     def cells(self, ctx: Context) -> Iterator[Record]:
-        curves = {}
+        curves, costs = {}, {}
         for name in self.models:
             cell = self._cell(ctx, name)
             curves[name] = {
                 str(v): rate for v, rate in zip(self.levels, cell["rates"], strict=True)
             }
+            costs[name] = cell["cost"]
         search = self.search
         yield {
             "protocol": "curve",
@@ -97,6 +99,8 @@ class Curve(Protocol):
             "steps": search.steps,
             "n": self.n,
             "curves": curves,
+            "cost": total(list(costs.values())),
+            "cost_by_model": costs,
             "seed": ctx.seed,
             "version": __version__,
         }

@@ -1,0 +1,70 @@
+"""Counted cost (robustlab.models.cost): passes through the networks, queries, seconds, memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from robustlab.attacks.registry import build as build_attack
+from robustlab.defenses.base import ExpectationOverTransformation
+from robustlab.evaluation.clean import passes_per_image
+from robustlab.models.base import predict
+from robustlab.models.cost import Meter, count_passes, counted, paused
+from tests.factories import tiny_cnn
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return count_passes(tiny_cnn(num_classes=4).eval())
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_pgd_k_on_n_images_counts_n_k_backwards_and_n_k_plus_n_forwards(steps: int) -> None:
+    model, n = _net(), 6
+    x, y = torch.rand(n, 1, 12, 12), torch.arange(n) % 4
+    pgd = build_attack("pgd", model, eps=8 / 255, step=2 / 255, steps=steps)
+    with Meter() as cost:
+        adv = pgd(x, y)
+        predict(model, adv)  # the final prediction: n more forwards
+    assert (cost.forward, cost.backward) == (n * (steps + 1), n * steps)
+    assert cost.queries == 0 and cost.seconds > 0 and cost.peak_rss_mb > 0
+
+
+def test_meters_nest_pause_and_survive_a_failing_forward() -> None:
+    model, x = _net(), torch.rand(4, 1, 12, 12)
+    with Meter() as outer:
+        model(x)
+        with Meter() as inner:
+            model(x[:3])
+            with paused():
+                model(x)  # not counted by any open meter
+        with pytest.raises(RuntimeError):
+            model(torch.rand(2, 3, 12, 12))  # wrong channels: the forward pass raises
+        model(x[:1])  # still counted after the failure (the depth was restored)
+    assert inner.forward == 3 and outer.forward == 4 + 3 + 1
+    model(x)  # no meter open: nothing counts, no hook stays installed
+    assert outer.forward == 8
+
+
+def test_nested_counted_networks_count_once_and_ensembles_per_member() -> None:
+    inner = _net()
+    outer = count_passes(nn.Sequential(inner, nn.Identity()))
+    with Meter() as cost:
+        outer(torch.rand(5, 1, 12, 12))
+    assert cost.forward == 5  # a counted network inside a counted one is one pass
+    eot = ExpectationOverTransformation(_net(), samples=7)
+    assert passes_per_image(eot, torch.rand(4, 1, 12, 12)) == 7
+    user = nn.Sequential(nn.Flatten(), nn.Linear(144, 3))  # a user's module: marked whole
+    assert counted(user) is user and passes_per_image(user, torch.rand(2, 1, 12, 12)) == 1
+
+
+def test_score_based_attacks_report_their_queries() -> None:
+    model = _net()
+    x, y = torch.rand(3, 1, 12, 12), torch.arange(3)
+    square = build_attack("square", model, eps=8 / 255, queries=20)
+    with Meter() as cost:
+        result = square.run(x, y)
+    assert result.queries is not None
+    assert cost.queries == int(result.queries.sum()) > 0
+    assert cost.forward >= cost.queries  # every query is a forward pass of its image
