@@ -9,6 +9,9 @@
   robustlab vs torchattacks on the trained LeNet below (goals: APGD >= 1x torchattacks at
   equal robust accuracy and <= 1.1x the floor of 100 forward+backward passes; Square >= 1x
   at equal budget and success).
+- AutoAttack, standard version: robustlab's strong protocol (APGD-CE, APGD-T, FAB-T, Square;
+  100 steps, 9 target classes, --aa-queries) vs torchattacks' ``AutoAttack`` on the same
+  LeNet and images: robust accuracy (goal: at most theirs) and wall time (goal: at most theirs).
 - Boundary: Foolbox 3's BoundaryAttack runs --boundary-steps (5000) steps; robustlab's runs with
   fast step-size adaptation (FAST_BOUNDARY) and the fewest steps (from a ladder) that reach
   Foolbox's median L2;
@@ -169,6 +172,29 @@ def strong_attacks(args: argparse.Namespace) -> list[tuple[str, float, float, fl
     return rows
 
 
+def autoattack(args: argparse.Namespace) -> tuple[float, float, float, float]:
+    """(ours s, torchattacks s, ours robust acc, their robust acc): the standard version."""
+    import torchattacks
+
+    from robustlab.evaluation.strong import VERSIONS, StrongConfig, strong_attack
+
+    model, x, y = trained_lenet(args.device)
+    config = StrongConfig(eps=8 / 255, queries=args.aa_queries, attacks=VERSIONS["standard"])
+    start = time.perf_counter()
+    ours = strong_attack(model, x, y, config).accuracy.value
+    t_ours, start = time.perf_counter() - start, time.perf_counter()
+    reference = torchattacks.AutoAttack(model, norm="Linf", eps=8 / 255, n_classes=10, seed=0)
+    if args.aa_queries != 5000:  # its Square, at the same budget as ours
+        for attack in reference._autoattack.attacks:
+            if isinstance(attack, torchattacks.Square):
+                attack.n_queries = args.aa_queries
+    adv = reference(x, y)
+    t_ref = time.perf_counter() - start
+    with torch.no_grad():
+        theirs = float((model(adv).argmax(1) == y).float().mean())
+    return t_ours, t_ref, ours, theirs
+
+
 def boundary(args: argparse.Namespace) -> tuple[float, float, float, int, float]:
     import foolbox as fb
 
@@ -202,6 +228,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-boundary", action="store_true")
     parser.add_argument("--square-queries", type=int, default=1000)
+    parser.add_argument("--aa-queries", type=int, default=5000)
+    parser.add_argument("--skip-autoattack", action="store_true")
     args = parser.parse_args()
     print(
         f"device {args.device}, torch threads {torch.get_num_threads()}, {args.arch}, "
@@ -227,6 +255,14 @@ def main() -> None:
         )
     apgd_floor = rows[0][1] / rows[-1][1]
     print(f"APGD-CE-100 / floor: {apgd_floor:.2f} (goal <= 1.1)")
+    if not args.skip_autoattack:
+        t_ours, t_ref, ours, theirs = autoattack(args)
+        print(
+            f"\nAutoAttack standard (APGD-CE, APGD-T, FAB-T, Square-{args.aa_queries}), same "
+            f"LeNet and 64 images: robustlab {t_ours:.1f} s, robust {100 * ours:.1f}%; "
+            f"torchattacks {t_ref:.1f} s, robust {100 * theirs:.1f}% (goals: accuracy and time "
+            "at most theirs)"
+        )
     if not args.skip_boundary:
         t_ours, t_ref, d_ours, steps, d_ref = boundary(args)
         print(

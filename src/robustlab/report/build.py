@@ -42,6 +42,7 @@ from robustlab.report.tables import (
     COMPARISON_HEADERS,
     ComparisonRow,
     comparison_rows,
+    cost_text,
     curve_levels,
 )
 from robustlab.runs import load, read_meta
@@ -174,9 +175,7 @@ def _comparison_section(rows: list[ComparisonRow], command: str) -> str:
 
     body = []
     for row in rows:
-        cost = "—" if row.ms_per_image is None else f"{row.ms_per_image:.2f}"
-        if row.cost_ratio is not None:
-            cost += f" (×{row.cost_ratio:.1f})"
+        cost = cost_text(row)
         rates = (row.clean, row.transfer, row.whitebox, row.adaptive, row.strong, row.universal)
         decision = "—" if row.decision is None else f"{row.decision:.2e}"
         cells = [

@@ -24,7 +24,7 @@ SCHEMAS: dict[str, Schema] = {
     "summary": Schema(
         ("target",),
         ("clean_accuracy",),
-        ("ms_per_image", "cost_ratio", "passes_per_image", "added_parameters"),
+        ("ms_per_image", "cost_ratio", "passes_per_image", "passes_ratio", "added_parameters"),
     ),
     **{
         kind: schema

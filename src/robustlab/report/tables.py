@@ -295,6 +295,8 @@ class ComparisonRow:
     noise32: Record | None = None  # accuracy under Gaussian noise σ=32
     ms_per_image: float | None = None
     cost_ratio: float | None = None  # ms/image relative to the undefended base
+    passes: float | None = None  # network passes per prediction, counted
+    passes_ratio: float | None = None  # relative to the undefended base
     added_parameters: int | None = None
     flags: tuple[str, ...] = ()
     verdict: Record | None = None  # the verdict's worst case per image over every attack run
@@ -313,7 +315,7 @@ COMPARISON_HEADERS = (
     "universal restoration",
     "decision S(M)",
     "noise σ=32",
-    "ms/image (×base)",
+    "cost/image: ms, passes (×base)",
     "added params",
     "flags",
     "verdict (upper bound)",
@@ -357,6 +359,8 @@ def comparison_rows(records: list[Record]) -> list[ComparisonRow]:
                 noise32=noise[0] if noise else None,
                 ms_per_image=summary["ms_per_image"],
                 cost_ratio=summary["cost_ratio"],
+                passes=summary["passes_per_image"],
+                passes_ratio=summary["passes_ratio"],
                 added_parameters=summary["added_parameters"],
                 flags=tuple(flags),
                 verdict=verdict["robust"] if verdict else None,
@@ -396,7 +400,7 @@ def comparison_markdown(rows: list[ComparisonRow]) -> list[str]:
         ]
         cells.append(f"{row.decision:.2e}" if row.decision is not None else "—")
         cells.append(_rate_text(row.noise32) if row.noise32 is not None else "—")
-        cells.append(_cost_text(row))
+        cells.append(cost_text(row))
         cells.append(str(row.added_parameters) if row.added_parameters is not None else "—")
         cells.append(", ".join(row.flags) or "—")
         cells.append(_rate_text(row.verdict) if row.verdict is not None else "—")
@@ -416,8 +420,13 @@ def comparison_markdown(rows: list[ComparisonRow]) -> list[str]:
     return lines
 
 
-def _cost_text(row: ComparisonRow) -> str:
+def cost_text(row: ComparisonRow) -> str:
+    """Inference cost per image: wall ms and counted network passes, each × the base's."""
     if row.ms_per_image is None:
         return "—"
-    ratio = f" (×{row.cost_ratio:.1f})" if row.cost_ratio is not None else ""
-    return f"{row.ms_per_image:.2f}{ratio}"
+    ms_ratio = f" (×{row.cost_ratio:.1f})" if row.cost_ratio is not None else ""
+    text = f"{row.ms_per_image:.2f} ms{ms_ratio}"
+    if row.passes is not None:
+        ratio = f" (×{row.passes_ratio:g})" if row.passes_ratio is not None else ""
+        text += f", {row.passes:g} passes{ratio}"
+    return text

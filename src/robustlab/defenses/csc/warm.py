@@ -32,22 +32,28 @@ from robustlab.defenses.csc.cbpdn import CBPDNResult, CBPDNState
 Key = tuple[int, int, int, str, torch.dtype]  # cluster, height, width, device, dtype
 
 
-@dataclass
 class _Bank:
-    signals: torch.Tensor  # (N, C, H, W) high-pass inputs of earlier solves, oldest first
-    state: CBPDNState  # their final ADMM variables
+    """``capacity`` slots of earlier solves, updated in place (no copy of the bank per call):
+    an image's solve replaces the slot it started from, a new image the least recently used."""
 
-    def rows(self, index: torch.Tensor | slice) -> _Bank:
-        state = self.state
-        return _Bank(
-            self.signals[index], CBPDNState(state.y[index], state.u[index], state.rho[index])
-        )
+    def __init__(self, signal: torch.Tensor, maps: int, capacity: int) -> None:
+        shape = signal.shape[1:]
+        self.signals = signal.new_zeros(capacity, *shape)
+        self.y = signal.new_zeros(capacity, maps, *shape[1:])
+        self.u = torch.zeros_like(self.y)
+        self.rho = signal.new_zeros(capacity)
+        self.used = torch.full((capacity,), -1, dtype=torch.long, device=signal.device)
+        self.clock = 0
 
-    @staticmethod
-    def cat(first: _Bank, second: _Bank) -> _Bank:
-        a, b = first.state, second.state
-        state = CBPDNState(torch.cat([a.y, b.y]), torch.cat([a.u, b.u]), torch.cat([a.rho, b.rho]))
-        return _Bank(torch.cat([first.signals, second.signals]), state)
+    def filled(self) -> torch.Tensor:
+        return (self.used >= 0).nonzero().squeeze(1)
+
+    def store(self, slots: torch.Tensor, signal: torch.Tensor, state: CBPDNState) -> None:
+        self.clock += 1
+        for bank, new in ((self.signals, signal), (self.y, state.y), (self.u, state.u)):
+            bank.index_copy_(0, slots, new.detach())
+        self.rho.index_copy_(0, slots, state.rho.detach())
+        self.used.index_fill_(0, slots, self.clock)
 
 
 @dataclass
@@ -83,20 +89,20 @@ class WarmStarts:
     ) -> tuple[CBPDNState, torch.Tensor, torch.Tensor]:
         """The starting state of each image of ``signal`` (B, C, H, W): its nearest
         remembered solve, or the cold start (zeros, ρ0). Also which rows are warm and the
-        bank rows they start from."""
+        bank slots they start from (-1: cold)."""
         batch, (h, w) = len(signal), signal.shape[-2:]
         y = signal.new_zeros(batch, maps, h, w)
         u, rho = torch.zeros_like(y), signal.new_full((batch,), rho0)
         source = torch.full((batch,), -1, dtype=torch.long, device=signal.device)
         bank = self._banks.get(key)
-        if bank is not None and batch and len(bank.signals):
+        slots = bank.filled() if bank is not None else source[:0]
+        if bank is not None and batch and len(slots):
             flat = signal.flatten(1)
-            distance, nearest = torch.cdist(flat, bank.signals.flatten(1)).min(1)
+            distance, nearest = torch.cdist(flat, bank.signals[slots].flatten(1)).min(1)
             warm = distance < self.match * flat.norm(dim=1)
-            source = torch.where(warm, nearest, source)
-            rows = warm.nonzero().squeeze(1)
-            y[rows], u[rows] = bank.state.y[nearest[rows]], bank.state.u[nearest[rows]]
-            rho[rows] = bank.state.rho[nearest[rows]]
+            rows, chosen = warm.nonzero().squeeze(1), slots[nearest[warm]]
+            y[rows], u[rows], rho[rows] = bank.y[chosen], bank.u[chosen], bank.rho[chosen]
+            source[rows] = chosen
         return CBPDNState(y, u, rho), source >= 0, source
 
     def remember(
@@ -110,16 +116,27 @@ class WarmStarts:
     ) -> None:
         """Keep the new solves that converged (a solve stopped by ``max_iter`` is no solution
         to start from: its successor would differ from a cold solve by more than the
-        tolerance); the bank rows the images started from make way for them."""
-        converged = result.iterations < max_iter
-        new = _Bank(signal.detach(), _detached(result.state)).rows(converged)
-        old = self._banks.get(key)
-        if old is not None:
-            keep = torch.ones(len(old.signals), dtype=torch.bool, device=signal.device)
-            keep[source[source >= 0]] = False
-            new = _Bank.cat(old.rows(keep), new)
-        self._banks[key] = new.rows(slice(-self.capacity, None))
+        tolerance), each in the slot it started from or else the least recently used one."""
+        converged = (result.iterations < max_iter).nonzero().squeeze(1)[: self.capacity]
+        if not len(converged):
+            return
+        if key not in self._banks:
+            self._banks[key] = _Bank(signal, result.state.y.shape[1], self.capacity)
+        bank = self._banks[key]
+        slots = _slots(source[converged].tolist(), torch.argsort(bank.used).tolist())
+        state = result.state
+        picked = CBPDNState(state.y[converged], state.u[converged], state.rho[converged])
+        bank.store(torch.tensor(slots, device=signal.device), signal[converged], picked)
 
 
-def _detached(state: CBPDNState) -> CBPDNState:
-    return CBPDNState(state.y.detach(), state.u.detach(), state.rho.detach())
+def _slots(sources: list[int], least_recent: list[int]) -> list[int]:
+    """A distinct slot per new solve: the one it started from (its first claimant), else the
+    least recently used slot no other solve claims (deterministic, no duplicate writes)."""
+    claimed: set[int] = set()
+    first = []
+    for slot in sources:
+        first.append(slot >= 0 and slot not in claimed)
+        if slot >= 0:
+            claimed.add(slot)
+    spare = iter(i for i in least_recent if i not in claimed)
+    return [slot if own else next(spare) for slot, own in zip(sources, first, strict=True)]
