@@ -218,7 +218,8 @@ def test_a_spec_that_is_not_utf8_is_named_and_a_bom_is_fine(
 
 def test_late_checks_come_before_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """What the data cannot give is refused before the first model trains: an explicit n
-    beyond the test split, a patch grid larger than the images."""
+    beyond the test split, a patch grid larger than the images, too many target classes, a
+    dictionary for other images."""
     too_many = TINY_SPEC.replace("n = 8", "n = 100000")
     assert main(["run", _spec(tmp_path, too_many), "--out", str(tmp_path / "a"), "--quiet"]) == 2
     assert (
@@ -232,6 +233,20 @@ def test_late_checks_come_before_training(tmp_path: Path, capsys: pytest.Capture
     )
     assert main(["run", _spec(tmp_path, targets), "--out", str(tmp_path / "c"), "--quiet"]) == 2
     assert "target_classes = 99, but the data has 10 classes" in capsys.readouterr().err
+    # a colour dictionary on grey digits: named before the standard model trains
+    from robustlab.defenses.csc.dictionary import (
+        LearnedDictionary,
+        random_dictionary,
+        save_dictionary,
+    )
+
+    save_dictionary(tmp_path / "rgb", LearnedDictionary(random_dictionary(4, 3, 3, seed=0), 0.2))
+    csc = (
+        TINY_SPEC + f'[models.csc]\nbase = "standard"\npurify = {{ dict = "{tmp_path / "rgb"}" }}\n'
+    )
+    assert main(["run", _spec(tmp_path, csc), "--out", str(tmp_path / "d"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "[models.csc] dictionary" in err and "3-channel filters, the data 1-channel" in err
     assert not list(tmp_path.rglob("model.safetensors"))  # nothing trained
 
 

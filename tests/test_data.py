@@ -35,6 +35,15 @@ def test_idx_truncated_and_corrupt_files_name_the_file(tmp_path: Path) -> None:
         read_idx(tmp_path / "notidx")
 
 
+def test_a_gzip_that_inflates_past_the_limit_is_refused_before_it_fills_memory(
+    tmp_path: Path,
+) -> None:
+    # 64 MiB of zeros compress to 64 KiB: a small bomb against a 16 MiB limit
+    (tmp_path / "bomb.gz").write_bytes(gzip.compress(bytes(64 << 20), compresslevel=1))
+    with pytest.raises(RobustlabError, match=r"bomb.gz: inflates to more than 16 MiB"):
+        read_idx(tmp_path / "bomb.gz", limit=16 << 20)
+
+
 def test_mnist_loader_on_fixture(idx_dir) -> None:
     folder, arrays = idx_dir
     train = load_dataset("mnist", "train", data_dir=folder)

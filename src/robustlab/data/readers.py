@@ -6,7 +6,6 @@ with one line naming the file and the fix when a file is missing, truncated or c
 
 from __future__ import annotations
 
-import gzip
 import io
 import pickle
 import tarfile
@@ -23,30 +22,50 @@ from robustlab.io import RobustlabError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp")
 
 
-def open_maybe_gzip(path: Path) -> bytes:
+# the largest file a reader decompresses: MNIST-format training images are 47 MB; a gzip
+# that inflates past this is refused before it fills memory (a "zip bomb")
+MAX_DECOMPRESSED = 1 << 30
+
+
+def open_maybe_gzip(path: Path, limit: int = MAX_DECOMPRESSED) -> bytes:
+    """The bytes of ``path``, gunzipped if it is a gzip file, at most ``limit`` of them."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise RobustlabError(
             f"{path}: file not found; check --data-dir or use --download"
         ) from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error):
-            raise RobustlabError(
-                f"{path}: truncated or corrupt gzip file; delete it and fetch it again (--download)"
-            ) from None
-    return raw
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    inflater, parts, size, rest = zlib.decompressobj(16 + zlib.MAX_WBITS), [], 0, raw
+    corrupt = False
+    try:
+        while rest and not inflater.eof:
+            part = inflater.decompress(rest, 1 << 24)  # at most 16 MiB per step
+            rest = inflater.unconsumed_tail
+            size += len(part)
+            if size > limit:
+                raise RobustlabError(
+                    f"{path}: inflates to more than {limit >> 20} MiB, more than any dataset "
+                    "file it stands for; delete it and fetch it again (--download)"
+                )
+            parts.append(part)
+    except zlib.error:
+        corrupt = True
+    if corrupt or not inflater.eof:
+        raise RobustlabError(
+            f"{path}: truncated or corrupt gzip file; delete it and fetch it again (--download)"
+        )
+    return b"".join(parts)
 
 
-def read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path, limit: int = MAX_DECOMPRESSED) -> np.ndarray:
     """Read an IDX file (MNIST format), gzipped or not, into a uint8 array.
 
     The header is a magic number ``0x0000 08 NDIM`` (unsigned bytes) followed by
     NDIM big-endian int32 sizes; the payload must hold exactly prod(sizes) bytes.
     """
-    data = open_maybe_gzip(path)
+    data = open_maybe_gzip(path, limit)
     if len(data) < 4 or data[:3] != b"\x00\x00\x08":
         raise RobustlabError(f"{path}: not an IDX file of unsigned bytes; re-download it")
     ndim = data[3]

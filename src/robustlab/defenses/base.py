@@ -85,6 +85,11 @@ class BaseDefense(ABC):
         """How a white-box attacker gets gradients through this defense (default: exact)."""
         return Surface()
 
+    def check_data(self, *, channels: int, size: int) -> None:
+        """Refuse, before any model trains, images this defense cannot take (default:
+        nothing): ``channels`` × ``size`` × ``size`` pixels."""
+        del channels, size  # a hook with a default, not abstract
+
     def key(self) -> str:
         """A short hash of the config: with the base model's identity, the cache key."""
         text = json.dumps(self.describe(), sort_keys=True, default=str)

@@ -91,20 +91,28 @@ class Executor:
 
     def _check_data(self, test: Dataset) -> None:
         """What the spec asks of the data, before any model trains: an explicit n no larger
-        than the test split (the default, 500, takes what there is), each protocol's own."""
+        than the test split (the default, 500, takes what there is), each protocol's own,
+        each defense's own (a CSC dictionary's channels and filter size)."""
         asked = self.spec.source.get("experiment", {}).get("n")
         if asked is not None and asked > len(test):
             raise RobustlabError(
                 f"[experiment] n = {asked}, but {self.spec.dataset}'s test split has "
                 f"{len(test)} images; use n <= {len(test)}"
             )
+        where = self.spec.path or "spec"
         for protocol in self.spec.protocols:
             try:
                 protocol.check_data(
                     images=len(test), size=test.image_size, classes=len(test.classes)
                 )
             except ValueError as err:
-                raise RobustlabError(f"{self.spec.path or 'spec'}: {err}") from None
+                raise RobustlabError(f"{where}: {err}") from None
+        for name, entry in self.spec.models.items():
+            try:
+                if entry.defense is not None:
+                    entry.defense.check_data(channels=test.channels, size=test.image_size)
+            except ValueError as err:
+                raise RobustlabError(f"{where}: [models.{name}] {err}") from None
 
     def run(self) -> list[Record]:
         """All protocols, in spec order; writes results.json/.csv/.md and returns the records."""

@@ -88,6 +88,19 @@ class CSCDefense(Defense):
     def surface(self) -> Surface:
         return Surface("bpda", part="CSC purification (CBPDN reconstruction)")
 
+    def check_data(self, *, channels: int, size: int) -> None:
+        purifier = self.purifier()
+        if purifier.channels != channels:
+            raise ValueError(
+                f"dictionary {self.dictionary} has {purifier.channels}-channel filters, the "
+                f"data {channels}-channel images; learn one on this dataset (robustlab csc learn)"
+            )
+        if purifier.filter_size > size:
+            raise ValueError(
+                f"dictionary {self.dictionary} has {purifier.filter_size}-pixel filters, larger "
+                f"than the {size}-pixel images; use smaller filters"
+            )
+
     def describe(self) -> dict[str, Any]:
         # the content, not the path, identifies the dictionary
         digest = hashlib.sha256(self._file().read_bytes()).hexdigest()[:16]

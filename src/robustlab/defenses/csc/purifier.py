@@ -95,6 +95,7 @@ class CSCPurifier(nn.Module):
         self.batch_size = batch_size
         members = loaded.members if isinstance(loaded, StratifiedDictionary) else [loaded]
         self.channels = int(members[0].filters.shape[1])
+        self.filter_size = int(members[0].filters.shape[-1])
         self._fourier: dict[tuple[int, int, int, str, torch.dtype], FourierDictionary] = {}
         if warm_capacity < 0:
             raise ValueError(f"warm_capacity must be >= 0 (0: cold starts), got {warm_capacity}")
