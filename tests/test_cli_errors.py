@@ -219,7 +219,7 @@ def test_a_spec_that_is_not_utf8_is_named_and_a_bom_is_fine(
 def test_late_checks_come_before_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """What the data cannot give is refused before the first model trains: an explicit n
     beyond the test split, a patch grid larger than the images, too many target classes, a
-    dictionary for other images."""
+    dictionary for other images, a model too large for the machine's memory."""
     too_many = TINY_SPEC.replace("n = 8", "n = 100000")
     assert main(["run", _spec(tmp_path, too_many), "--out", str(tmp_path / "a"), "--quiet"]) == 2
     assert (
@@ -247,6 +247,11 @@ def test_late_checks_come_before_training(tmp_path: Path, capsys: pytest.Capture
     assert main(["run", _spec(tmp_path, csc), "--out", str(tmp_path / "d"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "[models.csc] dictionary" in err and "3-channel filters, the data 1-channel" in err
+    huge = TINY_SPEC.replace("width = 4", "width = 1000000")  # ~10^13 bytes: not on any machine
+    assert main(["run", _spec(tmp_path, huge), "--out", str(tmp_path / "e"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "[models.standard] training lenet of width 1000000 at batch size" in err
+    assert "GiB, more than the" in err and "use a smaller width or batch size" in err
     assert not list(tmp_path.rglob("model.safetensors"))  # nothing trained
 
 

@@ -114,3 +114,34 @@ def _create_external(config: ModelConfig) -> nn.Module:
 
 
 __all__ = ["ModelConfig", "build_model", "create"]
+
+
+def training_bytes(config: ModelConfig, batch_size: int) -> int | None:
+    """An estimate of the memory training ``config`` at ``batch_size`` takes: per parameter
+    the weights, their gradients, the momentum and the saved copy (4 floats), per batch the
+    outputs of every layer (kept for the backward pass) and their gradients (2 floats each).
+
+    Measured on the meta device, where nothing is allocated; None when the model cannot be
+    built there (a factory's model: its code is the user's).
+    """
+    if is_external(config.arch):
+        return None
+    sizes: list[int] = []
+
+    def record(module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel())
+
+    try:
+        with torch.device("meta"), torch.no_grad():
+            model = create(config)
+            leaves = [m for m in model.modules() if not list(m.children())]
+            hooks = [m.register_forward_hook(record) for m in leaves]
+            side = config.image_size
+            model(torch.zeros(batch_size, config.in_channels, side, side))
+            for hook in hooks:
+                hook.remove()
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return None
+    parameters = sum(p.numel() for p in model.parameters())
+    return 4 * (4 * parameters + 2 * sum(sizes))

@@ -54,6 +54,7 @@ from robustlab.report.records import check_record
 from robustlab.report.robustbench import model_card, write_cards
 from robustlab.report.tables import markdown, write_csv
 from robustlab.seeding import derive_seed
+from robustlab.training import check_fits
 from robustlab.units import to_unit
 from robustlab.version import __version__
 
@@ -81,18 +82,19 @@ class Executor:
         self.device = resolve_device(device)
         self.timings = TimingLog(self.out / LOG_FILE)
         test = load_dataset(spec.dataset, "test", spec.data_dir)
-        self._check_data(test)
         self.indices: np.ndarray = sample_indices(len(test), spec.n, spec.seed)
         self.x, self.y = test.subset(self.indices).tensors()
         self.seed, self.n = spec.seed, spec.n
         self.models = ModelStore(
             spec, self.out, self.device, timings=self.timings, indices=self.indices, quiet=quiet
         )
+        self._check_data(test)
 
     def _check_data(self, test: Dataset) -> None:
         """What the spec asks of the data, before any model trains: an explicit n no larger
         than the test split (the default, 500, takes what there is), each protocol's own,
-        each defense's own (a CSC dictionary's channels and filter size)."""
+        each defense's own (a CSC dictionary's channels and filter size), and every model
+        that trains fitting in the device's memory."""
         asked = self.spec.source.get("experiment", {}).get("n")
         if asked is not None and asked > len(test):
             raise RobustlabError(
@@ -111,7 +113,10 @@ class Executor:
             try:
                 if entry.defense is not None:
                     entry.defense.check_data(channels=test.channels, size=test.image_size)
-            except ValueError as err:
+                if entry.base is None and not entry.members and entry.weights is None:
+                    config = self.models.model_config(entry)
+                    check_fits(config, entry.recipe().batch_size, self.device)
+            except (ValueError, RobustlabError) as err:
                 raise RobustlabError(f"{where}: [models.{name}] {err}") from None
 
     def run(self) -> list[Record]:

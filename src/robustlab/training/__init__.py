@@ -23,6 +23,7 @@ with the same weights as an uninterrupted one (on CPU).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -35,7 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from robustlab import distributed
-from robustlab.assemble import create
+from robustlab.assemble import create, training_bytes
 from robustlab.attacks.pgd import PGD
 from robustlab.data import Augment, Dataset, batches
 from robustlab.io import RobustlabError, load_tensors, save_tensors, writes_output
@@ -71,6 +72,7 @@ def train(
     """
     fast = fast or FastPath()
     run_dir = Path(run_dir)
+    check_fits(model_config, config.batch_size, device)  # before the folder is touched
     start = _prepare_run_dir(run_dir, resume, force)
     if start:
         _check_same_settings(run_dir, start, model_config, config)
@@ -93,6 +95,32 @@ def train(
         )
         save_run(run_dir, loop.model, model_config, **meta)
     return read_meta(run_dir)
+
+
+def check_fits(model_config: ModelConfig, batch_size: int, device: str | torch.device) -> None:
+    """Refuse a model whose training cannot fit in the device's memory (one line, with the
+    estimate), before anything is allocated or written: a width or a batch far too large
+    otherwise ends in the out-of-memory killer or a traceback hours later."""
+    needed = training_bytes(model_config, batch_size)
+    available = device_memory(torch.device(device))
+    if needed is None or available is None or needed <= available:
+        return
+    width = model_config.options.get("width")
+    what = f"{model_config.arch}" + (f" of width {width}" if width is not None else "")
+    raise RobustlabError(
+        f"training {what} at batch size {batch_size} needs about {needed / 2**30:.1f} GiB, "
+        f"more than the {available / 2**30:.1f} GiB of {device}; use a smaller width or batch size"
+    )
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Total memory of ``device`` in bytes (None where it cannot be told)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _epoch(
