@@ -118,7 +118,8 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
         by_attack = r["cost_by_attack"]
         assert by_attack["apgd-ce"]["backward"] > 0 and by_attack["square"]["backward"] == 0
         assert r["cost"]["forward"] >= sum(c["forward"] for c in by_attack.values())
-    assert [r["protocol"] for r in records if "cost" not in r] == []
+    assert [r["protocol"] for r in records if "cost" not in r or "units" not in r] == []
+    assert records[0]["units"]["params, config"].startswith("the library's [0, 1]")
     jpeg_whitebox = next(
         r for r in records if r["protocol"] == "whitebox" and r["target"] == "jpeg"
     )

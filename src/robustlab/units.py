@@ -26,3 +26,12 @@ def to_unit(params: dict[str, Any]) -> dict[str, Any]:
         k: (from_255(v) if k in PIXEL_UNITS and isinstance(v, int | float) else v)
         for k, v in params.items()
     }
+
+
+# what every record says of its numbers (robustlab run writes it into each record)
+RECORD_UNITS = {
+    "eps, xi, sigma, levels, eps_max, resolution": "0-255 pixel levels (8 means 8/255)",
+    "params, config": "the library's [0, 1] pixel units (ℓ2 radii: sums over pixels)",
+    "rates": "fractions in [0, 1] with a 95 % Wilson interval (low, high)",
+    "cost": "passes: images through a network; seconds: wall; memory: MiB",
+}

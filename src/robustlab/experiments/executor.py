@@ -55,7 +55,7 @@ from robustlab.report.robustbench import model_card, write_cards
 from robustlab.report.tables import markdown, write_csv
 from robustlab.seeding import derive_seed
 from robustlab.training import check_fits
-from robustlab.units import to_unit
+from robustlab.units import RECORD_UNITS, to_unit
 from robustlab.version import __version__
 
 __all__ = ["Executor", "config_hash", "environment", "run_spec"]
@@ -240,7 +240,7 @@ class Executor:
             with Meter() as cost:  # models a cell trains or sets it makes first are paused
                 computed = compute()
             record = {**computed, "cost": cost.to_dict(), "seed": self.spec.seed}
-            record["version"] = __version__
+            record |= {"units": RECORD_UNITS, "version": __version__}
             what.update({k: record[k] for k in _CELL_FIELDS if k in record})
         check_record(record)  # a bug, not bad input: never write a cell the report cannot read
         write_json(path, record)

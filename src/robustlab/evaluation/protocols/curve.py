@@ -25,7 +25,7 @@ from robustlab.evaluation.protocols.base import (
 )
 from robustlab.io import config_hash
 from robustlab.models.cost import total
-from robustlab.units import from_255
+from robustlab.units import RECORD_UNITS, from_255
 from robustlab.version import __version__
 
 DEFAULT_LEVELS = (1, 2, 4, 8, 16, 32)  # 0-255 units; those up to eps_max
@@ -102,6 +102,7 @@ class Curve(Protocol):
             "cost": total(list(costs.values())),
             "cost_by_model": costs,
             "seed": ctx.seed,
+            "units": RECORD_UNITS,
             "version": __version__,
         }
 
