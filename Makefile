@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python benchmarks/csc.py --dict dicts/cifar10-jpeg-64x8
 	$(BIN)/python benchmarks/universal.py --images 128
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/scaling.py --write docs
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .mypy_cache .ruff_cache

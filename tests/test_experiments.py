@@ -180,7 +180,7 @@ def test_shipped_specs_are_valid(path: Path) -> None:
 
 
 def test_curve_levels_are_numeric_order() -> None:
-    from robustlab.report.tables import curve_levels
+    from robustlab.evaluation.protocols.tables import curve_levels
 
     record = {"curves": {"m": {"12.0": {}, "2.0": {}, "32.0": {}, "4.0": {}}}}
     assert curve_levels(record) == ["2.0", "4.0", "12.0", "32.0"]

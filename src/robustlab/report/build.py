@@ -15,6 +15,7 @@ from torch import nn
 
 from robustlab.attacks import AdversarialSet, load_set
 from robustlab.data import load_dataset
+from robustlab.evaluation.protocols.tables import curve_levels
 from robustlab.io import (
     RobustlabError,
     atomic_write,
@@ -43,7 +44,6 @@ from robustlab.report.tables import (
     ComparisonRow,
     comparison_rows,
     cost_text,
-    curve_levels,
 )
 from robustlab.runs import load, read_meta
 

@@ -13,23 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robustlab.evaluation.protocols import verdict as verdict_protocol
+from robustlab.evaluation.protocols import PROTOCOLS
+from robustlab.evaluation.protocols.tables import md_cell
+from robustlab.evaluation.protocols.tables import rate_text as _rate_text
 from robustlab.io import atomic_write
 
 Record = dict[str, Any]
-
-
-def curve_levels(record: Record) -> list[str]:
-    """The levels (σ, k) of a curve record in numeric order: JSON files keep keys as sorted
-    strings, so "12.0" would otherwise come before "2.0"."""
-    return sorted(next(iter(record["curves"].values())), key=float)
-
-
-def _rate_text(rate: dict[str, Any]) -> str:
-    if not rate["n"]:
-        return "n/a"
-    low, high = 100 * rate["low"], 100 * rate["high"]
-    return f"{100 * rate['rate']:.1f} [{low:.1f}, {high:.1f}] n={rate['n']}"
 
 
 def write_csv(path: Path, records: list[Record]) -> None:
@@ -66,11 +55,6 @@ def csv_text(value: Any) -> Any:
     return value
 
 
-def md_cell(text: str) -> str:
-    """A markdown table cell: "|" escaped and line breaks as spaces, so no cell breaks a row."""
-    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
-
-
 def _flat_rates(record: Record) -> Iterator[tuple[str, dict[str, Any]]]:
     for metric in ("defense_rate", "accuracy", "clean_accuracy"):
         if metric in record:
@@ -81,199 +65,13 @@ def _flat_rates(record: Record) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def markdown(records: list[Record]) -> str:
-    """Tables a reviewer can read: the comparison first, then one per protocol, rates with
-    Wilson 95 % intervals."""
+    """Tables a reviewer can read: the comparison first, then each protocol's own (written by
+    its module, in ``table_order``), rates with Wilson 95 % intervals."""
     lines: list[str] = comparison_markdown(comparison_rows(records))
-    for section in (
-        _transfer_section,
-        _whitebox_section,
-        _strong_section,
-        _adaptive_section,
-        _universal_section,
-        _decision_section,
-        _curve_sections,
-        verdict_protocol.markdown,
-    ):
-        lines += section(records)
+    kinds = sorted(PROTOCOLS, key=lambda kind: PROTOCOLS.get(kind).table_order)
+    for kind in kinds:
+        lines += PROTOCOLS.get(kind).markdown(records)
     return "\n".join(lines)
-
-
-def _table(title: str, headers: list[str], rows: list[list[str]]) -> list[str]:
-    """A markdown section: ``## title``, a header row and one row per entry (none if empty)."""
-    if not rows:
-        return []
-    return [
-        f"## {title}",
-        "",
-        "| " + " | ".join(headers) + " |",
-        "|" + "---|" * len(headers),
-        *("| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows),
-        "",
-    ]
-
-
-def _of(records: list[Record], *protocols: str) -> list[Record]:
-    return [r for r in records if r["protocol"] in protocols]
-
-
-def _flags(record: Record) -> str:
-    return ", ".join(record.get("flags", [])) or "—"
-
-
-def _losses(record: Record) -> str:
-    return f"{record['loss_clean']:.2f} → {record['loss_adversarial']:.2f}"
-
-
-def _transfer_section(records: list[Record]) -> list[str]:
-    rows = [
-        [
-            r["source"],
-            r["target"],
-            r["attack"],
-            _rate_text(r["defense_rate"]),
-            _rate_text(r["accuracy"]),
-            _rate_text(r["clean_accuracy"]),
-        ]
-        for r in _of(records, "transfer", "ensemble_transfer")
-    ]
-    return _table(
-        "Transfer: success defense rate (filtered, appendix A.7) and unfiltered accuracy",
-        ["source", "target", "attack", "defense rate", "accuracy", "clean accuracy"],
-        rows,
-    )
-
-
-def _whitebox_section(records: list[Record]) -> list[str]:
-    rows = [
-        [r["target"], r["attack"], _rate_text(r["accuracy"]), _flags(r)]
-        for r in _of(records, "whitebox")
-    ]
-    return _table("White-box accuracy", ["model", "attack", "accuracy", "flags"], rows)
-
-
-def _strong_section(records: list[Record]) -> list[str]:
-    return strong_markdown(_of(records, "strong"))
-
-
-def _adaptive_section(records: list[Record]) -> list[str]:
-    rows = []
-    for r in _of(records, "adaptive"):
-        surface = r["surface"] + (f" ({r['bpda_part']})" if r["bpda_part"] else "")
-        moved = _rate_text(r["transfer_accuracy"]) if r["transfer_accuracy"] else "—"
-        rows.append(
-            [
-                r["target"],
-                r["attack"],
-                surface,
-                _rate_text(r["accuracy"]),
-                _rate_text(r["clean_accuracy"]),
-                moved,
-                _rate_text(r["noise_accuracy"]),
-                f"{r['zero_gradient_share']:.2f}",
-                _losses(r),
-                _flags(r),
-            ]
-        )
-    headers = [
-        "model",
-        "attack",
-        "surface",
-        "accuracy",
-        "clean",
-        "transfer from base",
-        "±ε noise",
-        "zero-grad share",
-        "loss clean → adv",
-        "flags",
-    ]
-    return _table("Adaptive white-box: the attack through the whole defended model", headers, rows)
-
-
-def _universal_section(records: list[Record]) -> list[str]:
-    rows = [
-        [
-            r["target"],
-            r["attack"],
-            f"{r['xi']:g}",
-            r["against"],
-            _rate_text(r["fooling_rate"]),
-            _rate_text(r["perturbed_accuracy"]),
-            _rate_text(r["restoration"]),
-        ]
-        for r in _of(records, "universal")
-    ]
-    headers = [
-        "model",
-        "attack",
-        "ξ",
-        "computed against",
-        "fooling rate",
-        "perturbed accuracy",
-        "restoration",
-    ]
-    return _table("Universal perturbations: fooling rate and restoration accuracy", headers, rows)
-
-
-def _decision_section(records: list[Record]) -> list[str]:
-    rows = [
-        [
-            r["target"],
-            f"{r['score']['score']:.2e}",
-            str(r["score"]["n"]),
-            str(r["score"]["failed"]),
-            str(r["score"]["median_queries"]),
-        ]
-        for r in _of(records, "decision")
-    ]
-    headers = ["model", "S(M)", "n", "failed", "median queries"]
-    return _table("Decision-based (Boundary): S(M) = median ‖δ‖²/N", headers, rows)
-
-
-def _curve_sections(records: list[Record]) -> list[str]:
-    lines: list[str] = []
-    for kind, title, unit in (
-        ("curve", "Robust accuracy against ε (APGD-CE; smallest ε per image by bisection)", "ε"),
-        ("noise", "Additive Gaussian noise: accuracy on images every model gets right", "σ"),
-        ("shuffle", "Patch shuffle: accuracy on images every model gets right", "k"),
-    ):
-        for r in _of(records, kind):
-            levels = curve_levels(r)
-            rows = [[m, *(_rate_text(row[lv]) for lv in levels)] for m, row in r["curves"].items()]
-            lines += _table(title, ["model", *(f"{unit}={lv}" for lv in levels)], rows)
-    return lines
-
-
-def strong_markdown(strong: list[Record]) -> list[str]:
-    """The strong protocol: robust accuracy after each attack of the sequence."""
-    if not strong:
-        return []
-    steps = list(strong[0]["after"])
-    rows = []
-    for r in strong:
-        after = [_rate_text(r["after"][s]) if s in r["after"] else "—" for s in steps]
-        broken = ", ".join(f"{k} {v}" for k, v in r["broken"].items())
-        rows.append(
-            [
-                r["target"],
-                f"{r['eps']:g}",
-                _rate_text(r["clean_accuracy"]),
-                *after,
-                broken,
-                f"{r['zero_gradient_share']:.2f}",
-                _flags(r),
-            ]
-        )
-    headers = [
-        "model",
-        "ε",
-        "clean",
-        *(f"after {s}" for s in steps),
-        "broken by each",
-        "zero-grad share",
-        "flags",
-    ]
-    title = "Strong (AutoAttack-style): robust accuracy after each attack, worst case per image"
-    return _table(title, headers, rows)
 
 
 # --- the comparison table: one row per model, one column per protocol ---------------------

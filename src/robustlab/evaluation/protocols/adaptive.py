@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from robustlab.attacks.base import ATTACKS
 from robustlab.evaluation.adaptive import adaptive_attack
+from robustlab.evaluation.protocols import tables as T
 from robustlab.evaluation.protocols.base import (
     PROTOCOLS,
     Context,
@@ -44,6 +45,43 @@ class Adaptive(Protocol):
             ("params", "flags", "loss_rises", "masking"),
         )
     }
+
+    table_order = 40
+
+    @classmethod
+    def markdown(cls, records: list[Record]) -> list[str]:
+        rows = []
+        for r in T.of(records, "adaptive"):
+            surface = r["surface"] + (f" ({r['bpda_part']})" if r["bpda_part"] else "")
+            moved = T.rate_text(r["transfer_accuracy"]) if r["transfer_accuracy"] else "—"
+            rows.append(
+                [
+                    r["target"],
+                    r["attack"],
+                    surface,
+                    T.rate_text(r["accuracy"]),
+                    T.rate_text(r["clean_accuracy"]),
+                    moved,
+                    T.rate_text(r["noise_accuracy"]),
+                    f"{r['zero_gradient_share']:.2f}",
+                    f"{r['loss_clean']:.2f} → {r['loss_adversarial']:.2f}",
+                    T.flags_text(r),
+                ]
+            )
+        headers = [
+            "model",
+            "attack",
+            "surface",
+            "accuracy",
+            "clean",
+            "transfer from base",
+            "±ε noise",
+            "zero-grad share",
+            "loss clean → adv",
+            "flags",
+        ]
+        title = "Adaptive white-box: the attack through the whole defended model"
+        return T.section(title, headers, rows)
 
     @classmethod
     def parse(cls, entry: Mapping[str, Any], where: str, spec: SpecView) -> Adaptive:

@@ -97,6 +97,7 @@ class Protocol(ABC):
     kind: ClassVar[str]  # the spec's type = "..."
     keys: ClassVar[frozenset[str]]  # the spec keys besides type and name
     schemas: ClassVar[dict[str, Schema]]  # record kind -> schema
+    table_order: ClassVar[int] = 100  # where its table comes in results.md (ascending)
     name: str | None  # the spec's heading for the protocol, if any
 
     @classmethod
@@ -107,6 +108,13 @@ class Protocol(ABC):
     @abstractmethod
     def cells(self, ctx: Context) -> Iterator[Record]:
         """The protocol's records, each computed once through ``ctx.record``."""
+
+    @classmethod
+    def markdown(cls, records: list[Record]) -> list[str]:
+        """Its table in results.md from all the run's records (default: none); the helpers
+        are in :mod:`robustlab.evaluation.protocols.tables`."""
+        del records  # a hook with a default (no table), not abstract
+        return []
 
     def check_data(self, *, images: int, size: int, classes: int) -> None:
         """Refuse, before any model trains, what the data cannot give (default: nothing):

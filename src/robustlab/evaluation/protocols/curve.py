@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from robustlab.evaluation.curve import EpsilonSearch, accuracy_at, save_success, smallest_eps
+from robustlab.evaluation.protocols import tables as T
 from robustlab.evaluation.protocols.base import (
     PROTOCOLS,
     Context,
@@ -48,6 +49,13 @@ class Curve(Protocol):
         "curve_cell": Schema(("target",), (), ("rates", "success_file")),
         "curve": Schema(("attack",), (), ("curves", "eps_max", "resolution", "steps", "n")),
     }
+
+    table_order = 70
+
+    @classmethod
+    def markdown(cls, records: list[Record]) -> list[str]:
+        title = "Robust accuracy against ε (APGD-CE; smallest ε per image by bisection)"
+        return T.curve_section(records, "curve", title, "ε")
 
     @classmethod
     def parse(cls, entry: Mapping[str, Any], where: str, spec: SpecView) -> Curve:

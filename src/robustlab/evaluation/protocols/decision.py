@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from robustlab.evaluation.measures import decision_score
+from robustlab.evaluation.protocols import tables as T
 from robustlab.evaluation.protocols.base import (
     PROTOCOLS,
     Context,
@@ -39,6 +40,23 @@ class Decision(Protocol):
     schemas: ClassVar[dict[str, Schema]] = {
         "decision": Schema(("target", "attack"), (), ("score", "params"))
     }
+
+    table_order = 60
+
+    @classmethod
+    def markdown(cls, records: list[Record]) -> list[str]:
+        rows = [
+            [
+                r["target"],
+                f"{r['score']['score']:.2e}",
+                str(r["score"]["n"]),
+                str(r["score"]["failed"]),
+                str(r["score"]["median_queries"]),
+            ]
+            for r in T.of(records, "decision")
+        ]
+        headers = ["model", "S(M)", "n", "failed", "median queries"]
+        return T.section("Decision-based (Boundary): S(M) = median ‖δ‖²/N", headers, rows)
 
     @classmethod
     def parse(cls, entry: Mapping[str, Any], where: str, spec: SpecView) -> Decision:

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from robustlab.evaluation.measures import noise_curve, shuffle_probe
+from robustlab.evaluation.protocols import tables as T
 from robustlab.evaluation.protocols.base import (
     PROTOCOLS,
     Context,
@@ -65,6 +66,13 @@ class Noise(Protocol):
     keys = frozenset({"models", "sigmas"})
     schemas: ClassVar[dict[str, Schema]] = {"noise": CURVES}
 
+    table_order = 80
+
+    @classmethod
+    def markdown(cls, records: list[Record]) -> list[str]:
+        title = "Additive Gaussian noise: accuracy on images every model gets right"
+        return T.curve_section(records, "noise", title, "σ")
+
     @classmethod
     def parse(cls, entry: Mapping[str, Any], where: str, spec: SpecView) -> Noise:
         if "sigmas" not in entry:
@@ -91,6 +99,13 @@ class Shuffle(Protocol):
     kind = "shuffle"
     keys = frozenset({"models", "ks"})
     schemas: ClassVar[dict[str, Schema]] = {"shuffle": CURVES}
+
+    table_order = 90
+
+    @classmethod
+    def markdown(cls, records: list[Record]) -> list[str]:
+        title = "Patch shuffle: accuracy on images every model gets right"
+        return T.curve_section(records, "shuffle", title, "k")
 
     @classmethod
     def parse(cls, entry: Mapping[str, Any], where: str, spec: SpecView) -> Shuffle:

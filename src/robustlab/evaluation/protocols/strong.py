@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from robustlab.evaluation.protocols import tables as T
 from robustlab.evaluation.protocols.base import (
     PROTOCOLS,
     Context,
@@ -48,6 +49,41 @@ class Strong(Protocol):
             ("params", "after", "broken", "flags", "eps"),
         )
     }
+
+    table_order = 30
+
+    @classmethod
+    def markdown(cls, records: list[Record]) -> list[str]:
+        strong = T.of(records, "strong")
+        if not strong:
+            return []
+        steps = list(strong[0]["after"])
+        rows = []
+        for r in strong:
+            after = [T.rate_text(r["after"][s]) if s in r["after"] else "—" for s in steps]
+            broken = ", ".join(f"{k} {v}" for k, v in r["broken"].items())
+            rows.append(
+                [
+                    r["target"],
+                    f"{r['eps']:g}",
+                    T.rate_text(r["clean_accuracy"]),
+                    *after,
+                    broken,
+                    f"{r['zero_gradient_share']:.2f}",
+                    T.flags_text(r),
+                ]
+            )
+        headers = [
+            "model",
+            "ε",
+            "clean",
+            *(f"after {s}" for s in steps),
+            "broken by each",
+            "zero-grad share",
+            "flags",
+        ]
+        title = "Strong (AutoAttack-style): robust accuracy after each attack, worst case per image"
+        return T.section(title, headers, rows)
 
     @classmethod
     def parse(cls, entry: Mapping[str, Any], where: str, spec: SpecView) -> Strong:

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from robustlab.evaluation.protocols import tables as T
 from robustlab.evaluation.protocols.base import (
     PROTOCOLS,
     Context,
@@ -75,6 +76,27 @@ class Transfer(Protocol):
     kind = "transfer"
     keys = frozenset({"sources", "targets", "attacks"})
     schemas: ClassVar[dict[str, Schema]] = {"transfer": SCHEMA}
+
+    table_order = 10
+
+    @classmethod
+    def markdown(cls, records: list[Record]) -> list[str]:
+        rows = [
+            [
+                r["source"],
+                r["target"],
+                r["attack"],
+                T.rate_text(r["defense_rate"]),
+                T.rate_text(r["accuracy"]),
+                T.rate_text(r["clean_accuracy"]),
+            ]
+            for r in T.of(records, "transfer", "ensemble_transfer")  # one table for both
+        ]
+        return T.section(
+            "Transfer: success defense rate (filtered, appendix A.7) and unfiltered accuracy",
+            ["source", "target", "attack", "defense rate", "accuracy", "clean accuracy"],
+            rows,
+        )
 
     @classmethod
     def parse(cls, entry: Mapping[str, Any], where: str, spec: SpecView) -> Transfer:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from robustlab.attacks.universal import UNIVERSAL_ATTACKS, UniversalPerturbation
+from robustlab.evaluation.protocols import tables as T
 from robustlab.evaluation.protocols.base import (
     PROTOCOLS,
     Context,
@@ -57,6 +58,34 @@ class Universal(Protocol):
             ("xi", "restoration"),
         )
     }
+
+    table_order = 50
+
+    @classmethod
+    def markdown(cls, records: list[Record]) -> list[str]:
+        rows = [
+            [
+                r["target"],
+                r["attack"],
+                f"{r['xi']:g}",
+                r["against"],
+                T.rate_text(r["fooling_rate"]),
+                T.rate_text(r["perturbed_accuracy"]),
+                T.rate_text(r["restoration"]),
+            ]
+            for r in T.of(records, "universal")
+        ]
+        headers = [
+            "model",
+            "attack",
+            "ξ",
+            "computed against",
+            "fooling rate",
+            "perturbed accuracy",
+            "restoration",
+        ]
+        title = "Universal perturbations: fooling rate and restoration accuracy"
+        return T.section(title, headers, rows)
 
     @classmethod
     def parse(cls, entry: Mapping[str, Any], where: str, spec: SpecView) -> Universal:

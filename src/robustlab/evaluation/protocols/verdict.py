@@ -58,6 +58,12 @@ class VerdictProtocol(Protocol):
         )
     }
 
+    table_order = 100
+
+    @classmethod
+    def markdown(cls, records: list[Record]) -> list[str]:
+        return markdown(records)
+
     @classmethod
     def parse(cls, entry: Mapping[str, Any], where: str, spec: SpecView) -> VerdictProtocol:
         norm = entry.get("norm", "linf")

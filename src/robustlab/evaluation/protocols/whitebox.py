@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from robustlab.evaluation.adaptive import gradient_checks
 from robustlab.evaluation.measures import whitebox_accuracy
+from robustlab.evaluation.protocols import tables as T
 from robustlab.evaluation.protocols.base import (
     PROTOCOLS,
     Context,
@@ -42,6 +43,16 @@ class Whitebox(Protocol):
             ("target", "attack"), ("accuracy",), ("params", "flags", "zero_gradient_share")
         )
     }
+
+    table_order = 20
+
+    @classmethod
+    def markdown(cls, records: list[Record]) -> list[str]:
+        rows = [
+            [r["target"], r["attack"], T.rate_text(r["accuracy"]), T.flags_text(r)]
+            for r in T.of(records, "whitebox")
+        ]
+        return T.section("White-box accuracy", ["model", "attack", "accuracy", "flags"], rows)
 
     @classmethod
     def parse(cls, entry: Mapping[str, Any], where: str, spec: SpecView) -> Whitebox:
