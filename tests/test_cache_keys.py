@@ -5,7 +5,9 @@ directories are reused as they are (nothing recomputes after a refactor).
 ``tests/golden/keys-*.json`` were captured with the executor before the protocol modules
 existed (commit ce718ba); the keys are hashes of configs, the same on every CPU. Changed by
 design since: the 11 summary cells (they now count network passes per image, so their key
-gained "passes" and older summary cells are recomputed, in seconds). The run is
+gained "passes" and older summary cells are recomputed, in seconds), and in
+three-defenses.toml the CSC model and its 8 cells (its solver: a fixed ρ, at most 200
+iterations, so that solves converge and can be warm-started under attack; docs/csc.md). The run is
 planned, not carried out: cells and models are stubbed, only their keys are recorded.
 """
 
