@@ -18,3 +18,23 @@ def test_benchmark_imports_and_has_a_main(path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
     spec.loader.exec_module(module)
     assert callable(module.main)
+
+
+def test_the_scaling_benchmark_measures_every_task_and_fits_exponents() -> None:
+    sys.path.insert(0, str(BENCHMARKS[0].parent))
+    try:
+        import scaling
+    finally:
+        sys.path.pop(0)
+    assert scaling.exponent([1, 10, 100], [3, 30, 300]) == pytest.approx(1.0)
+    assert scaling.exponent([1, 10, 100], [1, 100, 10000]) == pytest.approx(2.0)
+    import torch
+
+    curves = {}
+    for name, task in scaling.TASKS.items():  # every task runs on a tiny problem
+        point = scaling.measure(task, 4, 16, torch.device("cpu"))
+        assert point["seconds"] > 0 and point["peak_rss_mb"] > 0
+        twice = [{"x": 4, **point}, {"x": 8, **point}]
+        curves[name] = {"n": twice, "size": twice}
+    lines = scaling._table(curves, torch.device("cpu"), 1)
+    assert any(line.startswith("| purification | n | n=4:") for line in lines)
