@@ -20,6 +20,7 @@ process's, not the computation's alone: what a user must have), and on CUDA the 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -43,9 +44,16 @@ def count_passes(network: nn.Module) -> nn.Module:
 def counted(model: nn.Module) -> nn.Module:
     """``model`` with its passes counted: as it is when some part of it is marked (a network
     from a run folder inside a defense), else marked as a whole (a user's module)."""
-    if not any(getattr(m, _MARK, False) for m in model.modules()):
+    if not any(_marked(m) for m in model.modules()):
         count_passes(model)
     return model
+
+
+def _marked(module: nn.Module) -> bool:
+    """Marked by :func:`count_passes`: a plain attribute, so in the instance's ``__dict__``
+    (looked up there directly: ``getattr`` on a module raises and catches for every module
+    call of every forward pass while a meter is open)."""
+    return _MARK in module.__dict__
 
 
 @dataclass
@@ -164,11 +172,11 @@ class _State:
             self._sampler = None
 
     def _pre(self, module: nn.Module, args: Any) -> None:
-        if getattr(module, _MARK, False):
+        if _marked(module):
             self.depth += 1
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not getattr(module, _MARK, False):
+        if not _marked(module):
             return
         self.depth -= 1  # called even when the forward pass raised (``always_call``)
         if self.depth or self.paused or not isinstance(output, torch.Tensor):
@@ -209,8 +217,6 @@ def _rss_mb() -> float:
 
 
 try:
-    import os
-
     _PAGE = os.sysconf("SC_PAGE_SIZE")
 except (AttributeError, ValueError, OSError):  # not POSIX
     _PAGE = 4096
