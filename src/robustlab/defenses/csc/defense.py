@@ -55,7 +55,7 @@ class CSCDefense(Defense):
     auto_rho : sporco's adaptive ρ (residual balancing, its default). On Fashion-MNIST's
         high-pass images it keeps some solves from ever meeting the tolerance (5 of 8 ran
         500 iterations), so every solve there stops at ``max_iter`` and warm starts under
-        attack cannot apply; a fixed ρ = 50 λ + 1 converges in ~63 (docs/csc.md).
+        attack cannot apply; a fixed ρ = 50 λ + 1 converges in ~65 (docs/csc.md).
     channel_order : for a released ``.npy`` dictionary: "bgr" (the release's, default) or
         "rgb" (see :func:`~robustlab.defenses.csc.dictionary.load_released_dictionary`).
     """
