@@ -32,6 +32,11 @@ from safetensors.torch import save as _st_save
 
 from robustlab import distributed
 
+# A JSON object as it crosses the file boundary: a record, meta.json, results.json, a spec's
+# TOML table, a file's metadata header. Only readers, writers and ``to_dict``/``from_dict``
+# take or give one; inside the library values are typed (configs, records' dataclasses).
+JSONObject = dict[str, Any]
+
 
 class RobustlabError(Exception):
     """A user-facing error: its message is one line naming the problem and the fix."""
@@ -128,7 +133,7 @@ def save_tensors(
         handle.write(blob)
 
 
-def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], JSONObject]:
     """Load a safetensors file written by :func:`save_tensors`: (tensors, metadata)."""
     path = Path(path)
     try:
@@ -145,7 +150,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return tensors, header
 
 
-def _read_header(blob: bytes) -> dict[str, Any]:
+def _read_header(blob: bytes) -> JSONObject:
     size = int.from_bytes(blob[:8], "little")
     header = json.loads(blob[8 : 8 + size])
     meta = header.get("__metadata__") or {}

@@ -15,7 +15,14 @@ import torch
 from torch import nn
 
 from robustlab.assemble import create
-from robustlab.io import RobustlabError, load_tensors, read_json, save_tensors, write_json
+from robustlab.io import (
+    JSONObject,
+    RobustlabError,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from robustlab.models.config import ModelConfig
 from robustlab.models.cost import count_passes
 from robustlab.version import __version__
@@ -35,12 +42,12 @@ def save_run(run_dir: str | Path, model: nn.Module, config: ModelConfig, **meta:
     )
 
 
-def read_meta(run_dir: str | Path) -> dict[str, Any]:
+def read_meta(run_dir: str | Path) -> JSONObject:
     """The metadata of a run, with a clear error when the folder is not a run."""
     path = Path(run_dir) / META_FILE
     if not path.is_file():
         raise RobustlabError(f"{run_dir}: not a run directory (no {META_FILE}); train one first")
-    meta: dict[str, Any] = read_json(path)
+    meta: JSONObject = read_json(path)
     if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise RobustlabError(f"{path}: unknown run format {found!r}")
@@ -53,7 +60,7 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def model_config(run_dir: str | Path, meta: dict[str, Any] | None = None) -> ModelConfig:
+def model_config(run_dir: str | Path, meta: JSONObject | None = None) -> ModelConfig:
     """The model config of a run, as data: a factory named in its meta.json is imported only
     when the user trusts it (:func:`robustlab.models.external.check_trusted`)."""
     meta = read_meta(run_dir) if meta is None else meta
@@ -64,7 +71,7 @@ def model_config(run_dir: str | Path, meta: dict[str, Any] | None = None) -> Mod
 
 
 def check_run(
-    run_dir: str | Path, expected: ModelConfig, meta: dict[str, Any] | None = None
+    run_dir: str | Path, expected: ModelConfig, meta: JSONObject | None = None
 ) -> ModelConfig:
     """The run's model config, refused unless it is ``expected`` (the config a caller keyed
     the folder by): a folder edited to describe another model is never evaluated."""

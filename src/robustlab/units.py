@@ -3,7 +3,10 @@ works in [0, 1]. This module is the one place where one becomes the other."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TypeVar
+
+V = TypeVar("V")
 
 PIXEL_UNITS = ("eps", "step", "xi")  # converted from 0-255 to [0, 1]; sigma stays in 0-255
 
@@ -20,7 +23,7 @@ def pgd_budget(text: str) -> tuple[float, float, int]:
     return from_255(float(eps)), from_255(float(step)), int(steps)
 
 
-def to_unit(params: dict[str, Any]) -> dict[str, Any]:
+def to_unit(params: Mapping[str, V]) -> dict[str, V | float]:
     """Parameters with their 0-255 pixel quantities (eps, step, xi) in [0, 1] units."""
     return {
         k: (from_255(v) if k in PIXEL_UNITS and isinstance(v, int | float) else v)

@@ -13,7 +13,6 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,11 +20,11 @@ from torch import nn
 from tqdm import tqdm
 
 from robustlab.attacks import distances
-from robustlab.attacks.base import AttackResult
+from robustlab.attacks.base import AttackResult, Params
 from robustlab.attacks.registry import build
 from robustlab.data import Dataset
 from robustlab.distributed import map_batches
-from robustlab.io import RobustlabError, atomic_write, check_array
+from robustlab.io import JSONObject, RobustlabError, atomic_write, check_array
 from robustlab.models.base import model_device, predict
 from robustlab.seeding import derive_seed
 from robustlab.version import __version__
@@ -45,7 +44,7 @@ class AdversarialSet:
     adv_pred: np.ndarray  # ... and on the stored adversarial images
     linf: np.ndarray  # per-example norms of (stored adversarial − clean), in [0, 1] units
     l2: np.ndarray
-    config: dict[str, Any]
+    config: JSONObject
     queries: np.ndarray | None = None
     path: str | None = None  # where it was read from (messages only; never written)
 
@@ -134,7 +133,7 @@ def batch_seed(seed: int, start: int) -> int:
 def attack_in_batches(
     attack: str,
     model: nn.Module,
-    params: dict[str, Any],
+    params: Params,
     x: torch.Tensor,
     y: torch.Tensor,
     target: torch.Tensor | None = None,
@@ -187,13 +186,13 @@ def generate_set(
     data: Dataset,
     indices: np.ndarray,
     attack: str,
-    params: dict[str, Any],
+    params: Params,
     *,
     seed: int = 0,
     batch_size: int = 256,
     quantize: bool = True,
     target: int | None = None,
-    config: dict[str, Any] | None = None,
+    config: JSONObject | None = None,
     quiet: bool = False,
 ) -> AdversarialSet:
     """Attack ``source`` on ``data[indices]`` batch by batch; return the set (not yet saved).

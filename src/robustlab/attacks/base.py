@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustlab.io import JSONObject
 from robustlab.models.base import frozen, warm_started
 from robustlab.models.cost import add_queries, paused
 from robustlab.registry import Registry
@@ -110,7 +111,7 @@ class Attack(ABC):
             raise ValueError(cls.parameter_error(params, err)) from None
 
     @classmethod
-    def parameter_error(cls, params: Mapping[str, Any], err: TypeError) -> str:
+    def parameter_error(cls, params: Mapping[str, object], err: TypeError) -> str:
         """A one-line message for parameters the constructor does not take, naming the
         ones it does (not Python's "unexpected keyword argument")."""
         accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in SKIPPED]
@@ -122,7 +123,7 @@ class Attack(ABC):
             )
         return f"attack {cls.name!r}: {err}"
 
-    def params(self) -> dict[str, Any]:
+    def params(self) -> JSONObject:
         """The attack's parameters, for adversarial-set files and result records."""
         skip = {"model"}
         return {"attack": self.name, **{k: v for k, v in vars(self).items() if k not in skip}}
@@ -151,6 +152,32 @@ class Attack(ABC):
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
 SKIPPED = ("self", "model")  # constructor arguments that are not parameters
+
+ParamValue = bool | int | float | str
+Params = dict[str, ParamValue]  # an attack's parameters, in the library's [0, 1] pixel units
+
+
+class AttackConfig(NamedTuple):
+    """A registered attack and its parameters ([0, 1] units): what a spec's attack table, a
+    protocol's attack or a command line names. A tuple, so ``kind, params = config`` reads
+    it and its JSON form (a cache key's part) is ``[kind, params]``."""
+
+    kind: str
+    params: Params
+
+    def check(self) -> None:
+        """The parameters' one-line errors, before any model exists."""
+        ATTACKS.get(self.kind).check(**self.params)
+
+    def build(self, model: nn.Module, **extra: ParamValue) -> Attack:
+        """The attack against ``model`` (``extra``: parameters a caller adds, e.g. a seed)."""
+        cls = ATTACKS.get(self.kind)
+        params = {**self.params, **extra}
+        make: Callable[..., Attack] = cls  # each subclass takes its own parameters
+        try:
+            return make(model, **params)
+        except TypeError as err:
+            raise ValueError(cls.parameter_error(params, err)) from None
 
 
 def check_range(name: str, value: float, low: float, high: float, hint: str = "") -> float:

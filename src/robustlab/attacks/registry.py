@@ -3,12 +3,10 @@ registers itself in :data:`robustlab.attacks.base.ATTACKS`; importing them here 
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from robustlab.attacks import apgd, apgdt, boundary, cw, fab, fgsm, mifgsm, noise, pgd, square
-from robustlab.attacks.base import ATTACKS, Attack
+from robustlab.attacks.base import ATTACKS, Attack, AttackConfig, ParamValue
 
 MODULES = (apgd, apgdt, boundary, cw, fab, fgsm, mifgsm, noise, pgd, square)  # each registers one
 
@@ -18,15 +16,11 @@ def available(pattern: str = "*") -> list[str]:
     return ATTACKS.names(pattern)
 
 
-def check(name: str, **params: Any) -> None:
+def check(name: str, **params: ParamValue) -> None:
     """Check attack ``name``'s parameters before any model exists (one-line errors)."""
-    ATTACKS.get(name).check(**params)
+    AttackConfig(name, params).check()
 
 
-def build(name: str, model: nn.Module, **params: Any) -> Attack:
+def build(name: str, model: nn.Module, **params: ParamValue) -> Attack:
     """Build attack ``name`` against ``model``; unknown parameters are a clear error."""
-    cls = ATTACKS.get(name)
-    try:
-        return cls(model, **params)
-    except TypeError as err:
-        raise ValueError(cls.parameter_error(params, err)) from None
+    return AttackConfig(name, params).build(model)

@@ -13,7 +13,6 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +24,14 @@ from robustlab.data.readers import (
     read_image_folder,
     read_imagenet_layout,
 )
-from robustlab.io import FolderLock, RobustlabError, atomic_write, load_tensors, save_tensors
+from robustlab.io import (
+    FolderLock,
+    JSONObject,
+    RobustlabError,
+    atomic_write,
+    load_tensors,
+    save_tensors,
+)
 from robustlab.registry import Registry
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -392,7 +398,7 @@ def _cache_key(name: str, root: Path) -> str:
 
 def _cached(
     name: str, source: DatasetSource, root: Path
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+) -> tuple[dict[str, torch.Tensor], JSONObject]:
     path = cache_dir() / f"{name}-{_cache_key(name, root)}.safetensors"
     # one builder per cache entry: a second process waits for it, then reads its file
     with FolderLock(path.parent, "dataset cache", wait=True, name=f".{path.name}.lock"):
@@ -406,7 +412,7 @@ def _cached(
 
 def _build_cache(
     path: Path, source: DatasetSource, root: Path
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+) -> tuple[dict[str, torch.Tensor], JSONObject]:
     splits, classes = source.reader(root)
     if source.stats is not None:
         mean, std = (list(v) for v in source.stats)

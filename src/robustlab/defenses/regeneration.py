@@ -17,13 +17,13 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from robustlab.attacks.base import Params
 from robustlab.attacks.universal import (
     UNIVERSAL_ATTACKS,
     UniversalPerturbation,
@@ -32,7 +32,14 @@ from robustlab.attacks.universal import (
 )
 from robustlab.data import Dataset, batches, sample
 from robustlab.defenses.base import DONE_FILE, Defended, Defense, PrepareContext, Surface
-from robustlab.io import RobustlabError, load_tensors, read_json, save_tensors, write_json
+from robustlab.io import (
+    JSONObject,
+    RobustlabError,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from robustlab.models.base import BlockNet, model_device
 from robustlab.runs import check_weights
 from robustlab.seeding import derive_seed
@@ -193,7 +200,7 @@ def train_frus(
     seed: int,
     device: torch.device | str,
     quiet: bool,
-) -> list[dict[str, Any]]:
+) -> list[JSONObject]:
     """Adam on the FRUs; each batch: its clean images, and them with a synthesised perturbation."""
     optimiser = torch.optim.Adam(fru_parameters(defended), lr=lr)
     generator = torch.Generator().manual_seed(seed)
@@ -254,7 +261,7 @@ def _digest(parts: Iterable[bytes]) -> str:
 
 
 def universal_perturbation(
-    cache: Path, model: nn.Module, attack: str, images: torch.Tensor, params: dict[str, Any]
+    cache: Path, model: nn.Module, attack: str, images: torch.Tensor, params: Params
 ) -> UniversalPerturbation:
     """Compute (or reuse from ``cache``) a universal perturbation against ``model``.
 
@@ -334,7 +341,7 @@ class RegenerationDefense(Defense):
                 len(pixels), generator=torch.Generator().manual_seed(derive_seed(context.seed, k))
             )[: self.attack_images]
             images = pixels[pick.to(context.device)]
-            params = {"xi": self.xi, "seed": derive_seed(context.seed, "uap", k)}
+            params: Params = {"xi": self.xi, "seed": derive_seed(context.seed, "uap", k)}
             # named by the images and the base weights too: an interrupted `sfr train` re-run
             # with other --attack-images, --train-limit or another run computes them anew
             inputs = _digest([images.cpu().numpy().tobytes(), weights.encode()])

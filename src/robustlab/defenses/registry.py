@@ -24,6 +24,7 @@ from robustlab.defenses.training_time import (
     Thermometer,
     TrainingDefense,
 )
+from robustlab.io import JSONObject
 from robustlab.models.config import DefectSpec
 
 MODULES = (csc_defense, transforms)
@@ -40,7 +41,7 @@ def available() -> dict[str, list[str]]:
     }
 
 
-def defense_from_table(table_name: str, table: dict[str, Any]) -> Defense:
+def defense_from_table(table_name: str, table: JSONObject) -> Defense:
     """The defense a spec table describes (``purify`` or ``regenerate``)."""
     if table_name == "regenerate":
         params = dict(table)
@@ -60,7 +61,7 @@ def defense_from_table(table_name: str, table: dict[str, Any]) -> Defense:
     return _build(cls, {cls.main: table[selectors[0]], **params}, "purify")
 
 
-def _build(cls: type[Defense], params: dict[str, Any], where: str) -> Defense:
+def _build(cls: type[Defense], params: JSONObject, where: str) -> Defense:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for key, value in params.items():
         if key not in fields:

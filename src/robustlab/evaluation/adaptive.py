@@ -32,6 +32,7 @@ from torch import nn
 from robustlab.attacks.adversarial_set import attack_in_batches
 from robustlab.defenses.base import attack_view, surface_of
 from robustlab.evaluation.stats import Rate
+from robustlab.io import JSONObject
 from robustlab.models.base import frozen, model_device, predict
 
 BATCH = 64
@@ -64,9 +65,9 @@ class AdaptiveResult:
             {"zero_gradients", "loss_not_rising", "black_box_beats_white_box"} & set(self.flags)
         )
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         rates = ("accuracy", "clean_accuracy", "transfer_accuracy", "noise_accuracy")
-        data: dict[str, Any] = {
+        data: JSONObject = {
             k: (getattr(self, k).to_dict() if getattr(self, k) is not None else None) for k in rates
         }
         data.update(
@@ -158,7 +159,7 @@ class GradientChecks:
             "random_predictions"
         ] * self.randomized
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {
             "zero_gradient_share": self.zero_gradient_share,
             "randomized": self.randomized,

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.evaluation.adaptive import logits_of, zero_gradient_share
+from robustlab.io import JSONObject
 from robustlab.models.base import frozen, model_device, predict
 from robustlab.models.cost import Meter, counted
 
@@ -51,7 +52,7 @@ class Check:
     forwards: int = 0  # passes of one image each, counted (robustlab.models.cost)
     backwards: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {
             "name": self.name,
             "passed": self.passed,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 from torch import nn
 
 from robustlab.defenses.base import added_parameters
 from robustlab.evaluation.stats import Rate
+from robustlab.io import JSONObject
 from robustlab.models.base import accuracy, eval_mode, model_device, predict
 from robustlab.models.cost import Meter, counted
 
@@ -36,7 +36,7 @@ def passes_per_image(model: nn.Module, x: torch.Tensor, count: int = 16) -> floa
     return cost.forward / max(1, len(batch))
 
 
-def summary(model: nn.Module, base: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+def summary(model: nn.Module, base: nn.Module, x: torch.Tensor, y: torch.Tensor) -> JSONObject:
     """The comparison table's own cell of a model: clean accuracy on ``x``, inference cost
     (ms/image and network passes per image, each with its ratio to the undefended ``base``)
     and the parameters a defense adds."""

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.adversarial_set import attack_in_batches
+from robustlab.attacks.base import Params
 from robustlab.defenses.base import attack_view
 from robustlab.evaluation.adaptive import BATCH
 from robustlab.evaluation.stats import Rate
@@ -62,7 +63,7 @@ def smallest_eps(
         for value in torch.unique(eps):
             group = eps == value
             picked = rows[group]
-            params = {"eps": float(value), "steps": search.steps}
+            params: Params = {"eps": float(value), "steps": search.steps}
             adv = attack_in_batches(
                 "apgd", view, params, x[picked], y[picked], seed=seed, batch_size=BATCH
             ).adv

@@ -28,12 +28,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from robustlab.attacks.adversarial_set import attack_in_batches
+from robustlab.attacks.base import Params
 from robustlab.defenses.base import attack_view
 from robustlab.evaluation import checks as C
 from robustlab.evaluation import ladder
@@ -42,8 +42,8 @@ from robustlab.evaluation.stats import Rate
 from robustlab.evaluation.strong import VERSIONS, attack_params
 from robustlab.evaluation.verdict import EvaluationConfig, Step, Verdict, decide
 from robustlab.evaluation.worst_case import Role, WorstCase
-from robustlab.io import config_hash, load_tensors, save_tensors
-from robustlab.models.cost import Meter, counted
+from robustlab.io import JSONObject, config_hash, load_tensors, save_tensors
+from robustlab.models.cost import CostRecord, Meter, counted
 from robustlab.seeding import derive_seed
 
 
@@ -101,7 +101,7 @@ class Evaluation:
         self,
         name: str,
         kind: str,
-        params: dict[str, Any],
+        params: Params,
         *,
         role: Role,
         todo: torch.Tensor,
@@ -174,7 +174,7 @@ class Evaluation:
             saved["trace"][index] = out["trace"].float()
         return saved
 
-    def _batched(self, kind: str, params: dict[str, Any]) -> Runner:
+    def _batched(self, kind: str, params: Params) -> Runner:
         def run(target: nn.Module, index: torch.Tensor) -> dict[str, torch.Tensor]:
             seed = derive_seed(self.seed, kind, sorted(params.items()))
             x, y = self.x[index], self.y[index]
@@ -200,8 +200,8 @@ class Evaluation:
         return None if self.store is None else self.store / f"{len(self.steps):02d}-{safe}.st"
 
     def _load(
-        self, name: str, meta: dict[str, Any]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        self, name: str, meta: JSONObject
+    ) -> tuple[dict[str, torch.Tensor], CostRecord] | None:
         """A step finished by an earlier run of this plan, and what it cost then."""
         path = self._path(name)
         if path is None or not path.is_file():
@@ -222,9 +222,9 @@ class Evaluation:
     def _save(
         self,
         name: str,
-        meta: dict[str, Any],
+        meta: JSONObject,
         tensors: dict[str, torch.Tensor],
-        cost: dict[str, Any],
+        cost: CostRecord,
     ) -> None:
         path = self._path(name)
         if path is not None:
@@ -325,7 +325,7 @@ class Evaluation:
             self.state.targets = targets
 
 
-def _is_cost(cost: dict[str, Any]) -> bool:
+def _is_cost(cost: JSONObject) -> bool:
     """A step file's cost: counts and seconds as numbers (files are data: checked)."""
     return all(
         isinstance(cost.get(k), int | float) and math.isfinite(cost[k]) and cost[k] >= 0

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from robustlab.attacks.apgd import APGD
-from robustlab.attacks.base import per_example_norm
+from robustlab.attacks.base import AttackConfig, Params, per_example_norm
 from robustlab.defenses.base import ExpectationOverTransformation, exact_view
 from robustlab.evaluation import checks as C
 from robustlab.evaluation.adaptive import BATCH, logits_of
@@ -121,7 +121,7 @@ def _corners(ev: Evaluation, target: nn.Module, index: torch.Tensor) -> dict[str
 def probe(ev: Evaluation) -> None:
     """The steps the checks need after the version's attacks, then :func:`recheck`."""
     c, w = ev.config, ev.worst
-    single = {"eps": c.eps, "step": c.eps, "steps": 1, "norm": c.norm}
+    single: Params = {"eps": c.eps, "step": c.eps, "steps": 1, "norm": c.norm}
     ev.attack("single-step", "pgd", single, role="single", todo=w.correct)
     ev.attack(
         "random-corners",
@@ -144,7 +144,8 @@ def probe(ev: Evaluation) -> None:
 def _unconstrained(ev: Evaluation, scale: int) -> None:
     """APGD-CE with ε = 1 on the probe images (not counted: outside the threat model)."""
     c = ev.config
-    params = {"eps": _full_radius(ev), "norm": c.norm, "steps": c.steps * scale, "loss": "ce"}
+    params: Params = {"eps": _full_radius(ev), "norm": c.norm, "steps": c.steps * scale}
+    params["loss"] = "ce"
     params |= {"eot_samples": ev.state.eot} if ev.state.eot > 1 else {}
     todo = _first(ev.worst.correct, c.probe)
     step = ev.attack(
@@ -318,8 +319,9 @@ def _from_black_box(ev: Evaluation, scale: int, suffix: str, reason: str) -> boo
     kind, budgeted = attack_params("apgd-ce", eps=c.eps, norm=c.norm, budgets=ev.budgets(scale))
     apgd = {k: v for k, v in budgeted.items() if k != "restarts"}  # one run, from the points
 
-    def run(target: nn.Module, index: torch.Tensor) -> dict[str, Any]:
-        attack, device = APGD(target, **apgd), model_device(target)
+    def run(target: nn.Module, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        attack, device = AttackConfig(kind, apgd).build(target), model_device(target)
+        assert isinstance(attack, APGD)  # attack_params("apgd-ce") names APGD
         parts = [
             attack.run_from(ev.x[i].to(device), ev.y[i].to(device), points[i].to(device))
             for i in torch.split(index, BATCH)

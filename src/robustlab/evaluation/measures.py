@@ -20,6 +20,7 @@ from robustlab.attacks import build as build_attack
 from robustlab.attacks.adversarial_set import attack_in_batches
 from robustlab.attacks.distances import mse
 from robustlab.evaluation.stats import Rate
+from robustlab.io import JSONObject
 from robustlab.models.base import predict
 
 # Attacks inside protocols run in batches of this size, each seeded by its position, so
@@ -119,7 +120,7 @@ class DecisionResult:
     failed: int
     median_queries: float | None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return dataclasses.asdict(self)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+
+from robustlab.io import JSONObject
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Rate:
     def interval(self) -> tuple[float, float]:
         return wilson_interval(self.hits, self.n)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         low, high = self.interval
         return {**asdict(self), "rate": self.value, "low": low, "high": high}
 

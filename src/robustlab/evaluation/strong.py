@@ -26,27 +26,25 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from robustlab.attacks.adversarial_set import attack_in_batches
-from robustlab.attacks.base import check_radius, check_steps
-from robustlab.attacks.registry import check as check_attack
+from robustlab.attacks.base import AttackConfig, Params, check_radius, check_steps
 from robustlab.defenses.base import attack_view
 from robustlab.evaluation.adaptive import BATCH, gradient_checks
 from robustlab.evaluation.stats import Rate
-from robustlab.io import load_tensors, save_tensors
+from robustlab.io import JSONObject, load_tensors, save_tensors
 from robustlab.models.base import predict
-from robustlab.models.cost import Meter, counted
+from robustlab.models.cost import CostRecord, Meter, counted
 
 # the spec protocol's default (AutoAttack's standard version before FAB-T existed here: the
 # default stays, so that the shipped specs' cache keys do; ``attacks`` may name FAB-T)
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "square")
 # the protocol's attacks: registry name, the parameters the protocol fixes, and which of
 # the budgets (steps, restarts, target_classes, queries) each takes
-STRONG_ATTACKS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
+STRONG_ATTACKS: dict[str, tuple[str, Params, tuple[str, ...]]] = {
     "apgd-ce": ("apgd", {"loss": "ce"}, ("steps", "restarts")),
     "apgd-dlr": ("apgd", {"loss": "dlr"}, ("steps", "restarts")),
     "apgd-t": ("apgdt", {}, ("steps", "restarts", "target_classes")),
@@ -62,12 +60,10 @@ VERSIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def attack_params(
-    name: str, *, eps: float, norm: str, budgets: Mapping[str, int]
-) -> tuple[str, dict[str, Any]]:
+def attack_params(name: str, *, eps: float, norm: str, budgets: Mapping[str, int]) -> AttackConfig:
     """Registry name and parameters of the protocol attack ``name`` with these budgets."""
     kind, fixed, takes = STRONG_ATTACKS[name]
-    return kind, {"eps": eps, "norm": norm, **{b: budgets[b] for b in takes}, **fixed}
+    return AttackConfig(kind, {"eps": eps, "norm": norm, **{b: budgets[b] for b in takes}, **fixed})
 
 
 @dataclass(frozen=True)
@@ -96,14 +92,13 @@ class StrongConfig:
         for budget in ("steps", "queries", "restarts", "target_classes"):
             check_steps(budget, getattr(self, budget))
         for name in self.attacks:  # and each attack checks its own parameters
-            kind, params = self.attack(name)
-            check_attack(kind, **params)
+            self.attack(name).check()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         """The budgets as JSON-able values (record parameters and cache keys)."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
-    def attack(self, name: str) -> tuple[str, dict[str, Any]]:
+    def attack(self, name: str) -> AttackConfig:
         """Registry name and parameters of one of the protocol's attacks."""
         budgets = {b: getattr(self, b) for b in ("steps", "restarts", "target_classes", "queries")}
         return attack_params(name, eps=self.eps, norm=self.norm, budgets=budgets)
@@ -119,13 +114,13 @@ class StrongResult:
     zero_gradient_share: float
     randomized: bool
     flags: list[str] = field(default_factory=list)
-    cost: dict[str, dict[str, Any]] = field(default_factory=dict)  # per attack (models.cost)
+    cost: dict[str, CostRecord] = field(default_factory=dict)  # per attack (models.cost)
 
     @property
     def accuracy(self) -> Rate:
         return list(self.after.values())[-1] if self.after else self.clean_accuracy
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {
             "accuracy": self.accuracy.to_dict(),
             "clean_accuracy": self.clean_accuracy.to_dict(),
@@ -154,7 +149,7 @@ def strong_attack(
     clean = Rate(int(robust.sum()), len(labels))
     after: dict[str, Rate] = {}
     broken: dict[str, int] = {}
-    costs: dict[str, dict[str, Any]] = {}
+    costs: dict[str, CostRecord] = {}
     for name in config.attacks:
         path = store / f"{name}.safetensors" if store is not None else None
         loaded = _load_flags(path, config, name, len(labels))
@@ -195,7 +190,7 @@ def _survivors(
 
 def _load_flags(
     path: Path | None, config: StrongConfig, name: str, n: int
-) -> tuple[torch.Tensor, dict[str, Any]] | None:
+) -> tuple[torch.Tensor, CostRecord] | None:
     """Robust flags saved by an earlier, interrupted run of the same cell and what they cost
     (None if absent)."""
     if path is None or not path.is_file():
@@ -208,6 +203,6 @@ def _load_flags(
     return tensors["robust"].bool(), cost
 
 
-def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(json.dumps(data, sort_keys=True))
+def _jsonable(data: JSONObject) -> JSONObject:
+    loaded: JSONObject = json.loads(json.dumps(data, sort_keys=True))
     return loaded

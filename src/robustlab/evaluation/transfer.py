@@ -9,7 +9,6 @@ Table 2 metric) counts every example.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 
 from robustlab.attacks.adversarial_set import AdversarialSet
 from robustlab.evaluation.stats import Rate
-from robustlab.io import RobustlabError
+from robustlab.io import JSONObject, RobustlabError
 from robustlab.models.base import predict
 
 
@@ -29,7 +28,7 @@ class TransferResult:
     accuracy: Rate  # unfiltered accuracy on all adversarial examples
     clean_accuracy: Rate  # the target's accuracy on the same clean images
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {
             k: getattr(self, k).to_dict() for k in ("defense_rate", "accuracy", "clean_accuracy")
         }

@@ -16,13 +16,13 @@ uncertainty, named in the record.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from robustlab.attacks.universal import apply
 from robustlab.evaluation.stats import Rate
+from robustlab.io import JSONObject
 from robustlab.models.base import predict
 
 
@@ -39,7 +39,7 @@ class UniversalResult:
         pooled = self.clean_accuracy.hits + self.perturbed_accuracy.hits
         return pooled / (2 * max(1, self.base_clean_accuracy.hits))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         pooled = Rate(
             self.clean_accuracy.hits + self.perturbed_accuracy.hits, 2 * self.clean_accuracy.n
         )

@@ -24,6 +24,7 @@ from robustlab.evaluation.checks import Check
 from robustlab.evaluation.stats import Rate
 from robustlab.evaluation.strong import VERSIONS
 from robustlab.evaluation.worst_case import Role
+from robustlab.io import JSONObject
 
 Status = Literal["reliable", "resolved", "unreliable"]
 BUDGETS = ("standard", "thorough")
@@ -74,7 +75,7 @@ class EvaluationConfig:
             "queries": self.queries * scale,
         }
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return asdict(self)
 
 
@@ -102,7 +103,7 @@ class Step:
     counted: bool = True  # False: outside the threat model (ε = 1 probe), not a worst case
     cost: Mapping[str, Any] = field(default_factory=dict)  # passes, queries, seconds, memory
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {**asdict(self), "params": dict(self.params), "cost": dict(self.cost)}
 
 
@@ -137,7 +138,7 @@ class Verdict:
             return f"{head}: {', '.join(self.fired)} fired and pass after escalation"
         return f"{head}: every check passed"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {
             "config": self.config.to_dict(),
             "clean": self.clean.to_dict(),

@@ -18,13 +18,13 @@ from importlib import resources
 from pathlib import Path
 
 from robustlab.data import load_dataset
+from robustlab.evaluation.protocols.base import Record
 from robustlab.evaluation.protocols.tables import curve_levels
 from robustlab.evaluation.stats import Rate
 from robustlab.experiments.executor import run_spec
 from robustlab.experiments.spec import Spec, parse_spec, parse_toml
 from robustlab.io import RobustlabError
 from robustlab.report import write_report
-from robustlab.report.tables import Record
 
 FIX = "sudo apt-get install dataset-fashion-mnist, or run `robustlab demo` with network access"
 DIGITS_CAVEAT = (

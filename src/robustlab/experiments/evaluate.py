@@ -12,7 +12,6 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +21,15 @@ from robustlab.data.datasets import Dataset
 from robustlab.evaluation.escalation import Evaluation
 from robustlab.evaluation.verdict import EvaluationConfig, Verdict
 from robustlab.experiments.jobs import resolve_device
-from robustlab.io import RobustlabError, atomic_write, read_json, under, write_json, writes_output
+from robustlab.io import (
+    JSONObject,
+    RobustlabError,
+    atomic_write,
+    read_json,
+    under,
+    write_json,
+    writes_output,
+)
 from robustlab.models.external import build_external, is_external, load_weights
 from robustlab.report.robustbench import check_card
 from robustlab.report.verdict_page import verdict_card, verdict_page
@@ -43,7 +50,7 @@ class ModelSource:
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> JSONObject:
         digest = None
         if self.weights is not None:
             digest = hashlib.sha256(Path(self.weights).read_bytes()).hexdigest()[:16]
@@ -141,7 +148,7 @@ def evaluate_model(
     return verdict
 
 
-def _claim(out: Path, plan: dict[str, Any]) -> None:
+def _claim(out: Path, plan: JSONObject) -> None:
     """Write the plan first; a folder holding another evaluation's plan is refused."""
     path = out / PLAN_FILE
     if path.is_file():

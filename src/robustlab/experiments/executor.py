@@ -29,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from robustlab.attacks import AdversarialSet, load_set
+from robustlab.attacks.base import AttackConfig, Params
 from robustlab.attacks.universal import UniversalPerturbation, build_universal
 from robustlab.data import Dataset, load_dataset, sample, sample_indices
 from robustlab.defenses.base import attack_view
@@ -39,6 +40,7 @@ from robustlab.experiments.models import ModelStore
 from robustlab.experiments.spec import Spec
 from robustlab.experiments.timings import LOG_FILE, TimingLog
 from robustlab.io import (
+    JSONObject,
     RobustlabError,
     absolute,
     atomic_write,
@@ -178,7 +180,7 @@ class Executor:
     def declared(self, name: str) -> list[str]:
         return self.models.declared(name)
 
-    def attack(self, name: str) -> tuple[str, dict[str, Any]]:
+    def attack(self, name: str) -> AttackConfig:
         return self.spec.attacks[name]
 
     def path(self, folder: str, name: str) -> Path:
@@ -210,7 +212,7 @@ class Executor:
         return load_set(path)
 
     def universal_perturbation(
-        self, victim: str, attack: str, xi: float, attack_images: int, options: dict[str, Any]
+        self, victim: str, attack: str, xi: float, attack_images: int, options: Params
     ) -> torch.Tensor:
         """δ of ``attack`` at strength ``xi`` (0-255) against ``victim``'s attack view, computed
         once on seeded training images and cached by everything it depends on."""
@@ -267,7 +269,7 @@ class Executor:
         # not part of the cached cell: a description of the spec's entry
         return {**self.record(key, compute), "defense": self.spec.models[name].defense_text()}
 
-    def _card(self, name: str, records: list[Record], command: str) -> dict[str, Any]:
+    def _card(self, name: str, records: list[Record], command: str) -> JSONObject:
         """The RobustBench-style card of one evaluated model."""
         entry = self.spec.models[name]
         summary = next(r for r in records if r["protocol"] == "summary" and r["target"] == name)
@@ -306,7 +308,7 @@ def run_spec(
         return Executor(spec, out, device, quiet=quiet, command=command).run()
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device) -> JSONObject:
     """Where the results were computed: versions, platform, device, threads."""
     return {
         "robustlab": __version__,

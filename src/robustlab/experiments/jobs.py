@@ -13,10 +13,11 @@ from torch import nn
 from robustlab.assemble import create
 from robustlab.attacks import AdversarialSet, Ensemble
 from robustlab.attacks.adversarial_set import generate_set, save_set
+from robustlab.attacks.base import Params
 from robustlab.data import Dataset, load_dataset, sample, sample_indices
 from robustlab.defenses.training_time import TrainingDefense, model_with, recipe_with
 from robustlab.distributed import local_device
-from robustlab.io import RobustlabError, prepare_output, writes_output
+from robustlab.io import JSONObject, RobustlabError, prepare_output, writes_output
 from robustlab.models.base import accuracy
 from robustlab.models.config import ModelConfig
 from robustlab.models.external import ExternalNet, load_weights, read_state_dict
@@ -65,7 +66,7 @@ def train_model(
     out: str | Path,
     config: TrainConfig,
     defenses: Sequence[TrainingDefense] = (),
-    options: dict[str, Any] | None = None,
+    options: JSONObject | None = None,
     data_dir: str | None = None,
     download: bool = False,
     train_limit: int | None = None,
@@ -75,7 +76,7 @@ def train_model(
     device: str = "auto",
     quiet: bool = False,
     fast: FastPath | None = None,
-) -> dict[str, Any]:
+) -> JSONObject:
     """Train ``arch`` with the training-time ``defenses`` on ``dataset`` into the run
     directory ``out``; return its metadata."""
     train_data = sample(
@@ -106,9 +107,9 @@ def import_pretrained(
     run_dir: str | Path,
     test_data: Dataset,
     *,
-    dataset_meta: dict[str, Any],
+    dataset_meta: JSONObject,
     device: torch.device | str = "cpu",
-) -> dict[str, Any]:
+) -> JSONObject:
     """A run directory for a model trained elsewhere: ``model_config`` built with the weights
     of ``weights`` (:func:`~robustlab.models.external.read_state_dict`: safetensors or a
     weights-only state dict), its test accuracy measured; returns the run's metadata."""
@@ -150,9 +151,7 @@ def evaluate_clean(
     return accuracy(model, data), len(data)
 
 
-def load_sources(
-    runs: Sequence[str | Path], device: torch.device
-) -> tuple[nn.Module, dict[str, Any]]:
+def load_sources(runs: Sequence[str | Path], device: torch.device) -> tuple[nn.Module, JSONObject]:
     """One run, or the logit-averaging ensemble of several; with the first run's metadata."""
     if not runs:
         raise ValueError("give at least one --source run")
@@ -176,7 +175,7 @@ def make_adversarial_set(
     *,
     sources: Sequence[str | Path],
     attack: str,
-    params: dict[str, Any],
+    params: Params,
     out: str | Path,
     dataset: str | None = None,
     data_dir: str | None = None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +28,7 @@ from robustlab.defenses.regeneration import (
     universal_perturbation,
 )
 from robustlab.io import (
+    JSONObject,
     RobustlabError,
     load_tensors,
     prepare_output,
@@ -46,7 +46,7 @@ from robustlab.version import __version__
 SFR_FORMAT = "robustlab-sfr/1"
 
 
-def _train_split(meta: dict[str, Any], limit: int | None, seed: int) -> Dataset:
+def _train_split(meta: JSONObject, limit: int | None, seed: int) -> Dataset:
     info = meta["dataset"]
     return sample(load_dataset(info["name"], "train", info.get("data_dir")), limit, seed)
 
@@ -71,7 +71,7 @@ def train_sfr(
     force: bool = False,
     quiet: bool = False,
     command: str = "",
-) -> dict[str, Any]:
+) -> JSONObject:
     """Train FRUs on ``layers`` of a run against ``attack`` perturbations; write ``out``.
 
     A front-end over :class:`~robustlab.defenses.regeneration.RegenerationDefense` (the
@@ -131,7 +131,7 @@ def train_sfr(
 
 def load_sfr(
     directory: str | Path, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+) -> tuple[nn.Module, nn.Module, JSONObject]:
     """(baseline, defended, metadata) of an SFR directory, both in eval mode."""
     directory = Path(directory)
     if not (directory / "meta.json").is_file():
@@ -153,7 +153,7 @@ def load_sfr(
 
 def _evaluation_perturbation(
     directory: str | Path,
-    meta: dict[str, Any],
+    meta: JSONObject,
     models: dict[str, nn.Module],
     *,
     attack: str,
@@ -193,7 +193,7 @@ def evaluate_sfr(
     seed: int = 0,
     device: torch.device | str = "cpu",
     perturbation_file: str | Path | None = None,
-) -> dict[str, Any]:
+) -> JSONObject:
     """Fooling rates, accuracies and restoration accuracy of baseline and defended model.
 
     The perturbation is computed on training images against the baseline (or,

@@ -39,9 +39,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
 
 from robustlab.attacks import available as available_attacks
+from robustlab.attacks.base import AttackConfig
 from robustlab.attacks.registry import check as check_attack
 from robustlab.data import available as available_datasets
 from robustlab.defenses.base import Defense
@@ -49,7 +49,7 @@ from robustlab.defenses.registry import TABLES as DEFENSE_TABLES
 from robustlab.defenses.registry import TRAINING_KEYS, defense_from_table, training_defenses
 from robustlab.defenses.training_time import TrainingDefense, recipe_with
 from robustlab.evaluation.protocols import Protocol, SpecView, parse_protocol
-from robustlab.io import RobustlabError, check_name
+from robustlab.io import JSONObject, RobustlabError, check_name
 from robustlab.models import available as available_archs
 from robustlab.models.config import DefectSpec
 from robustlab.models.external import FACTORY_HINT, is_external
@@ -98,14 +98,14 @@ class ModelEntry:
 
     name: str
     arch: str = "resnet8"
-    options: dict[str, Any] = field(default_factory=dict)
+    options: JSONObject = field(default_factory=dict)
     training: tuple[TrainingDefense, ...] = ()  # built into the model or its recipe
     train_limit: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)  # the recipe before ``training``
     members: tuple[str, ...] = ()
     base: str | None = None  # a defended entry: the defense wraps this trained model
     defense: Defense | None = None
-    defense_table: tuple[str, dict[str, Any]] | None = None  # as the spec wrote it (0-255)
+    defense_table: tuple[str, JSONObject] | None = None  # as the spec wrote it (0-255)
     weights: str | None = None  # trained elsewhere: imported from this file, not trained
     mean: tuple[float, ...] | None = None  # input normalisation (default: the data's)
     std: tuple[float, ...] | None = None
@@ -139,9 +139,9 @@ class Spec:
     seed: int
     n: int
     models: dict[str, ModelEntry]
-    attacks: dict[str, tuple[str, dict[str, Any]]]
+    attacks: dict[str, AttackConfig]
     protocols: list[Protocol]  # typed configs, parsed once (robustlab.evaluation.protocols)
-    source: dict[str, Any]  # the parsed TOML, recorded with the results
+    source: JSONObject  # the parsed TOML, recorded with the results
     path: str | None = None
 
 
@@ -172,7 +172,7 @@ def load_spec(path: str | Path) -> Spec:
     return spec
 
 
-def parse_toml(text: str) -> dict[str, Any]:
+def parse_toml(text: str) -> JSONObject:
     """Parse TOML text (tomllib, or tomli before Python 3.11)."""
     return tomllib.loads(text)
 
@@ -181,7 +181,7 @@ SECTIONS = ("experiment", "train", "models", "attacks", "protocols")
 EXPERIMENT_KEYS = ("name", "dataset", "data_dir", "seed", "n")
 
 
-def parse_spec(raw: dict[str, Any], default_name: str = "experiment") -> Spec:
+def parse_spec(raw: JSONObject, default_name: str = "experiment") -> Spec:
     """Validate a parsed spec (see the module docstring for the format)."""
     for section in raw:
         if section not in SECTIONS:
@@ -244,7 +244,7 @@ def parse_spec(raw: dict[str, Any], default_name: str = "experiment") -> Spec:
     )
 
 
-def _model(name: str, defaults: dict[str, Any], entry: dict[str, Any]) -> ModelEntry:
+def _model(name: str, defaults: JSONObject, entry: JSONObject) -> ModelEntry:
     if "members" in entry:
         members = entry["members"]
         if not isinstance(members, list) or not members:
@@ -290,7 +290,7 @@ def _model(name: str, defaults: dict[str, Any], entry: dict[str, Any]) -> ModelE
     )
 
 
-def _training_defenses(name: str, merged: dict[str, Any]) -> tuple[TrainingDefense, ...]:
+def _training_defenses(name: str, merged: JSONObject) -> tuple[TrainingDefense, ...]:
     """``defect`` (+ ``mask_seed``), ``regularizer``, ``thermometer``, ``label_smoothing``
     and ``adv_train = "EPS:STEP:STEPS"`` (0-255 units) of a trained entry."""
     where = f"[models.{name}]"
@@ -322,7 +322,7 @@ def _training_defenses(name: str, merged: dict[str, Any]) -> tuple[TrainingDefen
         raise ValueError(f"{where} {err}") from None
 
 
-def _model_options(name: str, arch: str, merged: dict[str, Any]) -> dict[str, Any]:
+def _model_options(name: str, arch: str, merged: JSONObject) -> JSONObject:
     """Architecture options: ``width`` for zoo models; ``factory_args`` and ``defect_layers``
     for factories; ``weights``, ``mean`` and ``std`` checked here, before any work."""
     where = f"[models.{name}]"
@@ -348,12 +348,12 @@ def _model_options(name: str, arch: str, merged: dict[str, Any]) -> dict[str, An
     width = merged.get("width")
     if width is not None and (type(width) is not int or width < 1):
         raise ValueError(f"{where} width = {width!r} must be a positive integer, e.g. 16")
-    options: dict[str, Any] = {"width": width} if width is not None else {}
+    options: JSONObject = {"width": width} if width is not None else {}
     options.update({k: merged[k] for k in sorted(external)})
     return options
 
 
-def _check_types(where: str, values: dict[str, Any]) -> None:
+def _check_types(where: str, values: JSONObject) -> None:
     """TOML values against TrainConfig's field types, naming the key (no late TypeError)."""
     kinds = {f.name: str(f.type) for f in fields(TrainConfig)}
     for key, value in values.items():
@@ -372,7 +372,7 @@ def _check_types(where: str, values: dict[str, Any]) -> None:
             raise ValueError(f"{where} {key} must be a list of integers, got {value!r}")
 
 
-def _defended(name: str, entry: dict[str, Any]) -> ModelEntry:
+def _defended(name: str, entry: JSONObject) -> ModelEntry:
     """``base = "standard"`` and one table: ``purify = {...}`` or ``regenerate = {...}``."""
     where = f"[models.{name}]"
     tables = [t for t in DEFENSE_TABLES if t in entry]
@@ -399,7 +399,7 @@ def _defended(name: str, entry: dict[str, Any]) -> ModelEntry:
     )
 
 
-def parse_attack(where: str, entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def parse_attack(where: str, entry: JSONObject) -> AttackConfig:
     """An attack table (``attack = "pgd"``, parameters with ε, step and ξ in 0-255 units)
     as the attack's name and its parameters in [0, 1] units, checked now, not mid-run. The
     spec's ``[attacks.NAME]`` tables and ``robustlab attack``'s options both come here."""
@@ -421,4 +421,4 @@ def parse_attack(where: str, entry: dict[str, Any]) -> tuple[str, dict[str, Any]
         check_attack(attack, **params)
     except ValueError as err:
         raise ValueError(f"{where} {err}") from None
-    return attack, params
+    return AttackConfig(attack, params)

@@ -17,9 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from robustlab.io import RobustlabError
+from robustlab.io import JSONObject, RobustlabError
 
 LOG_FILE = "timings.jsonl"
 
@@ -32,9 +31,9 @@ class TimingLog:
         self._nested: list[float] = []  # seconds of timed work inside each open piece
 
     @contextmanager
-    def timed(self, kind: str, name: str) -> Iterator[dict[str, Any]]:
+    def timed(self, kind: str, name: str) -> Iterator[JSONObject]:
         """Time the enclosed work; the dict yielded takes fields to log with it."""
-        what: dict[str, Any] = {"kind": kind, "name": name}
+        what: JSONObject = {"kind": kind, "name": name}
         start = self.clock()
         self._nested.append(0.0)
         try:
@@ -69,7 +68,7 @@ class TimingSummary:
     total: float
     by_kind: dict[str, float]
     by_protocol: dict[str, float]
-    largest: list[dict[str, Any]]
+    largest: list[JSONObject]
 
     def lines(self) -> list[str]:
         out = [f"total {self.total / 60:.1f} min of logged work"]

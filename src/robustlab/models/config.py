@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from robustlab.io import RobustlabError
+from robustlab.io import JSONObject, RobustlabError
 from robustlab.models.external import check_trusted
 
 Mode = Literal["neuron", "channel", "shared"]
@@ -79,13 +79,13 @@ class DefectSpec:
         )
         return f"{blocks}:{self.keep_prob:g}{extras}"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         data = asdict(self)
         data["blocks"] = self.blocks if isinstance(self.blocks, str) else list(self.blocks)
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DefectSpec:
+    def from_dict(cls, data: JSONObject) -> DefectSpec:
         blocks = data["blocks"]
         return cls(
             keep_prob=float(data["keep_prob"]),
@@ -112,9 +112,9 @@ class ModelConfig:
     regularizer_block: int = 3
     regularizer_keep: float = 0.9
     thermometer: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    options: JSONObject = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["defect"] = self.defect.to_dict() if self.defect is not None else None
         for key in ("mean", "std"):
@@ -122,7 +122,7 @@ class ModelConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, origin: str | Path) -> ModelConfig:
+    def from_dict(cls, data: JSONObject, *, origin: str | Path) -> ModelConfig:
         """The config stored in the file ``origin`` (a run's meta.json, an SFR directory).
 
         Files are data: the architecture must be one :func:`check_trusted` allows (a factory

@@ -56,6 +56,10 @@ def _marked(module: nn.Module) -> bool:
     return _MARK in module.__dict__
 
 
+# a cost as records store it: counts and measures by name (``Cost`` fields; no CUDA peak off GPUs)
+CostRecord = dict[str, float]
+
+
 @dataclass
 class Cost:
     """Passes (images through a network), score-based queries, wall seconds, peak memory."""
@@ -67,8 +71,8 @@ class Cost:
     peak_rss_mb: float = 0.0
     peak_cuda_mb: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
+    def to_dict(self) -> CostRecord:
+        values: CostRecord = asdict(self)
         values["seconds"] = round(self.seconds, 3)
         values["peak_rss_mb"] = round(self.peak_rss_mb, 1)
         if self.peak_cuda_mb is None:
@@ -76,10 +80,10 @@ class Cost:
         return values
 
 
-def total(costs: list[dict[str, Any]]) -> dict[str, Any]:
+def total(costs: list[CostRecord]) -> CostRecord:
     """The cost of several computations (records' ``cost``): counts and seconds add up, the
     peaks are the largest."""
-    summed: dict[str, Any] = {}
+    summed: CostRecord = {}
     for cost in costs:
         for key, value in cost.items():
             if key.startswith("peak"):

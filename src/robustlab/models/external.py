@@ -32,12 +32,11 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from robustlab.io import RobustlabError
+from robustlab.io import JSONObject, RobustlabError
 from robustlab.models.base import Normalize
 
 EXTRAS = {"torchvision": "torchvision", "timm": "timm"}
@@ -155,7 +154,7 @@ def build_external(
     image_size: int,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
-    options: dict[str, Any],
+    options: JSONObject,
 ) -> ExternalNet:
     """Build ``arch`` from its factory, wrapped and checked (logits for ``num_classes``)."""
     unknown = set(options) - {"factory_args", "defect_layers"}  # the latter: for assemble

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from robustlab.io import JSONObject
 from robustlab.models import densenet, lenet, preact, resnet, vgg
 from robustlab.models.base import ARCHITECTURES, BlockNet, Widths
 from robustlab.models.external import FACTORY_HINT
@@ -55,7 +56,7 @@ def _construct(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     widths: Widths,
-    kw: dict[str, Any],
+    kw: JSONObject,
 ) -> BlockNet:
     return ARCHITECTURES.get(arch)(
         num_classes=num_classes,

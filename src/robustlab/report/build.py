@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from torch import nn
 
 from robustlab.attacks import AdversarialSet, load_set
 from robustlab.data import load_dataset
+from robustlab.evaluation.protocols.base import Record
 from robustlab.evaluation.protocols.tables import curve_levels
 from robustlab.io import (
+    JSONObject,
     RobustlabError,
     atomic_write,
     check_name,
@@ -46,8 +47,6 @@ from robustlab.report.tables import (
     cost_text,
 )
 from robustlab.runs import load, read_meta
-
-Record = dict[str, Any]
 
 
 def write_report(
@@ -119,7 +118,7 @@ def _is_report(path: Path) -> bool:
 
 
 def _sections(
-    results: dict[str, Any], results_dir: Path, pictures: dict[str, bytes], gallery_size: int
+    results: JSONObject, results_dir: Path, pictures: dict[str, bytes], gallery_size: int
 ) -> list[tuple[str, str]]:
     records: list[Record] = results["records"]
     command = results.get("command", "robustlab run SPEC")
@@ -222,7 +221,7 @@ def _check_layout(results: object, path: Path) -> None:
         raise RobustlabError(f"{path}: every record must be a JSON object; {fix}")
 
 
-def _run_section(results: dict[str, Any]) -> str:
+def _run_section(results: JSONObject) -> str:
     env = results.get("environment", {})
     rows = [[f"<td>{esc(k)}</td>", f"<td>{esc(v)}</td>"] for k, v in env.items()]
     return (
@@ -379,7 +378,7 @@ def _universal_section(records: list[Record], command: str) -> list[tuple[str, s
     return [("Universal perturbations", table(headers, rows))]
 
 
-def _tradeoff(records: list[Record], spec: dict[str, Any]) -> bytes | None:
+def _tradeoff(records: list[Record], spec: JSONObject) -> bytes | None:
     """Clean accuracy vs defense rate of standard and defective models (one source, attack)."""
     cells = [r for r in records if r["protocol"] == "transfer"]
     if not cells:
@@ -401,7 +400,7 @@ def _tradeoff(records: list[Record], spec: dict[str, Any]) -> bytes | None:
 def _gallery(
     results_dir: Path,
     records: list[Record],
-    spec: dict[str, Any],
+    spec: JSONObject,
     size: int,
     load: Callable[[Path, str], nn.Module | None],
 ) -> bytes | None:
@@ -443,17 +442,17 @@ def _source_run(results_dir: Path, adv_set: AdversarialSet) -> Path:
     return under(results_dir, "runs", Path(str(adv_set.config["sources"][0])).name)
 
 
-def _gallery_targets(records: list[Record], spec: dict[str, Any]) -> list[str]:
+def _gallery_targets(records: list[Record], spec: JSONObject) -> list[str]:
     preferred = [t for t in ("standard", "defective") if t in spec.get("models", {})]
     if len(preferred) == 2:
         return preferred
     return list(dict.fromkeys(r["target"] for r in records if r["protocol"] == "transfer"))[:2]
 
 
-def _loader(results: dict[str, Any]) -> Callable[[Path, str], nn.Module | None]:
+def _loader(results: JSONObject) -> Callable[[Path, str], nn.Module | None]:
     """Models by name from the run folders results.json records (older results: none)."""
     found = results.get("models")
-    models: dict[str, Any] = found if isinstance(found, dict) else {}
+    models: JSONObject = found if isinstance(found, dict) else {}
 
     def load_named(results_dir: Path, name: str) -> nn.Module | None:
         check_name(name, f"{results_dir}/results.json model")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import matplotlib
 
@@ -15,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-Record = dict[str, Any]
+from robustlab.evaluation.protocols.base import Record
 
 
 def to_png(fig: Figure) -> bytes:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from robustlab.attacks.universal import UniversalPerturbation, apply
 from robustlab.data import load_dataset, sample_indices
 from robustlab.defenses.base import Defended, Defense
 from robustlab.defenses.registry import defense_from_table
-from robustlab.io import RobustlabError, under
+from robustlab.io import JSONObject, RobustlabError, under
 from robustlab.models.base import predict
 from robustlab.report import figures
 from robustlab.units import to_unit
@@ -29,7 +28,7 @@ Loader = Callable[[Path, str], nn.Module | None]
 
 
 def defense_galleries(
-    results_dir: Path, results: dict[str, Any], load: Loader, size: int = 4
+    results_dir: Path, results: JSONObject, load: Loader, size: int = 4
 ) -> list[tuple[str, bytes]]:
     """(title, PNG) for each input-transformation and regeneration defense of the run."""
     models, experiment = results.get("models"), results.get("experiment")
@@ -82,7 +81,7 @@ def defense_galleries(
 
 
 def _defended(
-    results_dir: Path, info: dict[str, Any], defense: Defense, base: nn.Module | None
+    results_dir: Path, info: JSONObject, defense: Defense, base: nn.Module | None
 ) -> Defended | None:
     """The prepared defense recorded in results.json (its folder), around ``base``."""
     folder = under(results_dir, "defenses", Path(str(info["folder"])).name)

@@ -11,7 +11,8 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-Record = dict[str, Any]
+from robustlab.evaluation.protocols.base import Record
+from robustlab.io import JSONObject
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -33,7 +34,7 @@ def image(png: bytes, alt: str) -> str:
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
 
-def rate_cell(rate: dict[str, Any], protocol_index: int | None, command: str) -> str:
+def rate_cell(rate: JSONObject, protocol_index: int | None, command: str) -> str:
     """A rate with its interval, linked to its protocol's spec entry, the command as tooltip."""
     if not rate["n"]:
         return '<td class="num">n/a <span class="ci">(n=0)</span></td>'
@@ -57,7 +58,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def spec_section(spec: dict[str, Any]) -> str:
+def spec_section(spec: JSONObject) -> str:
     """The spec, one anchored block per model, attack and protocol."""
     blocks = []
     defaults = {**spec.get("experiment", {}), **spec.get("train", {})}
@@ -78,12 +79,12 @@ def spec_section(spec: dict[str, Any]) -> str:
     return '<div class="spec" id="spec">' + "".join(blocks) + "</div>"
 
 
-def _toml_like(title: str, entry: dict[str, Any]) -> str:
+def _toml_like(title: str, entry: JSONObject) -> str:
     lines = [f"[{title}]"] + [f"{k} = {v!r}" for k, v in entry.items()]
     return "\n".join(lines)
 
 
-def transfer_tables(records: Sequence[Record], spec: dict[str, Any], command: str) -> str:
+def transfer_tables(records: Sequence[Record], spec: JSONObject, command: str) -> str:
     parts = []
     protocols = spec.get("protocols", [])
     kinds = ("transfer", "ensemble_transfer")

@@ -23,11 +23,9 @@ robustlab              object  n, intervals, the strong protocol's per-attack ac
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from robustlab.io import under, write_json
-
-Record = dict[str, Any]
+from robustlab.evaluation.protocols.base import Record
+from robustlab.io import JSONObject, under, write_json
 
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -49,8 +47,8 @@ def model_card(
     architecture: str,
     dataset: str,
     forward_passes: int,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
+    extra: JSONObject,
+) -> JSONObject:
     """The card of model ``name`` from the run's records (its summary and strong cells)."""
     summary = next(r for r in records if r["protocol"] == "summary" and r["target"] == name)
     mine = [r for r in records if r["protocol"] == "strong" and r["target"] == name]
@@ -77,14 +75,14 @@ def model_card(
     }
 
 
-def check_card(card: dict[str, Any]) -> None:
+def check_card(card: JSONObject) -> None:
     """Raise ValueError unless ``card`` has every field of :data:`FIELDS` with its type."""
     for key, kind in FIELDS.items():
         if key not in card or not isinstance(card[key], kind):
             raise ValueError(f"model card field {key!r}: missing or not {kind}")
 
 
-def write_cards(out: Path, cards: list[dict[str, Any]]) -> None:
+def write_cards(out: Path, cards: list[JSONObject]) -> None:
     """``out/robustbench/<name>.json`` for every card (checked first, written atomically)."""
     for card in cards:
         check_card(card)

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.evaluation.protocols import PROTOCOLS
+from robustlab.evaluation.protocols.base import Record
 from robustlab.evaluation.protocols.tables import md_cell
 from robustlab.evaluation.protocols.tables import rate_text as _rate_text
-from robustlab.io import atomic_write
-
-Record = dict[str, Any]
+from robustlab.io import JSONObject, atomic_write
 
 
 def write_csv(path: Path, records: list[Record]) -> None:
@@ -55,7 +54,7 @@ def csv_text(value: Any) -> Any:
     return value
 
 
-def _flat_rates(record: Record) -> Iterator[tuple[str, dict[str, Any]]]:
+def _flat_rates(record: Record) -> Iterator[tuple[str, JSONObject]]:
     for metric in ("defense_rate", "accuracy", "clean_accuracy"):
         if metric in record:
             yield metric, record[metric]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from robustlab.evaluation.verdict import Verdict
+from robustlab.io import JSONObject
 from robustlab.report.html import esc, page, table
 
 STATUS_TEXT = {
@@ -14,7 +13,7 @@ STATUS_TEXT = {
 }
 
 
-def verdict_card(verdict: Verdict, plan: dict[str, Any]) -> dict[str, Any]:
+def verdict_card(verdict: Verdict, plan: JSONObject) -> JSONObject:
     """RobustBench's model-card fields (numbers as strings, as RobustBench writes them)
     with the verdict's own: status, deciding check, per-attack counts, budget."""
     c = verdict.config
@@ -47,7 +46,7 @@ def verdict_card(verdict: Verdict, plan: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def verdict_page(verdict: Verdict, plan: dict[str, Any], command: str) -> str:
+def verdict_page(verdict: Verdict, plan: JSONObject, command: str) -> str:
     """One self-contained page: the verdict, the checks, the steps, the plan."""
     c = verdict.config
     low, high = verdict.robust.interval

@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ from robustlab import distributed
 from robustlab.assemble import create, training_bytes
 from robustlab.attacks.pgd import PGD
 from robustlab.data import Augment, Dataset, batches
-from robustlab.io import RobustlabError, load_tensors, save_tensors, writes_output
+from robustlab.io import JSONObject, RobustlabError, load_tensors, save_tensors, writes_output
 from robustlab.models.base import accuracy
 from robustlab.models.config import ModelConfig
 from robustlab.runs import META_FILE, MODEL_FILE, read_meta, save_run
@@ -47,6 +47,18 @@ from robustlab.seeding import derive_seed
 from robustlab.training.config import SCHEDULES, FastPath, TrainConfig
 
 STATE_FILE = "train_state.safetensors"
+
+
+class EpochStats(TypedDict):
+    """One epoch of a run's ``history`` (meta.json and the training state keep them)."""
+
+    epoch: int
+    lr: float  # at the epoch's start
+    lr_end: float  # at its last step
+    train_loss: float
+    train_accuracy: float
+    seconds: float
+    test_accuracy: NotRequired[float]  # added once the epoch is evaluated
 
 
 @writes_output("run_dir", "robustlab train")  # one writer: a second one stops, naming the first
@@ -61,10 +73,10 @@ def train(
     force: bool = False,
     device: str | torch.device = "cpu",
     quiet: bool = False,
-    extra_meta: dict[str, Any] | None = None,
+    extra_meta: JSONObject | None = None,
     fast: FastPath | None = None,
     init: Mapping[str, torch.Tensor] | None = None,
-) -> dict[str, Any]:
+) -> JSONObject:
     """Train a model into ``run_dir`` and return its metadata (with the per-epoch history).
 
     ``init``: start from these weights (a state dict of the same model) instead of a fresh
@@ -79,7 +91,7 @@ def train(
         if start.get("epoch", 0) >= config.epochs:
             return start
     loop = _Loop.build(model_config, config, device=device, fast=fast, quiet=quiet, init=init)
-    history: list[dict[str, Any]] = []
+    history: list[EpochStats] = []
     if start is not None and (run_dir / STATE_FILE).is_file():
         history = _load_state(run_dir / STATE_FILE, loop.model, loop.optimizer)
     meta = _run_meta(train_data, extra_meta, fast)
@@ -128,7 +140,7 @@ def _epoch(
     epoch: int,
     train_data: Dataset,
     test_data: Dataset,
-    history: list[dict[str, Any]],
+    history: list[EpochStats],
     *,
     quiet: bool,
 ) -> None:
@@ -143,11 +155,9 @@ def _epoch(
         )
 
 
-def _run_meta(
-    train_data: Dataset, extra_meta: dict[str, Any] | None, fast: FastPath
-) -> dict[str, Any]:
+def _run_meta(train_data: Dataset, extra_meta: JSONObject | None, fast: FastPath) -> JSONObject:
     """The metadata a run starts with: its dataset (merged with the caller's) and fast path."""
-    meta: dict[str, Any] = {
+    meta: JSONObject = {
         "dataset": {"name": train_data.name, "data_dir": None, "classes": list(train_data.classes)}
     }
     for key, value in (extra_meta or {}).items():
@@ -156,7 +166,7 @@ def _run_meta(
     return meta
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> dict[str, Any] | None:
+def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> JSONObject | None:
     """Return the existing metadata when resuming, None for a fresh run; refuse to overwrite."""
     exists = any((run_dir / f).exists() for f in (META_FILE, MODEL_FILE, STATE_FILE))
     if not exists:
@@ -175,7 +185,7 @@ def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> dict[str, Any]
 
 
 def _check_same_settings(
-    run_dir: Path, meta: dict[str, Any], model_config: ModelConfig, config: TrainConfig
+    run_dir: Path, meta: JSONObject, model_config: ModelConfig, config: TrainConfig
 ) -> None:
     """Refuse to resume a run with a different model or recipe (only ``epochs`` may grow)."""
     # runs from before schedules existed used the paper's
@@ -244,7 +254,7 @@ class _Loop:
             trained = torch.compile(trained)  # type: ignore[assignment]
         return cls(model, trained, optimizer, config, device, fast, quiet)
 
-    def epoch(self, data: Dataset, epoch: int) -> dict[str, Any]:
+    def epoch(self, data: Dataset, epoch: int) -> EpochStats:
         """One epoch over ``data`` (its order depends on the seed and the epoch only)."""
         config = self.config
         self.model.train()
@@ -309,7 +319,7 @@ class _Loop:
 
 
 def _save_state(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, history: list[dict[str, Any]]
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, history: list[EpochStats]
 ) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
@@ -321,9 +331,7 @@ def _save_state(
     save_tensors(path, tensors, {"history": history, "param_groups": opt["param_groups"]})
 
 
-def _load_state(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
-) -> list[dict[str, Any]]:
+def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> list[EpochStats]:
     tensors, meta = load_tensors(path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -336,8 +344,8 @@ def _load_state(
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
-    history: list[dict[str, Any]] = meta["history"]
+    history: list[EpochStats] = meta["history"]
     return history
 
 
-__all__ = ["SCHEDULES", "STATE_FILE", "FastPath", "TrainConfig", "train"]
+__all__ = ["SCHEDULES", "STATE_FILE", "EpochStats", "FastPath", "TrainConfig", "train"]

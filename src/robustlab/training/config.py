@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from robustlab.io import JSONObject
+
 SCHEDULES = ("paper", "cosine", "onecycle")
 
 
@@ -97,7 +99,7 @@ class TrainConfig:
             return start + (self.lr - start) * (1 - math.cos(math.pi * t / peak)) / 2
         return end + (self.lr - end) * (1 + math.cos(math.pi * (t - peak) / (1 - peak))) / 2
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         data = asdict(self)
         data["milestones"] = list(self.milestones) if self.milestones is not None else None
         return data

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import UNBOUND
-from robustlab.io import RobustlabError, check_array, load_tensors, save_tensors
+from robustlab.io import JSONObject, RobustlabError, check_array, load_tensors, save_tensors
 from robustlab.models.base import frozen, predict, warm_started
 from robustlab.registry import Registry
 
@@ -88,7 +88,7 @@ class UniversalPerturbation:
     """A perturbation (C, H, W) in pixel units, with the attack config that made it."""
 
     delta: torch.Tensor
-    config: dict[str, Any] = field(default_factory=dict)
+    config: JSONObject = field(default_factory=dict)
 
     def save(self, path: str | Path) -> None:
         meta = {"format": PERTURBATION_FORMAT, **self.config}
@@ -149,7 +149,7 @@ class UniversalAttack(ABC):
     @abstractmethod
     def _generate(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
 
-    def params(self) -> dict[str, Any]:
+    def params(self) -> JSONObject:
         return {"attack": self.name, **{k: v for k, v in vars(self).items() if k != "model"}}
 
     @classmethod

@@ -35,7 +35,14 @@ from robustlab.defenses.csc.cbpdn import (
     objective,
 )
 from robustlab.defenses.csc.stratified import ClusterModel
-from robustlab.io import RobustlabError, check_array, load_npy, load_tensors, save_tensors
+from robustlab.io import (
+    JSONObject,
+    RobustlabError,
+    check_array,
+    load_npy,
+    load_tensors,
+    save_tensors,
+)
 
 DICTIONARY_FILE = "dictionary.safetensors"
 DICTIONARY_FORMAT = "robustlab-csc-dictionary/1"
@@ -55,7 +62,7 @@ class LearnOptions:
 class LearnedDictionary:
     filters: torch.Tensor  # (M, C, P, P)
     lmbda: float
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: JSONObject = field(default_factory=dict)
     history: list[float] = field(default_factory=list)  # mean objective per round
 
 
@@ -152,7 +159,7 @@ def save_dictionary(
     """
     members = learned.members if isinstance(learned, StratifiedDictionary) else [learned]
     first = members[0].filters
-    meta: dict[str, Any] = {
+    meta: JSONObject = {
         "format": DICTIONARY_FORMAT,
         "filters": first.shape[0],
         "channels": first.shape[1],

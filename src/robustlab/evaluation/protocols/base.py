@@ -30,10 +30,11 @@ import torch
 from torch import nn
 
 from robustlab.attacks import AdversarialSet
-from robustlab.io import check_title
+from robustlab.attacks.base import AttackConfig, Params
+from robustlab.io import JSONObject, check_title
 from robustlab.registry import Registry
 
-Record = dict[str, Any]  # a result cell as JSON: the on-disk boundary
+Record = JSONObject  # a result cell as JSON: the on-disk boundary
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,12 @@ class Context(TypingProtocol):
 
     def declared(self, name: str) -> list[str]: ...  # a trained model's declared surface
 
-    def attack(self, name: str) -> tuple[str, dict[str, Any]]: ...  # a spec attack: kind, params
+    def attack(self, name: str) -> AttackConfig: ...  # a spec attack
 
     def adversarial_set(self, sources: list[str], attack: str) -> AdversarialSet: ...
 
     def universal_perturbation(
-        self, victim: str, attack: str, xi: float, attack_images: int, options: dict[str, Any]
+        self, victim: str, attack: str, xi: float, attack_images: int, options: Params
     ) -> torch.Tensor: ...
 
     def record(self, key: list[Any], compute: Callable[[], Record]) -> Record: ...

@@ -6,12 +6,11 @@ Each protocol module writes its own table (``Protocol.markdown``) from its recor
 
 from __future__ import annotations
 
-from typing import Any
+from robustlab.evaluation.protocols.base import Record
+from robustlab.io import JSONObject
 
-Record = dict[str, Any]
 
-
-def rate_text(rate: dict[str, Any]) -> str:
+def rate_text(rate: JSONObject) -> str:
     """A rate as ``percent [low, high] n=N`` (Wilson 95 % interval), "n/a" for no images."""
     if not rate["n"]:
         return "n/a"
