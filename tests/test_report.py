@@ -4,6 +4,7 @@ import base64
 import copy
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from robustlab.cli import main
 from robustlab.experiments.executor import run_spec
 from robustlab.experiments.spec import load_spec
 from robustlab.io import RobustlabError
-from robustlab.report import write_report
+from robustlab.report import figures, write_report
 from robustlab.report.figures import is_blank
 from robustlab.report.records import record_problem
 from tests.files import CHROMIUM, chromium
@@ -122,3 +123,29 @@ def test_report_of_a_spec_whose_data_lives_in_its_own_folder(
     monkeypatch.chdir(tmp_path.parent)  # later commands, from elsewhere, find the data too
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+
+
+def test_the_report_reads_records_not_the_spec(
+    report: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spec copy in results.json is shown, never interpreted: with it replaced by an
+    unrelated table, titles come from results.json's protocols and the keep-probability
+    figure's points from its models (the defective model labelled by its masks)."""
+    results = tmp_path / "results"
+    shutil.copytree(report.parent, results, ignore=shutil.ignore_patterns("report*"))
+    data = json.loads((report.parent / "results.json").read_text())
+    assert [p["type"] for p in data["protocols"]][:2] == ["transfer", "ensemble_transfer"]
+    data["protocols"][0]["name"] = "Transfers from the source"
+    (results / "results.json").write_text(json.dumps({**data, "spec": {"unrelated": {}}}))
+    points: list[tuple[str, float, float]] = []
+    draw = figures.tradeoff
+
+    def tradeoff(found: list[tuple[str, float, float]], attack: str) -> bytes:
+        points.extend(found)
+        return draw(found, attack)
+
+    monkeypatch.setattr(figures, "tradeoff", tradeoff)
+    page = write_report(results).read_text()
+    assert "<h3>Transfers from the source</h3>" in page
+    assert sorted(label for label, _, _ in points) == ["p=0.5 bottom", "standard (p=1)"]
+    assert (results / "report_figures" / "gallery.png").is_file()

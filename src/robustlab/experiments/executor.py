@@ -151,12 +151,15 @@ class Executor:
             "environment": environment(self.device),
             # what the report rebuilds models from (it never parses the spec)
             "experiment": {
+                "name": spec.name,
                 "dataset": spec.dataset,
                 "data_dir": absolute(spec.data_dir),
                 "n": spec.n,
                 "seed": spec.seed,
             },
             "models": {name: self.models.describe(name) for name in spec.models},
+            # by the records' protocol_index: the report's section titles
+            "protocols": [{"name": p.title, "type": p.kind} for p in spec.protocols],
             "records": records,
         }
         write_json(self.out / "results.json", results)

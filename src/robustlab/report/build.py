@@ -17,13 +17,11 @@ from robustlab.data import load_dataset
 from robustlab.evaluation.protocols.base import Record
 from robustlab.evaluation.protocols.tables import curve_levels
 from robustlab.io import (
-    JSONObject,
     RobustlabError,
     atomic_write,
     check_name,
     check_writable,
     is_within,
-    read_json,
     under,
 )
 from robustlab.report import figures
@@ -39,7 +37,7 @@ from robustlab.report.html import (
     table,
     transfer_tables,
 )
-from robustlab.report.records import record_problem
+from robustlab.report.results import ModelInfo, Results, read_results
 from robustlab.report.tables import (
     COMPARISON_HEADERS,
     ComparisonRow,
@@ -63,26 +61,11 @@ def write_report(
     results directory that is not an HTML page)."""
     results_dir = Path(results_dir)
     out = _report_path(results_dir, out, force)
-    if not (results_dir / "results.json").is_file():
-        raise RobustlabError(
-            f"{results_dir}: no results.json; run `robustlab run SPEC --out {results_dir}` first"
-        )
-    results = read_json(results_dir / "results.json")
-    _check_layout(results, results_dir / "results.json")
-    for index, record in enumerate(results["records"]):
-        problem = record_problem(record)
-        if problem is not None:
-            raise RobustlabError(
-                f"{results_dir}/results.json record {index}: {problem}; re-run "
-                "`robustlab run` with this robustlab to rewrite it"
-            )
+    results = read_results(results_dir)
     pictures: dict[str, bytes] = {}
     sections = _sections(results, results_dir, pictures, gallery_size)
-    title = (
-        f"robustlab report: {results['spec'].get('experiment', {}).get('name', results_dir.name)}"
-    )
     with atomic_write(out, "w") as handle:
-        handle.write(page(title, sections))
+        handle.write(page(f"robustlab report: {results.name}", sections))
     figure_dir = out.parent / f"{out.stem}_figures"
     for name, png in pictures.items():
         with atomic_write(figure_dir / f"{name}.png") as handle:
@@ -118,24 +101,22 @@ def _is_report(path: Path) -> bool:
 
 
 def _sections(
-    results: JSONObject, results_dir: Path, pictures: dict[str, bytes], gallery_size: int
+    results: Results, results_dir: Path, pictures: dict[str, bytes], gallery_size: int
 ) -> list[tuple[str, str]]:
-    records: list[Record] = results["records"]
-    command = results.get("command", "robustlab run SPEC")
-    spec = results["spec"]
+    records, command = results.records, results.command
     sections = []
     rows = comparison_rows(records)
     if rows:
         sections.append(("Comparison of defenses", _comparison_section(rows, command)))
     sections.append(("Run", _run_section(results)))
     if any(r["protocol"] in ("transfer", "ensemble_transfer") for r in records):
-        sections.append(("Transfer attacks", transfer_tables(records, spec, command)))
+        sections.append(("Transfer attacks", transfer_tables(records, results, command)))
         maps = ""
         for attack in dict.fromkeys(r["attack"] for r in records if r["protocol"] == "transfer"):
             pictures[f"transfer_{attack}"] = figures.transfer_heatmap(records, attack)
             maps += image(pictures[f"transfer_{attack}"], f"transfer matrix, {attack}")
         sections.append(("Transfer matrices", maps))
-        trade = _tradeoff(records, spec)
+        trade = _tradeoff(records, results.models)
         if trade is not None:
             pictures["keep_probability_tradeoff"] = trade
             sections.append(
@@ -155,14 +136,14 @@ def _sections(
                 )
             )
     sections += _simple_tables(records, command)
-    gallery = _gallery(results_dir, records, spec, gallery_size, _loader(results))
+    gallery = _gallery(results_dir, records, results.models, gallery_size, _loader(results))
     if gallery is not None:
         pictures["gallery"] = gallery
         sections.append(("Gallery: clean vs adversarial", image(gallery, "adversarial examples")))
     for i, (title, png) in enumerate(defense_galleries(results_dir, results, _loader(results))):
         pictures[f"defense_gallery_{i}"] = png
         sections.append((f"Gallery: {title}", image(png, title)))
-    sections.append(("Spec", spec_section(spec)))
+    sections.append(("Spec", spec_section(results.spec)))
     return sections
 
 
@@ -202,31 +183,12 @@ def _comparison_section(rows: list[ComparisonRow], command: str) -> str:
     )
 
 
-# what a results.json must hold before any record is read (records are checked one by one)
-LAYOUT = {"records": list, "spec": dict}
-
-
-def _check_layout(results: object, path: Path) -> None:
-    """One line for a results.json that is not what `robustlab run` writes."""
-    fix = "re-run `robustlab run` on its spec to rewrite it"
-    if not isinstance(results, dict):
-        raise RobustlabError(
-            f"{path}: expected a JSON object, found {type(results).__name__}; {fix}"
-        )
-    for key, kind in LAYOUT.items():
-        if not isinstance(results.get(key), kind):
-            found = type(results.get(key)).__name__ if key in results else "nothing"
-            raise RobustlabError(f"{path}: {key!r} must be a {kind.__name__}, found {found}; {fix}")
-    if not all(isinstance(record, dict) for record in results["records"]):
-        raise RobustlabError(f"{path}: every record must be a JSON object; {fix}")
-
-
-def _run_section(results: JSONObject) -> str:
-    env = results.get("environment", {})
+def _run_section(results: Results) -> str:
+    env = results.environment
     rows = [[f"<td>{esc(k)}</td>", f"<td>{esc(v)}</td>"] for k, v in env.items()]
     return (
-        f"<p>Produced by <code>{esc(results.get('command', 'robustlab run SPEC'))}</code>"
-        f' (spec: <a href="#spec">{esc(results.get("spec_path") or "below")}</a>). Rates are shown '
+        f"<p>Produced by <code>{esc(results.command)}</code>"
+        f' (spec: <a href="#spec">{esc(results.spec_path or "below")}</a>). Rates are shown '
         "with Wilson 95% intervals and the number of images they rest on.</p>"
         + table(["environment", ""], rows)
     )
@@ -378,8 +340,8 @@ def _universal_section(records: list[Record], command: str) -> list[tuple[str, s
     return [("Universal perturbations", table(headers, rows))]
 
 
-def _tradeoff(records: list[Record], spec: JSONObject) -> bytes | None:
-    """Clean accuracy vs defense rate of standard and defective models (one source, attack)."""
+def _tradeoff(records: list[Record], models: dict[str, ModelInfo]) -> bytes | None:
+    """Clean accuracy vs defense rate of plain and defective models (one source, attack)."""
     cells = [r for r in records if r["protocol"] == "transfer"]
     if not cells:
         return None
@@ -388,11 +350,14 @@ def _tradeoff(records: list[Record], spec: JSONObject) -> bytes | None:
     for r in cells:
         if r["source"] != source or r["attack"] != attack or not r["defense_rate"]["n"]:
             continue
-        entry = spec.get("models", {}).get(r["target"], {}) or {}
-        defect = entry.get("defect")
-        if defect is None and entry:
+        info = models.get(r["target"])
+        if info is None or r["target"] == source:
+            continue  # an older results.json, or the source attacking itself (white-box)
+        defect = info.defect
+        if defect is None and not info.plain:
             continue  # a baseline, not part of the keep-probability curve
-        label = f"p={defect.split(':')[1]} {defect.split(':')[0]}" if defect else "standard (p=1)"
+        blocks = str(defect).split(":")[0] if defect is not None else ""
+        label = f"p={defect.keep_prob:g} {blocks}" if defect else f"{r['target']} (p=1)"
         points.append((label, r["clean_accuracy"]["rate"], r["defense_rate"]["rate"]))
     return figures.tradeoff(points, attack) if len(points) >= 2 else None
 
@@ -400,16 +365,16 @@ def _tradeoff(records: list[Record], spec: JSONObject) -> bytes | None:
 def _gallery(
     results_dir: Path,
     records: list[Record],
-    spec: JSONObject,
+    models: dict[str, ModelInfo],
     size: int,
     load: Callable[[Path, str], nn.Module | None],
 ) -> bytes | None:
     """Examples that fooled the source, as two targets (standard, defective) see them."""
     adv_set = _pick_set(results_dir)
-    models = {
-        t: m for t in _gallery_targets(records, spec) if (m := load(results_dir, t)) is not None
+    loaded = {
+        t: m for t in _gallery_targets(records, models) if (m := load(results_dir, t)) is not None
     }
-    if adv_set is None or not models:
+    if adv_set is None or not loaded:
         return None
     fooled = np.flatnonzero(adv_set.fooled_source)[:size]
     if not len(fooled):
@@ -422,7 +387,7 @@ def _gallery(
     clean = data.images[adv_set.indices[fooled]]
     adversarial = np.round(adv_set.pixels()[fooled].numpy() * 255).astype(np.uint8)
     predictions: dict[str, Sequence[tuple[str, str]]] = {
-        name: prediction_pairs(model, clean, adversarial, classes) for name, model in models.items()
+        name: prediction_pairs(model, clean, adversarial, classes) for name, model in loaded.items()
     }
     labels = [classes[int(y)] for y in adv_set.labels[fooled]]
     return figures.gallery(clean, adversarial, labels, predictions)
@@ -442,21 +407,20 @@ def _source_run(results_dir: Path, adv_set: AdversarialSet) -> Path:
     return under(results_dir, "runs", Path(str(adv_set.config["sources"][0])).name)
 
 
-def _gallery_targets(records: list[Record], spec: JSONObject) -> list[str]:
-    preferred = [t for t in ("standard", "defective") if t in spec.get("models", {})]
+def _gallery_targets(records: list[Record], models: dict[str, ModelInfo]) -> list[str]:
+    preferred: list[str] = [t for t in ("standard", "defective") if t in models]
     if len(preferred) == 2:
         return preferred
     return list(dict.fromkeys(r["target"] for r in records if r["protocol"] == "transfer"))[:2]
 
 
-def _loader(results: JSONObject) -> Callable[[Path, str], nn.Module | None]:
+def _loader(results: Results) -> Callable[[Path, str], nn.Module | None]:
     """Models by name from the run folders results.json records (older results: none)."""
-    found = results.get("models")
-    models: JSONObject = found if isinstance(found, dict) else {}
 
     def load_named(results_dir: Path, name: str) -> nn.Module | None:
         check_name(name, f"{results_dir}/results.json model")
-        runs = (models.get(name) or {}).get("runs") or []
+        info = results.models.get(name)
+        runs = info.runs if info is not None else ()
         if len(runs) != 1:
             return None  # an ensemble, a defended model, or an older results.json
         run = under(results_dir, "runs", Path(str(runs[0])).name)

@@ -19,34 +19,35 @@ from robustlab.attacks.universal import UniversalPerturbation, apply
 from robustlab.data import load_dataset, sample_indices
 from robustlab.defenses.base import Defended, Defense
 from robustlab.defenses.registry import defense_from_table
-from robustlab.io import JSONObject, RobustlabError, under
+from robustlab.io import RobustlabError, under
 from robustlab.models.base import predict
 from robustlab.report import figures
+from robustlab.report.results import ModelInfo, Results
 from robustlab.units import to_unit
 
 Loader = Callable[[Path, str], nn.Module | None]
 
 
 def defense_galleries(
-    results_dir: Path, results: JSONObject, load: Loader, size: int = 4
+    results_dir: Path, results: Results, load: Loader, size: int = 4
 ) -> list[tuple[str, bytes]]:
     """(title, PNG) for each input-transformation and regeneration defense of the run."""
-    models, experiment = results.get("models"), results.get("experiment")
-    if not isinstance(models, dict) or not isinstance(experiment, dict):
+    experiment = results.experiment
+    if experiment is None:
         return []  # results.json of an older robustlab: no galleries
     try:
-        data = load_dataset(experiment["dataset"], "test", experiment.get("data_dir"))
+        data = load_dataset(experiment.dataset, "test", experiment.data_dir)
     except (RobustlabError, ValueError, KeyError):
         return []
-    pick = sample_indices(len(data), experiment["n"], experiment["seed"])[:size]
+    pick = sample_indices(len(data), experiment.n, experiment.seed)[:size]
     clean = data.images[pick]
     labels = [data.classes[int(y)] for y in data.labels[pick]]
     galleries = []
-    for name, info in models.items():
-        if not isinstance(info, dict) or info.get("defense") is None or info.get("base") is None:
+    for name, info in results.models.items():
+        if info.defense_table is None or info.defense_config is None or info.base is None:
             continue
-        base = load(results_dir, info["base"])
-        defense = defense_from_table(info["defense"]["table"], to_unit(info["defense"]["config"]))
+        base = load(results_dir, info.base)
+        defense = defense_from_table(info.defense_table, to_unit(info.defense_config))
         model = _defended(results_dir, info, defense, base)
         if model is None or base is None:
             continue
@@ -60,14 +61,14 @@ def defense_galleries(
             )
             galleries.append((f"{name}: what the purifier does", png))
         else:
-            delta = _perturbation_against(results_dir, info["base"])
+            delta = _perturbation_against(results_dir, info.base)
             if delta is None:
                 continue
             pixels = torch.from_numpy(clean).float() / 255
             perturbed = np.round(apply(pixels, delta).numpy() * 255).astype(np.uint8)
             predictions: dict[str, Sequence[tuple[str, str]]] = {
                 m: prediction_pairs(net, clean, perturbed, data.classes)
-                for m, net in ((info["base"], base), (name, model))
+                for m, net in ((info.base, base), (name, model))
             }
             png = figures.gallery(
                 clean,
@@ -76,15 +77,15 @@ def defense_galleries(
                 predictions,
                 titles=("clean", "universal perturbation added", "δ"),
             )
-            galleries.append((f"{name}: a universal perturbation of {info['base']}", png))
+            galleries.append((f"{name}: a universal perturbation of {info.base}", png))
     return galleries
 
 
 def _defended(
-    results_dir: Path, info: JSONObject, defense: Defense, base: nn.Module | None
+    results_dir: Path, info: ModelInfo, defense: Defense, base: nn.Module | None
 ) -> Defended | None:
     """The prepared defense recorded in results.json (its folder), around ``base``."""
-    folder = under(results_dir, "defenses", Path(str(info["folder"])).name)
+    folder = under(results_dir, "defenses", Path(str(info.folder)).name)
     if base is None or not defense.is_prepared(folder):
         return None
     return defense.wrap(base, folder)

@@ -13,6 +13,7 @@ from typing import Any
 
 from robustlab.evaluation.protocols.base import Record
 from robustlab.io import JSONObject
+from robustlab.report.results import Results
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -84,15 +85,12 @@ def _toml_like(title: str, entry: JSONObject) -> str:
     return "\n".join(lines)
 
 
-def transfer_tables(records: Sequence[Record], spec: JSONObject, command: str) -> str:
+def transfer_tables(records: Sequence[Record], results: Results, command: str) -> str:
     parts = []
-    protocols = spec.get("protocols", [])
     kinds = ("transfer", "ensemble_transfer")
     for index in dict.fromkeys(r.get("protocol_index") for r in records if r["protocol"] in kinds):
         rows = [r for r in records if r.get("protocol_index") == index and r["protocol"] in kinds]
-        title = (
-            protocols[index].get("name", rows[0]["protocol"]) if index is not None else "transfer"
-        )
+        title = results.protocol_title(index, rows[0]["protocol"])
         body = [
             [
                 f"<td>{name_link('models', r['source'])}</td>",
