@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,57 +121,29 @@ COMPARISON_HEADERS = (
 
 
 def comparison_rows(records: list[Record]) -> list[ComparisonRow]:
-    """Rows for every model with a summary record, in the order of those records."""
+    """Rows for every model with a summary record, in the order of those records: the
+    summary (the executor's own cell) gives clean accuracy and cost, each protocol its
+    columns (``Protocol.comparison``); flags are pooled over the protocols."""
     rows = []
     for summary in (r for r in records if r["protocol"] == "summary"):
         name = summary["target"]
-        mine = [r for r in records if r.get("target") == name]
-
-        def worst(protocol: str, metric: str, mine: list[Record] = mine) -> Record | None:
-            found = [r[metric] for r in mine if r["protocol"] == protocol and r[metric]["n"]]
-            return min(found, key=lambda rate: rate["rate"]) if found else None
-
-        checked = [r for r in mine if r["protocol"] in ("adaptive", "strong", "whitebox")]
-        flags = sorted({f for r in checked for f in r.get("flags", [])})
-        strong = [r["accuracy"] for r in mine if r["protocol"] == "strong" and r["headline"]]
-        decision = [r["score"]["score"] for r in mine if r["protocol"] == "decision"]
-        verdicts = [r for r in mine if r["protocol"] == "verdict"]
-        verdict = min(verdicts, key=lambda r: r["robust"]["rate"]) if verdicts else None
-        noise = [
-            r["curves"][name]["32.0"]
-            for r in records
-            if r["protocol"] == "noise" and "32.0" in r["curves"].get(name, {})
-        ]
-        rows.append(
-            ComparisonRow(
-                model=name,
-                defense=summary.get("defense", "—"),
-                clean=summary["clean_accuracy"],
-                transfer=worst("transfer", "defense_rate"),
-                whitebox=worst("whitebox", "accuracy"),
-                adaptive=worst("adaptive", "accuracy"),
-                strong=min(strong, key=lambda rate: rate["rate"]) if strong else None,
-                universal=worst("universal", "restoration"),
-                decision=decision[0] if decision else None,
-                noise32=noise[0] if noise else None,
-                ms_per_image=summary["ms_per_image"],
-                cost_ratio=summary["cost_ratio"],
-                passes=summary["passes_per_image"],
-                passes_ratio=summary["passes_ratio"],
-                added_parameters=summary["added_parameters"],
-                flags=tuple(flags),
-                verdict=verdict["robust"] if verdict else None,
-                status=_status_text(verdict),
-            )
+        row = ComparisonRow(
+            model=name,
+            defense=summary.get("defense", "—"),
+            clean=summary["clean_accuracy"],
+            ms_per_image=summary["ms_per_image"],
+            cost_ratio=summary["cost_ratio"],
+            passes=summary["passes_per_image"],
+            passes_ratio=summary["passes_ratio"],
+            added_parameters=summary["added_parameters"],
         )
+        flags: set[str] = set()
+        for kind in PROTOCOLS:
+            cells = dict(PROTOCOLS.get(kind).comparison(name, records))
+            flags.update(str(f) for f in cells.pop("flags", None) or ())
+            row = replace(row, **cells)
+        rows.append(replace(row, flags=tuple(sorted(flags))))
     return rows
-
-
-def _status_text(verdict: Record | None) -> str:
-    if verdict is None:
-        return "—"
-    deciding = verdict.get("deciding") or ""
-    return f"{verdict['status']} ({deciding})" if deciding else str(verdict["status"])
 
 
 def comparison_markdown(rows: list[ComparisonRow]) -> list[str]:

@@ -49,6 +49,12 @@ class Adaptive(Protocol):
     table_order = 40
 
     @classmethod
+    def comparison(cls, model: str, records: list[Record]) -> Mapping[str, Any]:
+        """The worst accuracy over adaptive attacks (BPDA/EOT), and their flags."""
+        found = T.worst(records, model, "adaptive", "accuracy")
+        return {"adaptive": found, "flags": T.flags_of(records, model, "adaptive")}
+
+    @classmethod
     def markdown(cls, records: list[Record]) -> list[str]:
         rows = []
         for r in T.of(records, "adaptive"):

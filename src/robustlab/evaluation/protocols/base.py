@@ -117,6 +117,14 @@ class Protocol(ABC):
         del records  # a hook with a default (no table), not abstract
         return []
 
+    @classmethod
+    def comparison(cls, model: str, records: list[Record]) -> Mapping[str, Any]:
+        """Its cells of ``model``'s row in the comparison table, from all the run's records:
+        ``robustlab.report.tables.ComparisonRow`` fields by name (``flags`` are pooled over
+        protocols); default: none."""
+        del model, records  # a hook with a default (no column), not abstract
+        return {}
+
     def check_data(self, *, images: int, size: int, classes: int) -> None:
         """Refuse, before any model trains, what the data cannot give (default: nothing):
         ``images`` test images of ``size`` × ``size`` pixels in ``classes`` classes."""

@@ -44,6 +44,12 @@ class Decision(Protocol):
     table_order = 60
 
     @classmethod
+    def comparison(cls, model: str, records: list[Record]) -> Mapping[str, Any]:
+        """The decision-based score S(M) of the first cell."""
+        scores = [r["score"]["score"] for r in T.of(records, "decision") if r["target"] == model]
+        return {"decision": scores[0]} if scores else {}
+
+    @classmethod
     def markdown(cls, records: list[Record]) -> list[str]:
         rows = [
             [

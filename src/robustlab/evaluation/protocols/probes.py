@@ -69,6 +69,16 @@ class Noise(Protocol):
     table_order = 80
 
     @classmethod
+    def comparison(cls, model: str, records: list[Record]) -> Mapping[str, Any]:
+        """Accuracy under Gaussian noise of σ = 32 (0-255), where a cell measured it."""
+        found = [
+            r["curves"][model]["32.0"]
+            for r in T.of(records, "noise")
+            if "32.0" in r["curves"].get(model, {})
+        ]
+        return {"noise32": found[0]} if found else {}
+
+    @classmethod
     def markdown(cls, records: list[Record]) -> list[str]:
         title = "Additive Gaussian noise: accuracy on images every model gets right"
         return T.curve_section(records, "noise", title, "σ")

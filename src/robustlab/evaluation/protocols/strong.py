@@ -53,6 +53,13 @@ class Strong(Protocol):
     table_order = 30
 
     @classmethod
+    def comparison(cls, model: str, records: list[Record]) -> Mapping[str, Any]:
+        """The worst case per image at the protocol's headline (first) ε, and the flags."""
+        mine = [r for r in T.of(records, "strong") if r["target"] == model and r["headline"]]
+        found = min((r["accuracy"] for r in mine), key=lambda rate: rate["rate"], default=None)
+        return {"strong": found, "flags": T.flags_of(records, model, "strong")}
+
+    @classmethod
     def markdown(cls, records: list[Record]) -> list[str]:
         strong = T.of(records, "strong")
         if not strong:

@@ -42,6 +42,17 @@ def of(records: list[Record], *kinds: str) -> list[Record]:
     return [r for r in records if r["protocol"] in kinds]
 
 
+def worst(records: list[Record], model: str, kind: str, metric: str) -> JSONObject | None:
+    """The lowest ``metric`` rate of ``model``'s records of ``kind`` that rest on images."""
+    found = [r[metric] for r in of(records, kind) if r.get("target") == model and r[metric]["n"]]
+    return min(found, key=lambda rate: rate["rate"]) if found else None
+
+
+def flags_of(records: list[Record], model: str, kind: str) -> list[str]:
+    """Every flag ``model``'s records of ``kind`` carry."""
+    return [f for r in of(records, kind) if r.get("target") == model for f in r.get("flags", [])]
+
+
 def flags_text(record: Record) -> str:
     return ", ".join(record.get("flags", [])) or "—"
 

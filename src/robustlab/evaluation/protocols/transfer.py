@@ -80,6 +80,11 @@ class Transfer(Protocol):
     table_order = 10
 
     @classmethod
+    def comparison(cls, model: str, records: list[Record]) -> Mapping[str, Any]:
+        """The worst success defense rate over sources and attacks."""
+        return {"transfer": T.worst(records, model, "transfer", "defense_rate")}
+
+    @classmethod
     def markdown(cls, records: list[Record]) -> list[str]:
         rows = [
             [

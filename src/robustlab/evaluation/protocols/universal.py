@@ -62,6 +62,11 @@ class Universal(Protocol):
     table_order = 50
 
     @classmethod
+    def comparison(cls, model: str, records: list[Record]) -> Mapping[str, Any]:
+        """The worst restoration accuracy over attacks and strengths."""
+        return {"universal": T.worst(records, model, "universal", "restoration")}
+
+    @classmethod
     def markdown(cls, records: list[Record]) -> list[str]:
         rows = [
             [

@@ -61,6 +61,17 @@ class VerdictProtocol(Protocol):
     table_order = 100
 
     @classmethod
+    def comparison(cls, model: str, records: list[Record]) -> Mapping[str, Any]:
+        """The lowest verdict (an upper bound) and its status with the deciding check."""
+        mine = [r for r in records if r["protocol"] == "verdict" and r["target"] == model]
+        if not mine:
+            return {}
+        verdict = min(mine, key=lambda r: r["robust"]["rate"])
+        deciding = verdict.get("deciding") or ""
+        status = f"{verdict['status']} ({deciding})" if deciding else str(verdict["status"])
+        return {"verdict": verdict["robust"], "status": status}
+
+    @classmethod
     def markdown(cls, records: list[Record]) -> list[str]:
         return markdown(records)
 

@@ -47,6 +47,12 @@ class Whitebox(Protocol):
     table_order = 20
 
     @classmethod
+    def comparison(cls, model: str, records: list[Record]) -> Mapping[str, Any]:
+        """The worst accuracy over white-box attacks (plain gradients), and their flags."""
+        found = T.worst(records, model, "whitebox", "accuracy")
+        return {"whitebox": found, "flags": T.flags_of(records, model, "whitebox")}
+
+    @classmethod
     def markdown(cls, records: list[Record]) -> list[str]:
         rows = [
             [r["target"], r["attack"], T.rate_text(r["accuracy"]), T.flags_text(r)]
