@@ -31,17 +31,17 @@ from tqdm import tqdm
 from robustlab.attacks import AdversarialSet, load_set
 from robustlab.attacks.base import AttackConfig, Params
 from robustlab.attacks.universal import UniversalPerturbation, build_universal
-from robustlab.data import Dataset, load_dataset, sample, sample_indices
+from robustlab.data import load_dataset, sample, sample_indices
 from robustlab.defenses.base import attack_view
 from robustlab.evaluation.clean import summary
 from robustlab.evaluation.protocols import Record
 from robustlab.experiments.jobs import make_adversarial_set, resolve_device
 from robustlab.experiments.models import ModelStore
+from robustlab.experiments.plan import check_plan
 from robustlab.experiments.spec import Spec
 from robustlab.experiments.timings import LOG_FILE, TimingLog
 from robustlab.io import (
     JSONObject,
-    RobustlabError,
     absolute,
     atomic_write,
     config_hash,
@@ -56,7 +56,6 @@ from robustlab.report.records import check_record
 from robustlab.report.robustbench import model_card, write_cards
 from robustlab.report.tables import markdown, write_csv
 from robustlab.seeding import derive_seed
-from robustlab.training import check_fits
 from robustlab.units import RECORD_UNITS, to_unit
 from robustlab.version import __version__
 
@@ -90,36 +89,7 @@ class Executor:
         self.models = ModelStore(
             spec, self.out, self.device, timings=self.timings, indices=self.indices, quiet=quiet
         )
-        self._check_data(test)
-
-    def _check_data(self, test: Dataset) -> None:
-        """What the spec asks of the data, before any model trains: an explicit n no larger
-        than the test split (the default, 500, takes what there is), each protocol's own,
-        each defense's own (a CSC dictionary's channels and filter size), and every model
-        that trains fitting in the device's memory."""
-        asked = self.spec.source.get("experiment", {}).get("n")
-        if asked is not None and asked > len(test):
-            raise RobustlabError(
-                f"[experiment] n = {asked}, but {self.spec.dataset}'s test split has "
-                f"{len(test)} images; use n <= {len(test)}"
-            )
-        where = self.spec.path or "spec"
-        for protocol in self.spec.protocols:
-            try:
-                protocol.check_data(
-                    images=len(test), size=test.image_size, classes=len(test.classes)
-                )
-            except ValueError as err:
-                raise RobustlabError(f"{where}: {err}") from None
-        for name, entry in self.spec.models.items():
-            try:
-                if entry.defense is not None:
-                    entry.defense.check_data(channels=test.channels, size=test.image_size)
-                if entry.base is None and not entry.members and entry.weights is None:
-                    config = self.models.model_config(entry)
-                    check_fits(config, entry.recipe().batch_size, self.device)
-            except (ValueError, RobustlabError) as err:
-                raise RobustlabError(f"{where}: [models.{name}] {err}") from None
+        check_plan(spec, test, self.models, self.device)  # before any model trains
 
     def run(self) -> list[Record]:
         """All protocols, in spec order; writes results.json/.csv/.md and returns the records."""
