@@ -20,8 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from robustlab.attacks import distances
-from robustlab.attacks.base import AttackResult, Params
-from robustlab.attacks.registry import build
+from robustlab.attacks.base import AttackConfig, AttackResult, Params
 from robustlab.data import Dataset
 from robustlab.distributed import map_batches
 from robustlab.io import JSONObject, RobustlabError, atomic_write, check_array
@@ -147,7 +146,7 @@ def attack_in_batches(
     result (adversarials on the CPU, query counts if any) is the same either way.
     """
     device = model_device(model)
-    built = build(attack, model, seed=seed, **params)  # once: each batch is a seeded call
+    built = AttackConfig(attack, params).build(model, seed=seed)  # once: each batch is seeded
     # disable=None: no bar when stderr is not a terminal (logs, CI), unless quiet
     bar = tqdm(total=len(x), desc=attack, leave=False, disable=True if quiet else None)
 
