@@ -34,5 +34,5 @@ if __name__ == "__main__":
     code = main(["attack", *sys.argv[1:]])
     for file, function in STACKS[0] if STACKS else []:
         print(f"{file:32} {function}")
-    print(f"{file:32} input_gradient" if STACKS else "no gradient was taken")
+    print(f"{'attacks/base.py':32} input_gradient" if STACKS else "no gradient was taken")
     sys.exit(code)
