@@ -159,6 +159,29 @@ def test_cbpdn_gradient_through_refills_matches_finite_differences() -> None:
     assert torch.autograd.gradcheck(code, (images,), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
+def test_cbpdn_checkpointing_keeps_the_gradient_and_bounds_what_backward_keeps() -> None:
+    """A differentiated solve checkpoints every iteration: the same gradient (float64, to
+    the last bits but reduction order), and backward keeps only each iteration's inputs."""
+    filters = random_dictionary(6, 3, 3, seed=1, dtype=torch.float64)
+    weights = torch.rand(4, 6, 10, 10, generator=torch.Generator().manual_seed(0))
+    found = {}
+    for checkpointed in (False, True):
+        images = _mixed_images(4, torch.float64)[..., :10, :10].contiguous().requires_grad_(True)
+        options = CBPDNOptions(max_iter=30, rel_tol=1e-4, batch_size=2, checkpoint=checkpointed)
+        kept = [0]
+
+        def pack(tensor: torch.Tensor, kept: list[int] = kept) -> torch.Tensor:
+            kept[0] += tensor.numel() * tensor.element_size()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            code = cbpdn(filters, images, 0.1, options).coefficients
+        (grad,) = torch.autograd.grad((code * weights.double()).sum(), images)
+        found[checkpointed] = grad, kept[0]
+    torch.testing.assert_close(found[True][0], found[False][0], rtol=1e-10, atol=1e-12)
+    assert found[True][1] < found[False][1] / 3, (found[True][1], found[False][1])
+
+
 @pytest.mark.skipif(shutil.which("c++") is None, reason="torch.compile needs a C++ compiler")
 def test_cbpdn_compiled_equals_eager() -> None:
     # float64: fused kernels reassociate sums; in float32 that can move a stopping decision

@@ -26,7 +26,10 @@ on the other images in its batch: the solver iterates a few images at a time
 (``CBPDNOptions.batch_size``) and replaces each converged image by a waiting one, so
 no work is spent on finished images. In-place updates touch only values no backward
 pass reads, and rows are refilled out of place while autograd records, so autograd
-differentiates through the loop (memory grows with the iterations).
+differentiates through the loop. Differentiated, each iteration is checkpointed
+(``CBPDNOptions.checkpoint``): backward keeps only every iteration's inputs (y, ρu, ρ) and
+recomputes the rest, so memory grows by two coefficient maps per iteration instead of
+about ten, for one more forward iteration each in the backward pass.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,9 @@ class CBPDNOptions:
     # Fuse each iteration's element-wise work with torch.compile: ~1.5x faster on CPU;
     # needs a C++ compiler (Triton on GPUs), and the first call compiles for 8-20 s.
     compile: bool = False
+    # Differentiated solves (an attack through the unrolled solver): recompute each
+    # iteration's intermediates in the backward pass instead of keeping them (module docstring)
+    checkpoint: bool = True
 
     def __post_init__(self) -> None:
         if self.max_iter < 1:
@@ -235,7 +242,7 @@ def cbpdn(
     live = torch.ones(slots, dtype=torch.bool, device=signal.device)  # rows not yet finished
     finished: list[_Images] = []
     while bool(live.any()):
-        working, done = _step(dictionary, working, lmbda, options)
+        working, done = _recorded_step(dictionary, working, lmbda, options)
         newly = done & live
         if not bool(newly.any()):
             continue
@@ -328,6 +335,24 @@ def _step(
         x, images.y, images.dual, images.rho, images.steps, lmbda, options
     )
     return _Images(images.index, y, dual, rho, images.back, steps), done
+
+
+def _recorded_step(
+    dictionary: FourierDictionary, images: _Images, lmbda: float, options: CBPDNOptions
+) -> tuple[_Images, torch.Tensor]:
+    """:func:`_step`, checkpointed when autograd records it (``options.checkpoint``)."""
+    recorded = torch.is_grad_enabled() and (
+        any(field.requires_grad for field in images._fields()) or dictionary.freq.requires_grad
+    )
+    if not (recorded and options.checkpoint):
+        return _step(dictionary, images, lmbda, options)
+
+    def step(*fields: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        new, done = _step(dictionary, _Images(*fields), lmbda, options)
+        return (*new._fields(), done)
+
+    *fields, done = checkpoint(step, *images._fields(), use_reentrant=False)
+    return _Images(*fields), done
 
 
 def _x_target(
