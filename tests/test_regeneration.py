@@ -145,6 +145,13 @@ def test_sfr_cli_train_eval_and_round_trip(
         assert main([*one, "--defense", state, "--device", "cpu"]) == 0
         line = capsys.readouterr().out
         assert line.startswith(f"defense {state}: clean -> ") and "fff ξ=30/255 -> " in line
+    # --input with --perturbation: that file is added (it used to compute the default UAP)
+    computed = len(list((out / "perturbations").glob("*.safetensors")))
+    assert main([*one, "--perturbation", str(imported), "--device", "cpu"]) == 0
+    assert "imported.safetensors (ℓ∞ 20/255) -> " in capsys.readouterr().out
+    assert len(list((out / "perturbations").glob("*.safetensors"))) == computed
+    assert main([*one, "--perturbation", str(wrong), "--device", "cpu"]) == 2
+    assert "the images are (1, 8, 8)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["sfr", "train", str(digits_run), "--layers", "", "--out", str(tmp_path / "x")])
 

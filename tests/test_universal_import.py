@@ -88,3 +88,35 @@ def test_cli_import_then_sfr_style_use(rgb: np.ndarray, tmp_path: Path, capsys) 
     assert main(args) == 2 and "--force" in capsys.readouterr().err  # never overwritten silently
     with pytest.raises(RobustlabError, match=r"the images are \(1, 8, 8\); re-import"):
         loaded.check_fits((1, 8, 8), "p.safetensors")
+
+
+def test_h5_as_stored_and_a_shifted_crop(rgb: np.ndarray, tmp_path: Path) -> None:
+    """sPGD, Singular Fool and GAP .h5 files of the SFR release are stored as they are
+    (--layout h5, no transpose); a crop may start at a given corner (a 1-pixel shift)."""
+    path = tmp_path / "spgd.h5"
+    with h5py.File(path, "w") as handle:
+        handle["perturbation"] = rgb[None]  # (1, 3, H, W), RGB, not transposed
+    found = import_perturbation(path, "h5", channel_order="rgb", crop=10, crop_at=(1, 2))
+    want = torch.from_numpy(np.ascontiguousarray(rgb[:, 1:11, 2:12], dtype=np.float32)) / 255
+    torch.testing.assert_close(found.delta, want)
+    assert found.config["crop_at"] == [1, 2] and found.config["layout"] == "h5"
+    with pytest.raises(RobustlabError, match=r"crop at \(3, 3\) leaves"):
+        import_perturbation(path, "h5", channel_order="rgb", crop=10, crop_at=(3, 3))
+
+
+def test_an_h5_file_read_as_npy_or_as_a_perturbation_names_the_import(
+    rgb: np.ndarray, tmp_path: Path, capsys
+) -> None:
+    """A released .h5 (even named .npy) never gets numpy's pickle advice: the message names
+    the layouts, and `sfr eval --perturbation` of a raw .h5 names `universal import`."""
+    path = tmp_path / "gap.npy"
+    with h5py.File(path, "w") as handle:
+        handle["perturbation"] = rgb
+    with pytest.raises(RobustlabError, match="an HDF5 file, not .npy; import it with --layout"):
+        import_perturbation(path, "chw", channel_order="rgb")
+    with pytest.raises(RobustlabError, match="import it first: robustlab universal import"):
+        UniversalPerturbation.load(path)
+    args = ["universal", "import", str(path), "--layout", "chw", "--channel-order", "rgb"]
+    assert main([*args, "--out", str(tmp_path / "p.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "--layout h5" in err and "pickle" not in err

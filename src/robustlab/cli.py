@@ -322,6 +322,16 @@ def _attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _corner(text: str) -> tuple[int, int]:
+    try:
+        top, left = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be two integers like 1,1") from None
+    if top < 0 or left < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a corner is non-negative")
+    return top, left
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -769,6 +779,7 @@ def _sfr_eval(args: argparse.Namespace) -> int:
                 against=args.against,
                 seed=args.seed,
                 device=device,
+                perturbation_file=args.perturbation,
             )
         )
         return 0
@@ -798,6 +809,8 @@ def _sfr_eval(args: argparse.Namespace) -> int:
 
 
 def _add_universal_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from robustlab.attacks.universal.importing import LAYOUTS
+
     p = sub.add_parser("universal", help="universal perturbations from other code")
     universal = p.add_subparsers(dest="universal_command", required=True)
     imp = universal.add_parser(
@@ -805,15 +818,23 @@ def _add_universal_parser(sub: argparse._SubParsersAction) -> None:  # type: ign
         help="read a released perturbation (.h5/.npy) into robustlab's format",
         description="Reshapes by --layout, reorders channels to RGB, multiplies by --scale to "
         "0-255 units, centre-crops to --crop and writes OUT (safetensors, [0, 1] units). "
-        "SFR release: UAP .h5 files: --layout matlab --channel-order bgr; .npy (H, W, 3): "
-        "--layout hwc --channel-order rgb (227 x 227: --crop 224); GAP (1, 3, 300, 300) in "
-        "[-1, 1]: --layout chw --channel-order rgb --scale 16 --crop 224.",
+        "SFR release: UAP .h5 files: --layout matlab --channel-order bgr; sPGD, Singular "
+        "Fool and GAP .h5 files (stored as they are): --layout h5; .npy (H, W, 3): "
+        "--layout hwc --channel-order rgb (227 x 227: --crop 224); GAP .npy (1, 3, 300, 300) "
+        "in [-1, 1]: --layout chw --channel-order rgb --scale 16 --crop 224; GUAP's authors "
+        "scale by 1.5 (xi = 15): --scale 1.5. docs/sfr.md lists every file.",
     )
     imp.add_argument("file", metavar="FILE")
-    imp.add_argument("--layout", required=True, choices=["matlab", "hwc", "chw"])
+    imp.add_argument("--layout", required=True, choices=LAYOUTS)
     imp.add_argument("--channel-order", required=True, choices=["bgr", "rgb"])
     imp.add_argument("--scale", type=_finite, default=1.0, help="factor to 0-255 units (1)")
     imp.add_argument("--crop", type=_positive, help="centre crop to CROP x CROP")
+    imp.add_argument(
+        "--crop-at",
+        type=_corner,
+        metavar="TOP,LEFT",
+        help="the crop's top-left corner instead of the centre (e.g. 1,1)",
+    )
     imp.add_argument("--dataset", help="HDF5 dataset name (default: the file's only one)")
     imp.add_argument("--out", required=True, help="output file, e.g. uap-resnet50.safetensors")
     imp.add_argument("--force", action="store_true", help="replace an existing OUT (not FILE)")
@@ -831,11 +852,13 @@ def _universal_import(args: argparse.Namespace) -> int:
         channel_order=args.channel_order,
         scale=args.scale,
         crop=args.crop,
+        crop_at=args.crop_at,
         dataset=args.dataset,
     )
     found.save(out)
     shape = "x".join(str(d) for d in found.delta.shape)
-    print(f"{out}: {shape}, max |δ| = {255 * found.config['xi']:.2f}/255")
+    l2 = 255 * float(found.delta.norm())
+    print(f"{out}: {shape}, ℓ∞ = {255 * found.config['xi']:.2f}/255, ℓ2 = {l2:.1f}/255")
     return 0
 
 

@@ -122,6 +122,18 @@ def load_npy(path: str | Path) -> np.ndarray:
     return array
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first 8 bytes of every HDF5 file
+
+
+def is_hdf5(path: str | Path) -> bool:
+    """Whether ``path`` is an HDF5 file (by its signature; False when it cannot be read)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+    except OSError:
+        return False
+
+
 def save_tensors(
     path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
 ) -> None:

@@ -261,8 +261,10 @@ def classify_image(
     against: str = "baseline",
     seed: int = 0,
     device: torch.device | str = "cpu",
+    perturbation_file: str | Path | None = None,
 ) -> str:
-    """Top-1 class of one image file, clean and with the universal perturbation added."""
+    """Top-1 class of one image file, clean and with the universal perturbation added: the
+    one in ``perturbation_file`` (robustlab's format) if given, else ``attack``'s at ``xi``."""
     base, defended, meta = load_sfr(directory, device)
     model = defended if defense else base
     config = meta["model"]
@@ -274,19 +276,27 @@ def classify_image(
     size = int(config["image_size"])
     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
     models = {"baseline": base, "defended": defended}
-    perturbation = _evaluation_perturbation(
-        directory,
-        meta,
-        models,
-        attack=attack,
-        xi=xi,
-        against=against,
-        seed=seed,
-        attack_images=256,
-        device=device,
-    )
+    if perturbation_file is not None:
+        perturbation = UniversalPerturbation.load(perturbation_file)
+        perturbation.check_fits(x.shape[1:], str(perturbation_file))
+        linf = 255 * float(perturbation.delta.abs().max())
+        what = f"{Path(perturbation_file).name} (ℓ∞ {linf:.4g}/255)"
+    else:
+        perturbation = _evaluation_perturbation(
+            directory,
+            meta,
+            models,
+            attack=attack,
+            xi=xi,
+            against=against,
+            seed=seed,
+            attack_images=256,
+            device=device,
+        )
+        what = f"{attack} ξ={255 * xi:g}/255"
     classes = meta["dataset"].get("classes") or []
-    labels = [int(predict(model, x)[0]), int(predict(model, apply(x, perturbation.delta))[0])]
+    delta = perturbation.delta.to(x.device)
+    labels = [int(predict(model, x)[0]), int(predict(model, apply(x, delta))[0])]
     names = [classes[i] if i < len(classes) else str(i) for i in labels]
     state = "on" if defense else "off"
-    return f"defense {state}: clean -> {names[0]}; {attack} ξ={255 * xi:g}/255 -> {names[1]}"
+    return f"defense {state}: clean -> {names[0]}; {what} -> {names[1]}"

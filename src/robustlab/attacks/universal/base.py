@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import UNBOUND
-from robustlab.io import JSONObject, RobustlabError, check_array, load_tensors, save_tensors
+from robustlab.io import (
+    JSONObject,
+    RobustlabError,
+    check_array,
+    is_hdf5,
+    load_tensors,
+    save_tensors,
+)
 from robustlab.models.base import frozen, predict, warm_started
 from robustlab.registry import Registry
 
@@ -105,6 +112,12 @@ class UniversalPerturbation:
 
     @classmethod
     def load(cls, path: str | Path) -> UniversalPerturbation:
+        if is_hdf5(path):  # a released file given as it is: say how to import it
+            raise RobustlabError(
+                f"{path}: a released HDF5 perturbation, not robustlab's format; import it "
+                f"first: robustlab universal import {path} {HDF5_HINT} --channel-order ... "
+                "--out P.safetensors (docs/sfr.md lists the files)"
+            )
         tensors, meta = load_tensors(path)
         if meta.get("format") != PERTURBATION_FORMAT or "delta" not in tensors:
             raise RobustlabError(f"{path}: not a robustlab universal perturbation file")
@@ -120,6 +133,13 @@ class UniversalPerturbation:
         )
         meta.pop("format")
         return cls(tensors["delta"], meta)
+
+
+# how each of the released .h5 files is read (robustlab.attacks.universal.importing)
+HDF5_HINT = (
+    "--layout matlab (stored transposed: UAP) or --layout h5 (stored as is: sPGD, "
+    "Singular Fool, GAP)"
+)
 
 
 class UniversalAttack(ABC):

@@ -5,8 +5,11 @@ The SFR release ships perturbations in several layouts, all on the 0-255 scale u
 =============  ==========================================  ==========================
 layout         array                                        release
 =============  ==========================================  ==========================
-``matlab``     ``.h5`` dataset (3, H, W), saved by MATLAB   UAP/sPGD files; BGR
+``matlab``     ``.h5`` dataset (3, H, W), saved by MATLAB   UAP files; BGR
                column-major: apply transpose(0, 2, 1)
+``h5``         ``.h5`` dataset (3, H, W) or (1, 3, H, W),   the files the SFR release
+               as stored (no transpose)                     adds as they are (sPGD,
+                                                            Singular Fool, GAP)
 ``hwc``        ``.npy`` (H, W, 3) or (1, H, W, 3)           RGB; 227 × 227 ones need a
                                                             224 crop
 ``chw``        ``.npy`` (3, H, W) or (1, 3, H, W)           GAP: 300 × 300 in [−1, 1],
@@ -15,7 +18,9 @@ layout         array                                        release
 
 :func:`import_perturbation` applies, in this order: the layout's reshaping, the channel
 order (to RGB), the scale (to 0-255 units), a centre crop, and the division by 255 to
-robustlab's [0, 1] pixel units. Every step is recorded in the result's config.
+robustlab's [0, 1] pixel units. Every step is recorded in the result's config. Whether an
+``.h5`` file is transposed is not written in it: import it both ways and look at the result
+(a transposed natural-looking pattern is the wrong one), or follow the release's script.
 """
 
 from __future__ import annotations
@@ -26,11 +31,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from robustlab.attacks.universal.base import UniversalPerturbation
-from robustlab.io import RobustlabError, check_array, load_npy
+from robustlab.attacks.universal.base import HDF5_HINT, UniversalPerturbation
+from robustlab.io import RobustlabError, check_array, is_hdf5, load_npy
 
-Layout = Literal["matlab", "hwc", "chw"]
-LAYOUTS: tuple[Layout, ...] = ("matlab", "hwc", "chw")
+Layout = Literal["matlab", "h5", "hwc", "chw"]
+LAYOUTS: tuple[Layout, ...] = ("matlab", "h5", "hwc", "chw")
 
 
 def import_perturbation(
@@ -40,16 +45,19 @@ def import_perturbation(
     channel_order: Literal["bgr", "rgb"],
     scale: float = 1.0,
     crop: int | None = None,
+    crop_at: tuple[int, int] | None = None,
     dataset: str | None = None,
 ) -> UniversalPerturbation:
     """Read ``path`` as ``layout`` (module docstring) into a (C, H, W) RGB perturbation in
-    [0, 1] pixel units; ``dataset``: the HDF5 dataset name (default: the only one)."""
+    [0, 1] pixel units; ``dataset``: the HDF5 dataset name (default: the only one);
+    ``crop_at``: the crop's (top, left) corner instead of the centre (a release whose crop
+    is shifted by a pixel)."""
     path = Path(path)
     if layout not in LAYOUTS:
         raise RobustlabError(f"layout {layout!r} must be one of {', '.join(LAYOUTS)}")
     if channel_order not in ("bgr", "rgb") or scale <= 0:
         raise RobustlabError("channel order must be bgr or rgb, and the scale positive")
-    raw = _read_h5(path, dataset) if layout == "matlab" else _read_npy(path)
+    raw = _read_h5(path, dataset) if layout in ("matlab", "h5") else _read_npy(path)
     found = f"found shape {raw.shape} in {path}"
     array = raw[0] if raw.ndim == 4 and raw.shape[0] == 1 else raw
     if array.ndim != 3:
@@ -67,8 +75,10 @@ def import_perturbation(
     if channel_order == "bgr":
         array = array[::-1]
     array = array * float(scale)
+    if crop_at is not None and crop is None:
+        raise RobustlabError("a crop corner needs a crop size: give --crop too")
     if crop is not None:
-        array = _centre_crop(array, crop, found)
+        array = _crop(array, crop, found, crop_at)
     delta = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)) / 255
     config = {
         "attack": "imported",
@@ -77,6 +87,7 @@ def import_perturbation(
         "channel_order": channel_order,
         "scale": scale,
         "crop": crop,
+        **({"crop_at": list(crop_at)} if crop_at is not None else {}),
         "source_shape": list(raw.shape),
         "xi": float(delta.abs().max()),
     }
@@ -91,15 +102,22 @@ def import_perturbation(
     return UniversalPerturbation(delta, config)
 
 
-def _centre_crop(array: np.ndarray, size: int, found: str) -> np.ndarray:
+def _crop(array: np.ndarray, size: int, found: str, corner: tuple[int, int] | None) -> np.ndarray:
     height, width = array.shape[1:]
     if not 0 < size <= min(height, width):
         raise RobustlabError(f"cannot crop {size} × {size} from {height} × {width}; {found}")
-    top, left = (height - size) // 2, (width - size) // 2
+    top, left = corner if corner is not None else ((height - size) // 2, (width - size) // 2)
+    if not (0 <= top <= height - size and 0 <= left <= width - size):
+        raise RobustlabError(
+            f"a {size} × {size} crop at ({top}, {left}) leaves the {height} × {width} "
+            f"perturbation; corners run to ({height - size}, {width - size})"
+        )
     return array[:, top : top + size, left : left + size]
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    if is_hdf5(path):  # numpy would say "pickled data": the file is an .h5 under another name
+        raise RobustlabError(f"{path}: an HDF5 file, not .npy; import it with {HDF5_HINT}")
     array = load_npy(path)
     if array.dtype.kind not in "fiu":
         raise RobustlabError(f"{path}: expected a numeric array")
