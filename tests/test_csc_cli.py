@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,35 @@ def test_spec_purify_accepts_a_released_dictionary(tmp_path: Path) -> None:
     assert defense.purifier().dictionary.metadata["channel_order"] == "rgb"
     with pytest.raises(ValueError, match="channel_order 'grb'"):
         defense_from_table("purify", {"dict": str(npy), "channel_order": "grb"})
+
+
+def test_the_authors_resize_is_opencvs_and_shrinks_differently(
+    tmp_path: Path, dictionary: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`purify --resize authors` resizes as the CSC release does (OpenCV's INTER_LINEAR on
+    uint8, no antialiasing); robustlab's default antialiases, which only matters when an
+    image shrinks. The choice is part of the output folder's settings."""
+    cv2 = pytest.importorskip("cv2")
+    from robustlab.experiments.csc import MANIFEST, authors_resize
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)
+    pixels = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+    for size in (16, 64):  # shrink and grow
+        theirs = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+        ours = authors_resize(pixels, size).permute(1, 2, 0).numpy()
+        # OpenCV weighs with 11-bit fixed-point coefficients: a pixel may round one level off
+        assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+    source = tmp_path / "in"
+    source.mkdir()
+    Image.fromarray(image[..., 0]).save(source / "a.png")
+    run = ["purify", str(source), "--dict", str(dictionary), "--size", "16", "--max-iter", "3"]
+    run += ["--device", "cpu", "--quiet"]
+    assert main([*run, str(tmp_path / "plain")]) == 0
+    assert main([*run, str(tmp_path / "authors"), "--resize", "authors"]) == 0
+    manifests = [json.loads((tmp_path / d / MANIFEST).read_text()) for d in ("plain", "authors")]
+    assert "resize" not in manifests[0] and manifests[1]["resize"] == "authors"
+    outputs = [np.asarray(Image.open(tmp_path / d / "a.png")) for d in ("plain", "authors")]
+    assert not np.array_equal(*outputs)  # shrinking 37 × 45 to 16 × 16: they differ
+    assert main([*run, str(tmp_path / "plain"), "--resize", "authors"]) == 2
+    assert "other settings (resize)" in capsys.readouterr().err

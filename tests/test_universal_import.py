@@ -112,7 +112,7 @@ def test_an_h5_file_read_as_npy_or_as_a_perturbation_names_the_import(
     path = tmp_path / "gap.npy"
     with h5py.File(path, "w") as handle:
         handle["perturbation"] = rgb
-    with pytest.raises(RobustlabError, match="an HDF5 file, not .npy; import it with --layout"):
+    with pytest.raises(RobustlabError, match=r"an HDF5 file, not \.npy; import it with --layout"):
         import_perturbation(path, "chw", channel_order="rgb")
     with pytest.raises(RobustlabError, match="import it first: robustlab universal import"):
         UniversalPerturbation.load(path)

@@ -588,6 +588,13 @@ def _add_purify_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     )
     p.add_argument("--lmbda", type=_finite, help="sparsity weight λ (default: the dictionary's)")
     p.add_argument("--size", type=_positive, help="resize images to SIZE × SIZE first")
+    p.add_argument(
+        "--resize",
+        choices=["antialias", "authors"],
+        default="antialias",
+        help="how --size resizes: bilinear with antialiasing (default), or as the CSC release "
+        "does (OpenCV INTER_LINEAR on uint8, no antialiasing; differs when shrinking)",
+    )
     p.add_argument("--max-iter", type=_positive, default=200, help="ADMM iterations (default 200)")
     p.add_argument(
         "--force",
@@ -626,6 +633,7 @@ def _purify(args: argparse.Namespace) -> int:
         args.out_dir,
         purifier,
         size=args.size,
+        resize=args.resize,
         device=resolve_device(args.device),
         quiet=args.quiet,
         force=args.force,
