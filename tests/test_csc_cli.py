@@ -284,3 +284,21 @@ def test_the_authors_resize_is_opencvs_and_shrinks_differently(
     assert not np.array_equal(*outputs)  # shrinking 37 × 45 to 16 × 16: they differ
     assert main([*run, str(tmp_path / "plain"), "--resize", "authors"]) == 2
     assert "other settings (resize)" in capsys.readouterr().err
+
+
+def test_a_grey_dictionary_refuses_colour_images_unless_asked(
+    tmp_path: Path, dictionary: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    colour = np.zeros((8, 8, 3), dtype=np.uint8)
+    colour[..., 0] = 200  # red: its grey conversion would lose the colour silently
+    Image.fromarray(colour).save(source / "red.png")
+    Image.fromarray(np.full((8, 8, 3), 90, dtype=np.uint8)).save(source / "grey-rgb.png")
+    run = ["purify", str(source), "--dict", str(dictionary), "--max-iter", "3", "--quiet"]
+    assert main([*run, str(tmp_path / "out"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "red.png: a colour image" in err and "--grey" in err
+    assert not (tmp_path / "out" / "red.png").exists()
+    assert main([*run, str(tmp_path / "out"), "--grey", "--device", "cpu"]) == 0
+    assert np.asarray(Image.open(tmp_path / "out" / "red.png")).ndim == 2  # grey, as asked

@@ -595,6 +595,11 @@ def _add_purify_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
         help="how --size resizes: bilinear with antialiasing (default), or as the CSC release "
         "does (OpenCV INTER_LINEAR on uint8, no antialiasing; differs when shrinking)",
     )
+    p.add_argument(
+        "--grey",
+        action="store_true",
+        help="with a grey dictionary, convert colour images to grey (refused otherwise)",
+    )
     p.add_argument("--max-iter", type=_positive, default=200, help="ADMM iterations (default 200)")
     p.add_argument(
         "--force",
@@ -634,6 +639,7 @@ def _purify(args: argparse.Namespace) -> int:
         purifier,
         size=args.size,
         resize=args.resize,
+        grey=args.grey,
         device=resolve_device(args.device),
         quiet=args.quiet,
         force=args.force,

@@ -157,16 +157,33 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return handle.read()
 
 
-def decode_image(blob: bytes, source: str, channels: int) -> np.ndarray:
-    """Decode one image file to uint8 (C, H, W) with ``channels`` = 1 (grey) or 3 (RGB)."""
+def decode_image(blob: bytes, source: str, channels: int, *, grey_ok: bool = True) -> np.ndarray:
+    """Decode one image file to uint8 (C, H, W) with ``channels`` = 1 (grey) or 3 (RGB).
+
+    ``grey_ok=False``: a colour image asked for as grey is refused instead of converted
+    (a grey dictionary would otherwise turn colour images into grey outputs silently)."""
     try:
         with Image.open(io.BytesIO(blob)) as img:
+            if channels == 1 and not grey_ok and _has_colour(img):
+                raise RobustlabError(
+                    f"{source}: a colour image, but the images are read as grey (a grey "
+                    "dictionary); use a colour dictionary, or convert the images to grey "
+                    "on purpose (purify --grey)"
+                )
             pixels = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise RobustlabError(
             f"{source}: cannot decode image ({err}); replace or delete it"
         ) from None
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def _has_colour(img: Image.Image) -> bool:
+    """Whether an image's pixels differ between its red, green and blue planes."""
+    if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return False
+    rgb = np.asarray(img.convert("RGB"))
+    return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
 
 
 def read_image_folder(

@@ -132,6 +132,7 @@ def purify_folder(
     *,
     size: int | None = None,
     resize: Resize = "antialias",
+    grey: bool = False,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     quiet: bool = False,
@@ -145,7 +146,8 @@ def purify_folder(
     every file is written atomically; inputs are never written. ``size``
     resizes images to ``size`` × ``size`` first, as the method's reconstruction script
     does, by ``resize`` (:data:`Resize`: antialiased bilinear by default, or the authors'
-    uint8 INTER_LINEAR). Returns (purified, skipped).
+    uint8 INTER_LINEAR). A colour image and a grey dictionary are refused unless ``grey``
+    (convert the images to grey on purpose). Returns (purified, skipped).
     """
     if resize not in RESIZES:
         raise RobustlabError(f"resize {resize!r} must be one of {', '.join(RESIZES)}")
@@ -165,7 +167,9 @@ def purify_folder(
     bar = tqdm(total=len(todo), desc="purify", unit="img", disable=True if quiet else None)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        pixels = torch.stack([_read(source / n, purifier.channels, size, resize) for n in chunk])
+        pixels = torch.stack(
+            [_read(source / n, purifier.channels, size, resize, grey) for n in chunk]
+        )
         with torch.no_grad():
             cleaned = purifier(pixels.to(device)).cpu()
         for name, image in zip(chunk, cleaned, strict=True):
@@ -223,8 +227,9 @@ def _readable_image(path: Path) -> bool:
     return True
 
 
-def _read(path: Path, channels: int, size: int | None, resize: Resize) -> torch.Tensor:
-    pixels = torch.from_numpy(decode_image(path.read_bytes(), str(path), channels).copy())
+def _read(path: Path, channels: int, size: int | None, resize: Resize, grey: bool) -> torch.Tensor:
+    decoded = decode_image(path.read_bytes(), str(path), channels, grey_ok=grey)
+    pixels = torch.from_numpy(decoded.copy())
     if size is None or pixels.shape[-2:] == (size, size):
         return pixels.float() / 255
     if resize == "authors":
