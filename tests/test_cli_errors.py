@@ -564,3 +564,33 @@ def test_an_interrupt_says_how_each_command_continues(
     }[command]
     assert cli.main(argv) == 130
     assert advice in capsys.readouterr().err
+
+
+def test_the_python_api_takes_arrays_lists_float64_and_empty_batches(digits_run: Path) -> None:
+    """Attacks and `robustlab.evaluate` take numpy arrays, label lists and float64 images
+    (converted to the model's dtype), attack an empty batch as itself, and refuse images of
+    another size than the run's network was built for, in one line."""
+    import numpy as np
+
+    import robustlab
+    from robustlab.attacks import build
+
+    model = robustlab.load(digits_run)
+    data = load_dataset("digits", "test")
+    x = data.images[:4].astype(np.float64) / 255  # numpy, float64
+    y = [int(label) for label in data.labels[:4]]  # a list
+    attack = build("pgd", model, eps=8 / 255, step=2 / 255, steps=2)
+    adv = attack(x, y)
+    assert adv.dtype == torch.float32 and adv.shape == (4, 1, 8, 8)
+    assert attack(x[:0], []).shape == (0, 1, 8, 8)
+    cases = [
+        (lambda: attack(torch.rand(4, 1, 4, 4), y), r"images of shape \(1, 4, 4\), but the model"),
+        (lambda: attack(data.images[:4], y), "divide uint8 images by 255"),
+        (lambda: attack(x, [0.5] * 4), "labels must be integers"),
+        (lambda: robustlab.evaluate(model, x[:0], []), "a verdict needs at least one image"),
+        (lambda: robustlab.evaluate(model, torch.rand(2, 1, 4, 4), [0, 1]), "resize them"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message) as err:
+            call()
+        assert "\n" not in str(err.value)

@@ -23,6 +23,7 @@ from robustlab.io import (
     save_tensors,
     write_json,
 )
+from robustlab.models.base import declare_input
 from robustlab.models.config import ModelConfig
 from robustlab.models.cost import count_passes
 from robustlab.version import __version__
@@ -117,7 +118,8 @@ def load(
     except RuntimeError as err:
         first = str(err).splitlines()[0]
         raise RobustlabError(f"{run_dir}: weights do not match meta.json ({first})") from None
-    return count_passes(model.to(device).eval())
+    shape = (config.in_channels, config.image_size, config.image_size)
+    return count_passes(declare_input(model.to(device).eval(), shape))
 
 
 def check_weights(tensors: dict[str, torch.Tensor], model: nn.Module, where: Path) -> None:

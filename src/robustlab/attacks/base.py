@@ -15,12 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robustlab.io import JSONObject
-from robustlab.models.base import frozen, warm_started
+from robustlab.models.base import declared_input, frozen, warm_started
 from robustlab.models.cost import add_queries, paused
 from robustlab.registry import Registry
 
@@ -63,9 +64,9 @@ class Attack(ABC):
 
     def __call__(
         self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        target: torch.Tensor | None = None,
+        x: Images,
+        y: Labels,
+        target: Labels | None = None,
         *,
         seed: int | None = None,
     ) -> torch.Tensor:
@@ -74,14 +75,22 @@ class Attack(ABC):
 
     def run(
         self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        target: torch.Tensor | None = None,
+        x: Images,
+        y: Labels,
+        target: Labels | None = None,
         *,
         seed: int | None = None,
     ) -> AttackResult:
-        """Like calling the attack, with per-example extras (query counts) in the result."""
+        """Like calling the attack, with per-example extras (query counts) in the result.
+
+        ``x``: a tensor or numpy array of [0, 1] pixels (N, C, H, W), in the model's float
+        dtype or converted to it; ``y``, ``target``: integer labels (tensor, array or list)."""
         seed = self.seed if seed is None else int(seed)
+        x, y = as_images(x, self.model), as_labels(y, "labels")
+        target = as_labels(target, "target labels") if target is not None else None
+        if len(x) == 0:  # nothing to attack: the empty batch itself
+            self._check_inputs(x, y, target)
+            return AttackResult(x.detach().clone())
         with frozen(self.model), warm_started(self.model):
             self._check_inputs(x, y, target)
             generator = torch.Generator(device=x.device).manual_seed(seed)
@@ -133,21 +142,62 @@ class Attack(ABC):
         return f"{type(self).__name__}({shown})"
 
     def _check_inputs(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"images must be a batch (N, C, H, W), got shape {tuple(x.shape)}")
-        if not torch.isfinite(x).all():
-            raise ValueError("images contain NaN or infinite values; clean the input first")
-        if x.numel() and (x.min() < 0 or x.max() > 1):
-            raise ValueError("images must be pixels in [0, 1]; divide uint8 images by 255")
+        check_images(x, self.model)
         for name, labels in (("labels", y), ("target labels", target)):
             if labels is None:
                 continue
             if labels.shape != (len(x),) or labels.dtype.is_floating_point:
                 raise ValueError(f"{name} must be integers of shape ({len(x)},)")
+            if not len(x):
+                continue
             with torch.no_grad(), paused():  # validating the input is no pass of the attack
                 classes = int(self.model(x[:1]).shape[1])
             if len(labels) and (labels.min() < 0 or labels.max() >= classes):
                 raise ValueError(f"{name} must be in 0..{classes - 1} for this model")
+
+
+Images = torch.Tensor | np.ndarray
+Labels = torch.Tensor | np.ndarray | Sequence[int]
+
+
+def as_images(x: Images, model: nn.Module) -> torch.Tensor:
+    """Pixels as a tensor in the model's floating dtype (numpy arrays and float64 images
+    accepted); integer images are refused (:func:`check_images` names the fix)."""
+    images = torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be a tensor or numpy array, got {type(x).__name__}")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if images.is_floating_point() and dtype is not None and images.dtype != dtype:
+        images = images.to(dtype)
+    return images
+
+
+def as_labels(y: Labels, what: str) -> torch.Tensor:
+    """Integer labels as a long tensor (a list or numpy array accepted)."""
+    if isinstance(y, torch.Tensor):
+        return y
+    labels = np.asarray(y)
+    if labels.dtype.kind not in "iu" and not (labels.size == 0 and labels.dtype.kind == "f"):
+        raise ValueError(f"{what} must be integers, got {labels.dtype} values")
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+def check_images(x: torch.Tensor, model: nn.Module) -> None:
+    """One-line errors for images an attack or an evaluation cannot take: not a batch,
+    integers, non-finite, outside [0, 1], or another shape than the network declares."""
+    if x.ndim != 4:
+        raise ValueError(f"images must be a batch (N, C, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError("images must be float pixels in [0, 1]; divide uint8 images by 255")
+    if not torch.isfinite(x).all():
+        raise ValueError("images contain NaN or infinite values; clean the input first")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError("images must be pixels in [0, 1]; divide uint8 images by 255")
+    shape = declared_input(model)
+    if shape is not None and tuple(x.shape[1:]) != shape:
+        raise ValueError(
+            f"images of shape {tuple(x.shape[1:])}, but the model takes {shape}; resize them"
+        )
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.adversarial_set import attack_in_batches
-from robustlab.attacks.base import Params
+from robustlab.attacks.base import Images, Labels, Params, as_images, as_labels, check_images
 from robustlab.defenses.base import attack_view
 from robustlab.evaluation import checks as C
 from robustlab.evaluation import ladder
@@ -335,8 +335,8 @@ def _is_cost(cost: JSONObject) -> bool:
 
 def evaluate(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: Images,
+    y: Labels,
     *,
     eps: float = 8 / 255,
     norm: str = "linf",
@@ -362,5 +362,15 @@ def evaluate(
     >>> print(verdict.summary())
     """
     config = EvaluationConfig(eps=eps, norm=norm, version=version, budget=budget, **budgets)
+    images, labels = as_images(x, model), as_labels(y, "labels")
+    check_images(images, model)
+    if not len(images) or labels.shape != (len(images),):
+        raise ValueError(
+            f"{len(images)} images and labels of shape {tuple(labels.shape)}: a verdict needs "
+            "at least one image and one integer label per image"
+        )
     folder = Path(store) if store is not None else None
-    return Evaluation(model, x, y, config, base=base, seed=seed, store=folder, quiet=quiet).run()
+    evaluation = Evaluation(
+        model, images, labels, config, base=base, seed=seed, store=folder, quiet=quiet
+    )
+    return evaluation.run()

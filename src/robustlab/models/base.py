@@ -214,6 +214,26 @@ def warm_started(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
+_INPUT = "_robustlab_input_shape"  # (C, H, W) a network was built for (``declare_input``)
+
+
+def declare_input(network: nn.Module, shape: tuple[int, int, int]) -> nn.Module:
+    """Record the (C, H, W) images ``network`` was built for, so that an attack or an
+    evaluation refuses other images instead of classifying them silently (a network with
+    global pooling accepts a 4 × 4 batch built for 8 × 8 and answers nonsense)."""
+    network.__dict__[_INPUT] = tuple(int(d) for d in shape)
+    return network
+
+
+def declared_input(model: nn.Module) -> tuple[int, int, int] | None:
+    """The (C, H, W) some part of ``model`` declared (a run's network inside a defense)."""
+    for module in model.modules():
+        shape = module.__dict__.get(_INPUT)
+        if shape is not None:
+            return shape  # type: ignore[no-any-return]
+    return None
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of a model's first parameter or buffer (CPU for a module with neither)."""
     for tensor in (*model.parameters(), *model.buffers()):
