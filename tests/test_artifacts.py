@@ -40,11 +40,36 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _resave(path: Path, edit: Callable[[dict[str, np.ndarray]], None]) -> None:
+def _resave(
+    path: Path, edit: Callable[[dict[str, np.ndarray]], None], *, keep_checksum: bool = False
+) -> None:
+    """Edit a set's arrays; without its checksum (as a set written before checksums, or by
+    hand), so that the checks of the arrays themselves are what answers."""
     with np.load(path, allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
+        arrays = {name: data[name] for name in data.files if keep_checksum or name != "sha256"}
     edit(arrays)
     np.savez_compressed(path, **arrays)
+
+
+def test_an_edit_between_runs_is_caught_by_the_checksum(results: Path, tmp_path: Path) -> None:
+    """Sets and safetensors files carry the checksum of their arrays: an edit that passes
+    every other check (labels shifted, one weight changed) is refused when read."""
+    (path,) = (results / "advs").glob("*.npz")
+    edited = tmp_path / "edited.npz"
+    shutil.copy(path, edited)
+    _resave(edited, lambda a: a.update(labels=(a["labels"] + 1) % 10), keep_checksum=True)
+    with pytest.raises(RobustlabError, match="do not match the checksum robustlab wrote"):
+        load_set(edited)
+    (run,) = (results / "runs").glob("standard-*")
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    weights = copy / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 1  # one bit of the last weight
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(RobustlabError, match="model.safetensors: its tensors do not match"):
+        robustlab.load(copy)
+    assert robustlab.load(run) is not None  # the original reads
 
 
 SET_EDITS: dict[str, tuple[Callable[[dict[str, np.ndarray]], None], str]] = {

@@ -134,12 +134,38 @@ def is_hdf5(path: str | Path) -> bool:
         return False
 
 
+def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays (names, dtypes, shapes and bytes): the checksum robustlab
+    writes beside the arrays of every file it saves and checks whenever it reads one, so an
+    edit between runs is caught instead of read as data."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """:func:`arrays_digest` of tensors: names, dtypes, shapes and the bytes as stored (a
+    uint8 view, which every dtype allows; bfloat16 has no numpy dtype)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_tensors(
     path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
 ) -> None:
-    """Save tensors as safetensors, atomically; ``metadata`` is stored as JSON in the header."""
+    """Save tensors as safetensors, atomically; ``metadata`` is stored as JSON in the header,
+    with the tensors' checksum (:func:`tensors_digest`), which :func:`load_tensors` checks."""
     flat = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    header = {"json": json.dumps(metadata, sort_keys=True)} if metadata is not None else None
+    header = {"sha256": tensors_digest(flat)}
+    if metadata is not None:
+        header["json"] = json.dumps(metadata, sort_keys=True)
     blob = _st_save(flat, metadata=header)
     with atomic_write(path, "wb") as handle:
         handle.write(blob)
@@ -154,19 +180,26 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], JSONObject]
         raise RobustlabError(f"{path}: file not found; check the path") from None
     try:
         tensors = _st_load(blob)
-        header = _read_header(blob)
+        header, digest = _read_header(blob)
     except (SafetensorError, ValueError, json.JSONDecodeError) as err:
         raise RobustlabError(
             f"{path}: not a readable safetensors file ({err}); re-create it"
         ) from None
+    if digest is not None and digest != tensors_digest(tensors):  # older files carry none
+        raise RobustlabError(
+            f"{path}: its tensors do not match the checksum robustlab wrote with them (edited "
+            "or damaged since); re-create the file"
+        )
     return tensors, header
 
 
-def _read_header(blob: bytes) -> JSONObject:
+def _read_header(blob: bytes) -> tuple[JSONObject, str | None]:
+    """The metadata robustlab wrote in a safetensors header, and the tensors' checksum."""
     size = int.from_bytes(blob[:8], "little")
     header = json.loads(blob[8 : 8 + size])
     meta = header.get("__metadata__") or {}
-    return json.loads(meta["json"]) if "json" in meta else {}
+    found = json.loads(meta["json"]) if "json" in meta else {}
+    return found, meta.get("sha256")
 
 
 def check_array(

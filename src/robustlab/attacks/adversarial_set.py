@@ -23,7 +23,7 @@ from robustlab.attacks import distances
 from robustlab.attacks.base import AttackConfig, AttackResult, Params
 from robustlab.data import Dataset
 from robustlab.distributed import map_batches
-from robustlab.io import JSONObject, RobustlabError, atomic_write, check_array
+from robustlab.io import JSONObject, RobustlabError, arrays_digest, atomic_write, check_array
 from robustlab.models.base import model_device, predict
 from robustlab.seeding import derive_seed
 from robustlab.version import __version__
@@ -70,8 +70,11 @@ def save_set(path: str | Path, adv_set: AdversarialSet) -> None:
     if adv_set.queries is not None:
         arrays["queries"] = adv_set.queries
     config = {"format": SET_FORMAT, **adv_set.config}
+    checksum = np.array(arrays_digest(arrays))  # checked by load_set: edits are caught
     with atomic_write(path) as handle:
-        np.savez_compressed(handle, config_json=np.array(json.dumps(config)), **arrays)
+        np.savez_compressed(
+            handle, config_json=np.array(json.dumps(config)), sha256=checksum, **arrays
+        )
 
 
 def load_set(path: str | Path) -> AdversarialSet:
@@ -96,7 +99,13 @@ def load_set(path: str | Path) -> AdversarialSet:
     except json.JSONDecodeError as err:
         problem = f"{path}: its config is not JSON ({err.msg}); re-generate it"
         raise RobustlabError(problem) from None
+    checksum = arrays.pop("sha256", None)  # sets written before checksums carry none
     _check_arrays(path, arrays)
+    if checksum is not None and str(checksum) != arrays_digest(arrays):
+        raise RobustlabError(
+            f"{path}: its arrays do not match the checksum robustlab wrote with them (edited "
+            "or damaged since); re-generate it (or delete it: `robustlab run` remakes it)"
+        )
     if not isinstance(config, dict):
         raise RobustlabError(f"{path}: its config is not a JSON object; re-generate it")
     if config.pop("format", None) != SET_FORMAT:
