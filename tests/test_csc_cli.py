@@ -302,3 +302,16 @@ def test_a_grey_dictionary_refuses_colour_images_unless_asked(
     assert not (tmp_path / "out" / "red.png").exists()
     assert main([*run, str(tmp_path / "out"), "--grey", "--device", "cpu"]) == 0
     assert np.asarray(Image.open(tmp_path / "out" / "red.png")).ndim == 2  # grey, as asked
+
+
+def test_a_dictionary_too_large_to_learn_is_refused_before_learning(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The per-frequency Gram matrices grow with the square of the filter count: 200,000
+    filters would need petabytes; refused up front, nothing written."""
+    out = tmp_path / "huge"
+    args = ["csc", "learn", "--dataset", "digits", "--filters", "200000", "--size", "3"]
+    assert main([*args, "--images", "8", "--iterations", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "learning 200000 filters on 8 images of 8 × 8 needs about" in err
+    assert "use fewer filters or images" in err and not out.exists()

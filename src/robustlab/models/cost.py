@@ -210,6 +210,16 @@ class _State:
             time.sleep(0.02)
 
 
+def device_memory(device: torch.device) -> int | None:
+    """Total memory of ``device`` in bytes (None where it cannot be told)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def _rss_mb() -> float:
     """The resident set size of this process in MiB (0 where /proc is not there)."""
     try:

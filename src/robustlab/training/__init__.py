@@ -23,7 +23,6 @@ with the same weights as an uninterrupted one (on CPU).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ from robustlab.data import Augment, Dataset, batches
 from robustlab.io import JSONObject, RobustlabError, load_tensors, save_tensors, writes_output
 from robustlab.models.base import accuracy
 from robustlab.models.config import ModelConfig
+from robustlab.models.cost import device_memory
 from robustlab.runs import META_FILE, MODEL_FILE, read_meta, save_run
 from robustlab.seeding import derive_seed
 from robustlab.training.config import SCHEDULES, FastPath, TrainConfig
@@ -123,16 +123,6 @@ def check_fits(model_config: ModelConfig, batch_size: int, device: str | torch.d
         f"training {what} at batch size {batch_size} needs about {needed / 2**30:.1f} GiB, "
         f"more than the {available / 2**30:.1f} GiB of {device}; use a smaller width or batch size"
     )
-
-
-def device_memory(device: torch.device) -> int | None:
-    """Total memory of ``device`` in bytes (None where it cannot be told)."""
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory)
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def _epoch(

@@ -43,6 +43,7 @@ from robustlab.io import (
     load_tensors,
     save_tensors,
 )
+from robustlab.models.cost import device_memory
 
 DICTIONARY_FILE = "dictionary.safetensors"
 DICTIONARY_FORMAT = "robustlab-csc-dictionary/1"
@@ -97,6 +98,7 @@ def learn_dictionary(
     high-pass parts of training images.
     """
     options = options or LearnOptions()
+    check_learning_fits(signals, n_filters)
     filters = random_dictionary(n_filters, signals.shape[1], size, options.seed, signals.dtype).to(
         signals.device
     )
@@ -110,6 +112,32 @@ def learn_dictionary(
         fourier = FourierDictionary(filters, image_size(signals))
         history.append(float(objective(fourier, result.coefficients, signals, lmbda).mean()))
     return LearnedDictionary(filters, lmbda, history=history)
+
+
+def learning_bytes(images: int, height: int, width: int, filters: int) -> int:
+    """Memory :func:`learn_dictionary` needs, estimated from its largest arrays: the ADMM
+    state and coefficient maps of every image (4 real K × M × H × W arrays), their spectra
+    in the filter update (2 complex K × M × H × W/2+1) and the per-frequency Gram matrices
+    with their eigen-solver's copy (2 complex H × W/2+1 × M × M)."""
+    half = width // 2 + 1
+    maps = images * filters * height * width * 4 * 4
+    spectra = images * filters * height * half * 8 * 2
+    grams = height * half * filters * filters * 8 * 2
+    return maps + spectra + grams
+
+
+def check_learning_fits(signals: torch.Tensor, filters: int) -> None:
+    """Refuse, before anything is allocated, a dictionary whose learning cannot fit in the
+    device's memory (a filter count far too large otherwise ends in the OOM killer)."""
+    height, width = signals.shape[-2:]
+    needed = learning_bytes(len(signals), height, width, filters)
+    available = device_memory(signals.device)
+    if available is not None and needed > available:
+        raise RobustlabError(
+            f"learning {filters} filters on {len(signals)} images of {height} × {width} needs "
+            f"about {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of "
+            f"{signals.device}; use fewer filters or images"
+        )
 
 
 def _update_filters(
