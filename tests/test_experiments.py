@@ -165,12 +165,15 @@ def test_demo_spec_for_both_datasets() -> None:
     from robustlab.experiments.demo import demo_spec
 
     fashion = demo_spec("fashion-mnist")
-    assert set(fashion.models) == {"standard", "defective", "source"}
+    assert set(fashion.models) == {"standard", "defective", "source", "csc", "sfr"}
     assert fashion.models["defective"].defense_text() == "defect bottom:0.1"
-    assert [p.kind for p in fashion.protocols] == ["transfer", "noise", "verdict"]
+    assert [p.kind for p in fashion.protocols] == ["transfer", "noise", "verdict", "verdict"]
+    assert fashion.models["standard"].train_limit == 20000
     digits = demo_spec("digits")
     assert digits.dataset == "digits" and digits.models["standard"].train.pad == 0
     assert digits.models["standard"].train_limit is None
+    assert "csc" not in digits.models and "sfr" in digits.models  # its dictionary is 28 × 28's
+    assert [p.kind for p in digits.protocols] == ["transfer", "noise", "verdict"]
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "specs").glob("*.toml")))

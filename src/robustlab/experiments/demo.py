@@ -23,7 +23,7 @@ from robustlab.evaluation.protocols.tables import curve_levels
 from robustlab.evaluation.stats import Rate
 from robustlab.experiments.executor import run_spec
 from robustlab.experiments.spec import Spec, parse_spec, parse_toml
-from robustlab.io import RobustlabError
+from robustlab.io import JSONObject, RobustlabError
 from robustlab.report import write_report
 
 FIX = "sudo apt-get install dataset-fashion-mnist, or run `robustlab demo` with network access"
@@ -44,14 +44,46 @@ def fashion_mnist_problem(download: bool = True) -> str | None:
     return None
 
 
+DICTIONARY = "dicts/fashion-mnist-64x8"  # the CSC model's dictionary, shipped in the repository
+
+
 def demo_spec(dataset: str) -> Spec:
-    """The packaged demo spec, adapted to ``dataset`` (``fashion-mnist`` or ``digits``)."""
+    """The packaged demo spec, adapted to ``dataset`` (``fashion-mnist`` or ``digits``): the
+    CSC model reads the repository's Fashion-MNIST dictionary (found from the working
+    directory or the source tree) and sits out where there is none or the data is digits."""
     text = resources.files("robustlab.experiments").joinpath("specs/demo.toml").read_text()
     raw = parse_toml(text)
     if dataset == "digits":  # 8×8 images: no crop padding, the whole (small) train split
         raw["experiment"].update(dataset="digits", n=360)
         raw["train"].update(pad=0, epochs=15)
+        del raw["train"]["train_limit"]
+    found = dictionary_folder()
+    if dataset == "digits" or found is None:
+        _drop_model(raw, "csc")
+    else:
+        raw["models"]["csc"]["purify"]["dict"] = str(found)
     return parse_spec(raw)
+
+
+def dictionary_folder() -> Path | None:
+    """The shipped CSC dictionary, from the working directory or the source tree."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        if (root / DICTIONARY / "dictionary.safetensors").is_file():
+            return root / DICTIONARY
+    return None
+
+
+def _drop_model(raw: JSONObject, name: str) -> None:
+    """The spec without model ``name`` (and without the protocols left with no model)."""
+    del raw["models"][name]
+    kept = []
+    for protocol in raw["protocols"]:
+        for key in ("models", "targets"):
+            if key in protocol:
+                protocol[key] = [m for m in protocol[key] if m != name]
+        if protocol.get("models", protocol.get("targets")) != []:
+            kept.append(protocol)
+    raw["protocols"] = kept
 
 
 def run_demo(
@@ -68,7 +100,14 @@ def run_demo(
         )
     elif not quiet:
         print("demo dataset: fashion-mnist")
-    records = run_spec(demo_spec(dataset), out, device=device, quiet=quiet)
+    spec = demo_spec(dataset)
+    if "csc" not in spec.models and dataset == "fashion-mnist":
+        print(
+            f"robustlab demo: note: no CSC dictionary at {DICTIONARY} (run from the "
+            "repository); the demo runs without the CSC model",
+            file=sys.stderr,
+        )
+    records = run_spec(spec, out, device=device, quiet=quiet)
     report = write_report(out)
     summary = summarize(records, dataset)
     return f"{summary}\nreport: {report}"
@@ -77,7 +116,7 @@ def run_demo(
 def summarize(records: list[Record], dataset: str) -> str:
     """Per attack and noise level: the standard vs the defective model, with 95 % intervals."""
     name = "Fashion-MNIST" if dataset == "fashion-mnist" else "scikit-learn digits (8×8)"
-    lines = [f"Summary ({name}): standard vs defective (bottom:0.1)", ""]
+    lines = [f"Summary ({name}): standard vs defective (bottom:0.1), CSC and SFR", ""]
     transfer = [r for r in records if r["protocol"] == "transfer"]
     by_cell = {(r["attack"], r["target"]): r for r in transfer}
     attacks = list(dict.fromkeys(r["attack"] for r in transfer))
