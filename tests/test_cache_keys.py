@@ -8,7 +8,7 @@ design since: the 11 summary cells (they now count network passes per image, so 
 gained "passes" and older summary cells are recomputed, in seconds), and in
 three-defenses.toml the CSC model and its 8 cells (its solver: a fixed ρ, at most 200
 iterations, so that solves converge and can be warm-started under attack; docs/csc.md), and
-three-defenses.toml gained the 11 cells of its two verdict protocols (issue #25; added after
+both specs gained the 11 cells of their two verdict protocols (issue #25; added after
 the other cells, whose keys and order stay). The run is planned, not carried out: cells and
 models are stubbed, only their keys are recorded.
 """
@@ -73,4 +73,4 @@ def test_shipped_specs_keep_their_cache_keys(
     assert planned["runs"] == golden["runs"]
     assert planned["identities"] == golden["identities"]
     assert planned["records"] == golden["records"]  # every cell, in order
-    assert len(golden["records"]) == {"three-defenses": 130}.get(spec_name, 119)
+    assert len(golden["records"]) == 130
