@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import TypedDict
 
-from robustlab.io import JSONObject
+
+class RateRecord(TypedDict):
+    """A rate as records store it (:meth:`Rate.to_dict`)."""
+
+    hits: int
+    n: int
+    rate: float  # NaN for n = 0
+    low: float  # the Wilson 95 % interval
+    high: float
 
 
 @dataclass(frozen=True)
@@ -23,9 +32,9 @@ class Rate:
     def interval(self) -> tuple[float, float]:
         return wilson_interval(self.hits, self.n)
 
-    def to_dict(self) -> JSONObject:
+    def to_dict(self) -> RateRecord:
         low, high = self.interval
-        return {**asdict(self), "rate": self.value, "low": low, "high": high}
+        return {"hits": self.hits, "n": self.n, "rate": self.value, "low": low, "high": high}
 
     def __str__(self) -> str:
         if not self.n:

@@ -17,7 +17,8 @@ from robustlab.evaluation.protocols import PROTOCOLS
 from robustlab.evaluation.protocols.base import Record
 from robustlab.evaluation.protocols.tables import md_cell
 from robustlab.evaluation.protocols.tables import rate_text as _rate_text
-from robustlab.io import JSONObject, atomic_write
+from robustlab.evaluation.stats import RateRecord
+from robustlab.io import atomic_write
 
 
 def write_csv(path: Path, records: list[Record]) -> None:
@@ -54,7 +55,7 @@ def csv_text(value: Any) -> Any:
     return value
 
 
-def _flat_rates(record: Record) -> Iterator[tuple[str, JSONObject]]:
+def _flat_rates(record: Record) -> Iterator[tuple[str, RateRecord]]:
     for metric in ("defense_rate", "accuracy", "clean_accuracy"):
         if metric in record:
             yield metric, record[metric]
@@ -82,21 +83,21 @@ class ComparisonRow:
 
     model: str
     defense: str = "—"  # what the row's defense is, and its attack surface
-    clean: Record | None = None
-    transfer: Record | None = None  # worst success defense rate over sources and attacks
-    whitebox: Record | None = None  # worst accuracy over white-box attacks (plain gradients)
-    adaptive: Record | None = None  # worst accuracy over adaptive attacks (BPDA/EOT)
-    strong: Record | None = None  # AutoAttack-style worst case per image, at the headline ε
-    universal: Record | None = None  # worst restoration accuracy over attacks and strengths
+    clean: RateRecord | None = None
+    transfer: RateRecord | None = None  # worst success defense rate over sources and attacks
+    whitebox: RateRecord | None = None  # worst accuracy over white-box attacks (plain gradients)
+    adaptive: RateRecord | None = None  # worst accuracy over adaptive attacks (BPDA/EOT)
+    strong: RateRecord | None = None  # AutoAttack-style worst case per image, at the headline ε
+    universal: RateRecord | None = None  # worst restoration accuracy over attacks and strengths
     decision: float | None = None  # S(M)
-    noise32: Record | None = None  # accuracy under Gaussian noise σ=32
+    noise32: RateRecord | None = None  # accuracy under Gaussian noise σ=32
     ms_per_image: float | None = None
     cost_ratio: float | None = None  # ms/image relative to the undefended base
     passes: float | None = None  # network passes per prediction, counted
     passes_ratio: float | None = None  # relative to the undefended base
     added_parameters: int | None = None
     flags: tuple[str, ...] = ()
-    verdict: Record | None = None  # the verdict's worst case per image over every attack run
+    verdict: RateRecord | None = None  # the verdict's worst case per image over every attack run
     status: str = "—"  # reliable | resolved | unreliable, and the deciding check
     # protocol columns that come after the flags (the older columns keep their places)
 

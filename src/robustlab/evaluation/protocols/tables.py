@@ -7,10 +7,10 @@ Each protocol module writes its own table (``Protocol.markdown``) from its recor
 from __future__ import annotations
 
 from robustlab.evaluation.protocols.base import Record
-from robustlab.io import JSONObject
+from robustlab.evaluation.stats import RateRecord
 
 
-def rate_text(rate: JSONObject) -> str:
+def rate_text(rate: RateRecord) -> str:
     """A rate as ``percent [low, high] n=N`` (Wilson 95 % interval), "n/a" for no images."""
     if not rate["n"]:
         return "n/a"
@@ -42,7 +42,7 @@ def of(records: list[Record], *kinds: str) -> list[Record]:
     return [r for r in records if r["protocol"] in kinds]
 
 
-def worst(records: list[Record], model: str, kind: str, metric: str) -> JSONObject | None:
+def worst(records: list[Record], model: str, kind: str, metric: str) -> RateRecord | None:
     """The lowest ``metric`` rate of ``model``'s records of ``kind`` that rest on images."""
     found = [r[metric] for r in of(records, kind) if r.get("target") == model and r[metric]["n"]]
     return min(found, key=lambda rate: rate["rate"]) if found else None
