@@ -67,7 +67,7 @@ def test_an_edit_between_runs_is_caught_by_the_checksum(results: Path, tmp_path:
     blob = bytearray(weights.read_bytes())
     blob[-1] ^= 1  # one bit of the last weight
     weights.write_bytes(bytes(blob))
-    with pytest.raises(RobustlabError, match="model.safetensors: its tensors do not match"):
+    with pytest.raises(RobustlabError, match=r"model\.safetensors: its tensors do not match"):
         robustlab.load(copy)
     assert robustlab.load(run) is not None  # the original reads
 

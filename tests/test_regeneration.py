@@ -132,7 +132,7 @@ def test_sfr_cli_train_eval_and_round_trip(
     UniversalPerturbation(torch.full((1, 8, 8), 20 / 255), {"attack": "imported"}).save(imported)
     assert main([*ev, "--perturbation", str(imported)]) == 0
     table = capsys.readouterr().out
-    assert table.startswith("file:imported.safetensors ξ=20/255 against the imported")
+    assert table.startswith("file:imported.safetensors ℓ∞=20/255 ℓ2=160/255 against the imported")
     wrong = tmp_path / "wrong.safetensors"
     UniversalPerturbation(torch.zeros(3, 8, 8)).save(wrong)
     assert main([*ev, "--perturbation", str(wrong)]) == 2

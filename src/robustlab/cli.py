@@ -807,10 +807,13 @@ def _sfr_eval(args: argparse.Namespace) -> int:
         device=device,
         perturbation_file=args.perturbation,
     )
-    print(
-        f"{result['attack']} ξ={255 * result['xi']:.4g}/255 against the {result['against']}, "
-        f"n={result['n']}"
+    # a file's perturbation has no ξ of its own (it may be an ℓ2 one): both its norms
+    strength = (
+        f"ℓ∞={255 * result['linf']:.4g}/255 ℓ2={255 * result['l2']:.4g}/255"
+        if result["against"] == "imported"
+        else f"ξ={255 * result['xi']:.4g}/255"
     )
+    print(f"{result['attack']} {strength} against the {result['against']}, n={result['n']}")
     print("| model | clean top-1 | perturbed top-1 | fooling rate | restoration accuracy |")
     print("|---|---|---|---|---|")
     for name in ("baseline", "defended"):

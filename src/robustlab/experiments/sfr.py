@@ -246,6 +246,7 @@ def evaluate_sfr(
         "against": against,
         "n": len(y),
         "linf": float(perturbation.delta.abs().max()),
+        "l2": float(perturbation.delta.norm()),
         "baseline": scores("baseline"),
         "defended": scores("defended"),
     }
