@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -207,13 +208,10 @@ def evaluate_sfr(
         load_dataset(meta["dataset"]["name"], "test", meta["dataset"].get("data_dir")), n, seed
     )
     x, y = test.tensors(device)
-    if perturbation_file is not None:
-        perturbation = UniversalPerturbation.load(perturbation_file)
-        perturbation.check_fits(x.shape[1:], str(perturbation_file))
-        attack, against = f"file:{Path(perturbation_file).name}", "imported"
-        xi = float(perturbation.delta.abs().max())
-    else:
-        perturbation = _evaluation_perturbation(
+    perturbation = _chosen_perturbation(
+        perturbation_file,
+        x.shape[1:],
+        lambda: _evaluation_perturbation(
             directory,
             meta,
             models,
@@ -223,7 +221,11 @@ def evaluate_sfr(
             seed=seed,
             attack_images=attack_images,
             device=device,
-        )
+        ),
+    )
+    if perturbation_file is not None:
+        attack, against = f"file:{Path(perturbation_file).name}", "imported"
+        xi = float(perturbation.delta.abs().max())
     x_adv = apply(x, perturbation.delta.to(device))
     labels = y.cpu()
     predictions = {name: (predict(m, x), predict(m, x_adv)) for name, m in models.items()}
@@ -252,6 +254,20 @@ def evaluate_sfr(
     }
 
 
+def _chosen_perturbation(
+    path: str | Path | None,
+    shape: tuple[int, ...],
+    compute: Callable[[], UniversalPerturbation],
+) -> UniversalPerturbation:
+    """The perturbation in ``path`` (robustlab's format, checked against the images'
+    ``shape``) if one is given, else the one ``compute`` makes."""
+    if path is None:
+        return compute()
+    perturbation = UniversalPerturbation.load(path)
+    perturbation.check_fits(shape, str(path))
+    return perturbation
+
+
 def classify_image(
     directory: str | Path,
     image: str | Path,
@@ -277,13 +293,10 @@ def classify_image(
     size = int(config["image_size"])
     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
     models = {"baseline": base, "defended": defended}
-    if perturbation_file is not None:
-        perturbation = UniversalPerturbation.load(perturbation_file)
-        perturbation.check_fits(x.shape[1:], str(perturbation_file))
-        linf = 255 * float(perturbation.delta.abs().max())
-        what = f"{Path(perturbation_file).name} (ℓ∞ {linf:.4g}/255)"
-    else:
-        perturbation = _evaluation_perturbation(
+    perturbation = _chosen_perturbation(
+        perturbation_file,
+        x.shape[1:],
+        lambda: _evaluation_perturbation(
             directory,
             meta,
             models,
@@ -293,8 +306,14 @@ def classify_image(
             seed=seed,
             attack_images=256,
             device=device,
-        )
-        what = f"{attack} ξ={255 * xi:g}/255"
+        ),
+    )
+    linf = 255 * float(perturbation.delta.abs().max())
+    what = (
+        f"{Path(perturbation_file).name} (ℓ∞ {linf:.4g}/255)"
+        if perturbation_file is not None
+        else f"{attack} ξ={255 * xi:g}/255"
+    )
     classes = meta["dataset"].get("classes") or []
     delta = perturbation.delta.to(x.device)
     labels = [int(predict(model, x)[0]), int(predict(model, apply(x, delta))[0])]
