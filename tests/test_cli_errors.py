@@ -533,6 +533,17 @@ def test_a_pickled_npy_is_refused_without_suggesting_pickle(tmp_path: Path) -> N
     with pytest.raises(RobustlabError, match="robustlab never unpickles") as caught:
         load_npy(tmp_path / "objects.npy")
     assert "allow_pickle" not in str(caught.value)
+    (tmp_path / "text.npy").write_text("not an array\n")  # numpy would call it pickled data
+    with pytest.raises(RobustlabError, match=r"not a \.npy file") as caught:
+        load_npy(tmp_path / "text.npy")
+    assert "pickled objects" not in str(caught.value)  # the path holds the test's name
+
+
+def test_a_layer_named_twice_is_refused(digits_run: Path, capsys: pytest.CaptureFixture) -> None:
+    layers = "blocks.0.unit.conv,blocks.0.unit.conv"
+    args = ["sfr", "train", str(digits_run), "--layers", layers, "--out", "/nonexistent/sfr"]
+    assert main(args) == 2
+    assert "layer 'blocks.0.unit.conv' is named twice" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -107,9 +107,14 @@ def load_npy(path: str | Path) -> np.ndarray:
     """A ``.npy`` array, read with ``allow_pickle=False``; missing or unreadable files are one
     clear line."""
     try:
-        array = np.load(path, allow_pickle=False)
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
     except FileNotFoundError:
         raise RobustlabError(f"{path}: file not found; check the path") from None
+    if magic != b"\x93NUMPY":  # numpy would try to unpickle it and speak of pickles
+        raise RobustlabError(f"{path}: not a .npy file (no NumPy header); save it with numpy.save")
+    try:
+        array = np.load(path, allow_pickle=False)
     except ValueError as err:
         if "pickle" in str(err):  # numpy's message suggests allow_pickle: never do that
             raise RobustlabError(

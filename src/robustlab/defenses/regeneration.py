@@ -125,6 +125,9 @@ def add_regeneration(
     """
     if not layers:
         raise RobustlabError("choose at least one layer; robustlab sfr layers RUN lists them")
+    repeated = sorted({name for name in layers if list(layers).count(name) > 1})
+    if repeated:
+        raise RobustlabError(f"layer {repeated[0]!r} is named twice; name each layer once")
     if not 0 < fraction <= 1:
         raise RobustlabError(f"fraction must lie in (0, 1], got {fraction}")
     defended = copy.deepcopy(model)
