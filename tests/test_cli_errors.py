@@ -252,6 +252,17 @@ def test_late_checks_come_before_training(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err
     assert "[models.standard] training lenet of width 1000000 at batch size" in err
     assert "GiB, more than the" in err and "use a smaller width or batch size" in err
+    blocks = TINY_SPEC.replace("[models.standard]", '[models.standard]\ndefect = "7,8:0.5"')
+    assert main(["run", _spec(tmp_path, blocks), "--out", str(tmp_path / "f"), "--quiet"]) == 2
+    assert "[models.standard] block index 7 out of range" in capsys.readouterr().err
+    string = TINY_SPEC + (
+        '[models.source]\nseed = 1\n[[protocols]]\ntype = "transfer"\nsources = "source"\n'
+        'targets = ["standard"]\nattacks = ["fgsm"]\n'
+    )
+    assert main(["run", _spec(tmp_path, string), "--out", str(tmp_path / "g"), "--quiet"]) == 2
+    assert 'sources must be a list of model names, e.g. sources = ["source"]' in (
+        capsys.readouterr().err
+    )
     assert not list(tmp_path.rglob("model.safetensors"))  # nothing trained
 
 

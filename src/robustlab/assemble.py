@@ -122,7 +122,9 @@ def training_bytes(config: ModelConfig, batch_size: int) -> int | None:
     outputs of every layer (kept for the backward pass) and their gradients (2 floats each).
 
     Measured on the meta device, where nothing is allocated; None when the model cannot be
-    built there (a factory's model: its code is the user's).
+    built there (a factory's model: its code is the user's). A config that cannot be built
+    at all (a defect block beyond the model's) raises its ValueError: the caller's plan
+    check names the spec entry, before anything trains.
     """
     if is_external(config.arch):
         return None
@@ -141,7 +143,10 @@ def training_bytes(config: ModelConfig, batch_size: int) -> int | None:
             model(torch.zeros(batch_size, config.in_channels, side, side))
             for hook in hooks:
                 hook.remove()
-    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+    except ValueError:
+        create(config)  # on the CPU: the config's own error, or a meta-device limitation
         return None
     parameters = sum(p.numel() for p in model.parameters())
     return 4 * (4 * parameters + 2 * sum(sizes))

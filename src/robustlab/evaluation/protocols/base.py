@@ -157,6 +157,10 @@ def parse_protocol(index: int, entry: Mapping[str, Any], spec: SpecView) -> Prot
     if "name" in entry:
         check_title(entry["name"], where)
     for field in MODEL_KEYS:
+        value = entry.get(field)
+        if field in entry and not isinstance(value, list):
+            example = f', e.g. {field} = ["{value}"]' if isinstance(value, str) else ""
+            raise ValueError(f"{where}: {field} must be a list of model names{example}")
         for model in entry.get(field, []):
             if model not in spec.models:
                 raise ValueError(f"{where}: {field} names unknown model {model!r}")
