@@ -616,3 +616,15 @@ def test_the_python_api_takes_arrays_lists_float64_and_empty_batches(digits_run:
         with pytest.raises(ValueError, match=message) as err:
             call()
         assert "\n" not in str(err.value)
+
+
+def test_resuming_with_fewer_epochs_than_done_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """It used to print "epoch 3/2" and return the 3-epoch run as if it were asked for."""
+    args = ["train", "--dataset", "digits", "--arch", "lenet", "--width", "4", "--quiet"]
+    args += ["--out", str(tmp_path / "run"), "--device", "cpu"]
+    assert main([*args, "--epochs", "2"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--epochs", "1", "--resume"]) == 2
+    assert "has trained 2 epochs already, more than the 1 asked" in capsys.readouterr().err

@@ -88,7 +88,13 @@ def train(
     start = _prepare_run_dir(run_dir, resume, force)
     if start:
         _check_same_settings(run_dir, start, model_config, config)
-        if start.get("epoch", 0) >= config.epochs:
+        done = int(start.get("epoch", 0))
+        if done > config.epochs:  # "epoch 28/10" would describe nothing that happened
+            raise RobustlabError(
+                f"{run_dir} has trained {done} epochs already, more than the {config.epochs} "
+                f"asked; resume with --epochs {done} or more, or --force to start over"
+            )
+        if done == config.epochs:
             return start
     loop = _Loop.build(model_config, config, device=device, fast=fast, quiet=quiet, init=init)
     history: list[EpochStats] = []
