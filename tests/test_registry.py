@@ -81,14 +81,16 @@ def test_the_seed_of_the_call_equals_the_seed_of_the_build(name: str, params: di
 
 
 def test_an_attack_is_built_once_per_cell_not_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from robustlab.attacks.base import AttackConfig
+
     built = []
-    original = adversarial_set.build
+    original = AttackConfig.build
 
-    def counting(*args: object, **kwargs: object) -> attacks.Attack:
-        built.append(args[0])
-        return original(*args, **kwargs)  # type: ignore[arg-type]
+    def counting(self: AttackConfig, *args: object, **kwargs: object) -> attacks.Attack:
+        built.append(self.kind)
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(adversarial_set, "build", counting)
+    monkeypatch.setattr(AttackConfig, "build", counting)
     model, x = _model(), torch.rand(10, 3, 8, 8)
     y = model(x).argmax(1)
     params = {"eps": 8 / 255, "step": 2 / 255, "steps": 2}
