@@ -1,10 +1,11 @@
 """``robustlab demo``: the packaged demo spec, run by the same executor as ``robustlab run``.
 
-A source, a standard and a ``bottom:0.1`` defective ResNet-8 are trained on Fashion-MNIST
-(fetched with its published checksums when it is not installed), FGSM and PGD adversarial
-sets are made once on the source, and the transfer table, the Gaussian-noise curve, the
-verdicts of the standard and the defective model (robust accuracy as an upper bound, with
-the status of its failure checks) and the HTML report are written under the output folder.
+A source, a standard and a ``bottom:0.1`` defective ResNet-8 are trained on 20,000
+Fashion-MNIST images (fetched with its published checksums when it is not installed), CSC
+purification and SFR are prepared around the standard model, FGSM and PGD adversarial sets
+are made once on the source, and the transfer table, the Gaussian-noise curve, the verdicts
+of the standard, defective, CSC and SFR models (robust accuracy as an upper bound, with the
+status of its failure checks) and the HTML report are written under the output folder.
 Running it again reuses everything it finished.
 
 Only when Fashion-MNIST can be neither found nor downloaded does the demo fall back to
