@@ -835,11 +835,12 @@ def _add_universal_parser(sub: argparse._SubParsersAction) -> None:  # type: ign
         help="read a released perturbation (.h5/.npy) into robustlab's format",
         description="Reshapes by --layout, reorders channels to RGB, multiplies by --scale to "
         "0-255 units, centre-crops to --crop and writes OUT (safetensors, [0, 1] units). "
-        "SFR release: UAP .h5 files: --layout matlab --channel-order bgr; sPGD, Singular "
-        "Fool and GAP .h5 files (stored as they are): --layout h5; .npy (H, W, 3): "
-        "--layout hwc --channel-order rgb (227 x 227: --crop 224); GAP .npy (1, 3, 300, 300) "
-        "in [-1, 1]: --layout chw --channel-order rgb --scale 16 --crop 224; GUAP's authors "
-        "scale by 1.5 (xi = 15): --scale 1.5. docs/sfr.md lists every file.",
+        "SFR release, as its scripts read the files: UAP .h5: --layout matlab "
+        "--channel-order bgr; sPGD .h5: --layout h5 --channel-order bgr; Singular Fool .h5: "
+        "the same with --crop 224 --crop-at 1,1; GAP .h5: --layout h5 --channel-order rgb "
+        "--scale 16 --crop 224 --crop-at 30,30; NAG .npy: --layout hwc --channel-order rgb; "
+        "FFF .npy: the same with --crop 224 --crop-at 0,0; GUAP .npy: --layout hwc "
+        "--channel-order rgb --scale 1.5. docs/sfr.md lists every file.",
     )
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--layout", required=True, choices=LAYOUTS)

@@ -1,19 +1,19 @@
 """Universal perturbations from other code, into robustlab's format.
 
-The SFR release ships perturbations in several layouts, all on the 0-255 scale unless said:
+The SFR release ships perturbations in several layouts, all on the 0-255 scale unless said
+(docs/sfr.md gives the command for each of its files, as its scripts read them):
 
 =============  ==========================================  ==========================
 layout         array                                        release
 =============  ==========================================  ==========================
 ``matlab``     ``.h5`` dataset (3, H, W), saved by MATLAB   UAP files; BGR
                column-major: apply transpose(0, 2, 1)
-``h5``         ``.h5`` dataset (3, H, W) or (1, 3, H, W),   the files the SFR release
-               as stored (no transpose)                     adds as they are (sPGD,
-                                                            Singular Fool, GAP)
-``hwc``        ``.npy`` (H, W, 3) or (1, H, W, 3)           RGB; 227 × 227 ones need a
-                                                            224 crop
-``chw``        ``.npy`` (3, H, W) or (1, 3, H, W)           GAP: 300 × 300 in [−1, 1],
-                                                            scale 16, crop 224
+``h5``         ``.h5`` dataset (3, H, W) or (1, 3, H, W),   sPGD and Singular Fool
+               as stored (no transpose)                     (BGR), GAP (RGB, [−1, 1]:
+                                                            scale 16, crop at 30, 30)
+``hwc``        ``.npy`` (H, W, 3) or (1, H, W, 3)           NAG, FFF (crop at 0, 0),
+                                                            GUAP (scale 1.5); RGB
+``chw``        ``.npy`` (3, H, W) or (1, 3, H, W)           channels-first arrays
 =============  ==========================================  ==========================
 
 :func:`import_perturbation` applies, in this order: the layout's reshaping, the channel
