@@ -436,3 +436,20 @@ def test_verdict_spec_errors_name_the_table(entry: dict, message: str) -> None:
     source = {"experiment": {"dataset": "digits"}, "models": {"standard": {}}}
     with pytest.raises(ValueError, match=r"\[\[protocols\]\] #1 \(verdict\).*" + message):
         parse_spec({**source, "protocols": [protocol]})
+
+
+def test_a_robust_accuracy_of_zero_is_exact_whatever_a_check_says() -> None:
+    """A check that fires on an attack that broke every image (silent success did, on the
+    CIFAR-10 SFR model) says nothing about the number: 0 cannot be an overestimate."""
+    from robustlab.evaluation.checks import Check
+    from robustlab.evaluation.verdict import decide
+
+    fired = Check("silent_success", False, {"images": 3}, "Pintor et al. 2022", "return the best")
+    assert decide(("silent_success",), (fired,), [], robust=0) == {
+        "status": "reliable",
+        "deciding": "",
+        "advice": "every image was broken, so 0 is exact (checks that failed: silent_success)",
+    }
+    assert decide(("silent_success",), (fired,), [], robust=4)["status"] == "unreliable"
+    passed = Check("silent_success", True, {}, "", "")
+    assert decide((), (passed,), [], robust=0)["advice"] == ""

@@ -273,7 +273,7 @@ class Evaluation:
             first_breakers=self.worst.first_breakers(),
             breaker=tuple(self.worst.breaker_of()),
             escalation_broke=before - int(self.worst.robust.sum()) if fired else 0,
-            **decide(fired, final, self.tried),  # type: ignore[arg-type]
+            **decide(fired, final, self.tried, robust=int(self.worst.robust.sum())),  # type: ignore[arg-type]
         )
 
     def budgets(self, scale: int = 1) -> dict[str, int]:

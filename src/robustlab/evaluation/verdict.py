@@ -156,9 +156,20 @@ class Verdict:
         }
 
 
-def decide(fired: tuple[str, ...], final: tuple[Check, ...], tried: list[str]) -> dict[str, str]:
-    """Status, deciding check and advice from the checks before and after escalation."""
+def decide(
+    fired: tuple[str, ...], final: tuple[Check, ...], tried: list[str], *, robust: int
+) -> dict[str, str]:
+    """Status, deciding check and advice from the checks before and after escalation.
+
+    ``robust``: the images no attack broke. With none left the upper bound is the truth
+    (robust accuracy cannot be below 0): reliable whatever a check says, and the advice
+    names the checks that failed (a check such as silent success can fire on an attack
+    that broke everything, which says nothing about the number)."""
     failing = [c for c in final if not c.passed]
+    if robust == 0:
+        names = ", ".join(c.name for c in failing)
+        note = f"every image was broken, so 0 is exact (checks that failed: {names})"
+        return {"status": "reliable", "deciding": "", "advice": note if failing else ""}
     if not fired and not failing:
         return {"status": "reliable", "deciding": "", "advice": ""}
     if not failing:
