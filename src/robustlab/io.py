@@ -152,8 +152,9 @@ def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
 
 
 def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    """:func:`arrays_digest` of tensors: names, dtypes, shapes and the bytes as stored (a
-    uint8 view, which every dtype allows; bfloat16 has no numpy dtype)."""
+    """SHA-256 of named tensors, as :func:`arrays_digest` is of arrays (names, torch dtypes,
+    shapes and the bytes as stored, read through a uint8 view, which every dtype allows:
+    bfloat16 has no numpy dtype, so the tensors are not converted to arrays first)."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name].detach().contiguous().cpu()
