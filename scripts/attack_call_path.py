@@ -29,10 +29,20 @@ def _spy(*args: Any, **kwargs: Any) -> torch.Tensor:
     return _gradient(*args, **kwargs)
 
 
+def measure(stack: list[tuple[str, str]]) -> tuple[int, int]:
+    """(files on the stack, returns to a file already left) of a stack of (file, function)."""
+    files = [f for i, (f, _) in enumerate(stack) if i == 0 or stack[i - 1][0] != f]
+    return len(set(files)), len(files) - len(set(files))
+
+
 if __name__ == "__main__":
     base.input_gradient = pgd.input_gradient = _spy  # type: ignore[assignment]
     code = main(["attack", *sys.argv[1:]])
-    for file, function in STACKS[0] if STACKS else []:
+    if not STACKS:
+        sys.exit("no gradient was taken")
+    stack = [*STACKS[0], ("attacks/base.py", "input_gradient")]
+    for file, function in stack:
         print(f"{file:32} {function}")
-    print(f"{'attacks/base.py':32} input_gradient" if STACKS else "no gradient was taken")
+    files, returns = measure(stack)
+    print(f"{files} files, {returns} returns to a file already left")
     sys.exit(code)

@@ -53,10 +53,14 @@ def _worker(rank: int, world: int, port: int, run: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        counted = distributed.map_batches(10, 3, lambda s, e: torch.arange(s, e))
-        assert counted.tolist() == list(range(10))
-        one_batch = distributed.map_batches(2, 3, lambda s, e: torch.arange(s, e) * 2)
-        assert one_batch.tolist() == [0, 2]
+        mine = distributed.my_batches(10, 3)  # batches 0 and 2, or 1 and 3
+        assert mine == [(0, 3), (6, 9)] if rank == 0 else [(3, 6), (9, 10)]
+        pieces = [torch.arange(s, e) for s, e in mine]
+        assert distributed.in_batch_order(pieces, 10, 3).tolist() == list(range(10))
+        # one batch for two processes: rank 1 computes it only as a probe of the shape
+        assert distributed.my_batches(2, 3) == [(0, 2)]
+        pieces = [torch.arange(s, e) * 2 for s, e in distributed.my_batches(2, 3)]
+        assert distributed.in_batch_order(pieces, 2, 3).tolist() == [0, 2]
         model = load(run)
         data = load_dataset("digits", "test")
         indices = torch.arange(45).numpy()

@@ -9,6 +9,8 @@ lazily on purpose: ``robustlab --help`` must not wait for torch.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,17 @@ def test_the_checker_sees_a_bad_import(tmp_path: Path) -> None:
     found = imports(bad, modules())
     assert ("robustlab.cli", 1, True) in found and ("robustlab.io", 4, False) in found
     assert floor("robustlab.cli") > floor("robustlab.models.base")
+
+
+def test_the_attack_command_reaches_the_kernel_directly(digits_run: Path, tmp_path: Path) -> None:
+    """Issue #24's measure: from cli.py to the first input gradient, at most 6 files on the
+    call stack and at most 2 returns to a file already left (scripts/attack_call_path.py)."""
+    script = Path(__file__).parents[1] / "scripts" / "attack_call_path.py"
+    args = ["--source", str(digits_run), "--attack", "pgd", "--eps", "8", "--steps", "1"]
+    args += ["--n", "4", "--out", str(tmp_path / "set.npz"), "--quiet"]
+    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    *stack, summary = done.stdout.strip().splitlines()[1:]
+    assert stack[0].startswith("cli.py") and stack[-1].startswith("attacks/base.py")
+    files, returns = (int(word) for word in summary.split()[0:3:2])
+    assert files <= 6 and returns <= 2, done.stdout

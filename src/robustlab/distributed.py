@@ -9,7 +9,6 @@ produces exactly what one process would. Only rank 0 writes files.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -76,29 +75,36 @@ def batch_starts(total: int, batch_size: int) -> list[int]:
     return list(range(0, total, batch_size))[rank() :: world_size()]
 
 
-def map_batches(
-    total: int, batch_size: int, fn: Callable[[int, int], torch.Tensor]
-) -> torch.Tensor:
-    """``cat([fn(start, stop) for every batch])`` computed across processes.
+def my_batches(total: int, batch_size: int) -> list[tuple[int, int]]:
+    """The ``(start, stop)`` of the batches this process computes, in order.
 
-    Each process evaluates its own batches; the outputs (same trailing shape and
-    dtype everywhere) are gathered and concatenated in batch order.
+    One process computes every batch. Under torchrun a process with no batch of its own
+    (more processes than batches) gets the first one: :func:`in_batch_order` uses its
+    output only for its shape and dtype, and sends none of it.
     """
-    starts = list(range(0, total, batch_size))
+    starts = batch_starts(total, batch_size) or ([0] if total else [])
+    return [(s, min(s + batch_size, total)) for s in starts]
+
+
+def in_batch_order(pieces: list[torch.Tensor], total: int, batch_size: int) -> torch.Tensor:
+    """The outputs of every process's :func:`my_batches` (same trailing shape and dtype),
+    gathered and concatenated in global batch order; ``cat(pieces)`` in one process.
+
+    The caller loops over its own batches, so the work (an attack, a forward pass) stays
+    on the caller's stack rather than behind a callback.
+    """
     if not is_distributed():
-        return torch.cat([fn(s, min(s + batch_size, total)) for s in starts])
-    mine = [fn(s, min(s + batch_size, total)).cpu() for s in batch_starts(total, batch_size)]
-    if not mine:  # more processes than batches: send an empty piece of the right shape
-        probe = fn(0, min(batch_size, total)).cpu()
-        mine = [probe[:0]]
-    pieces = gather_pieces(torch.cat(mine))
+        return torch.cat(pieces)
+    mine = torch.cat([p.cpu() for p in pieces])
+    if not batch_starts(total, batch_size):  # the first batch was only a probe of the shape
+        mine = mine[:0]
+    starts = list(range(0, total, batch_size))
     lengths = [min(batch_size, total - s) for s in starts]
     by_rank = [
         list(torch.split(piece, [lengths[i] for i in range(r, len(starts), world_size())]))
-        for r, piece in enumerate(pieces)
+        for r, piece in enumerate(gather_pieces(mine))
     ]
-    ordered = [by_rank[i % world_size()][i // world_size()] for i in range(len(starts))]
-    return torch.cat(ordered)
+    return torch.cat([by_rank[i % world_size()][i // world_size()] for i in range(len(starts))])
 
 
 def gather_pieces(tensor: torch.Tensor) -> list[torch.Tensor]:

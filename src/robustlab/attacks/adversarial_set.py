@@ -22,7 +22,7 @@ from tqdm import tqdm
 from robustlab.attacks import distances
 from robustlab.attacks.base import AttackConfig, AttackResult, Params
 from robustlab.data import Dataset
-from robustlab.distributed import map_batches
+from robustlab.distributed import in_batch_order, my_batches
 from robustlab.io import JSONObject, RobustlabError, arrays_digest, atomic_write, check_array
 from robustlab.models.base import model_device, predict
 from robustlab.seeding import derive_seed
@@ -177,7 +177,8 @@ def attack_in_batches(
 
     if len(x) == 0:
         return AttackResult(x.detach().cpu().clone())
-    packed = map_batches(len(x), batch_size, one_batch)
+    pieces = [one_batch(start, stop) for start, stop in my_batches(len(x), batch_size)]
+    packed = in_batch_order(pieces, len(x), batch_size)
     bar.close()
     width = x[0].numel()
     adv = packed[:, :width].float().view(x.shape)

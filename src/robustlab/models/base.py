@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from robustlab.data import Dataset, batches
-from robustlab.distributed import map_batches
+from robustlab.distributed import in_batch_order, my_batches
 from robustlab.registry import Registry
 
 
@@ -256,7 +256,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
         return found
 
     with eval_mode(model):
-        return map_batches(len(x), batch_size, labels)
+        pieces = [labels(start, stop) for start, stop in my_batches(len(x), batch_size)]
+        return in_batch_order(pieces, len(x), batch_size)
 
 
 @torch.no_grad()
