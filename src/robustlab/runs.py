@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from robustlab.assemble import create
 from robustlab.io import (
-    JSONObject,
     RobustlabError,
     load_tensors,
     read_json,
@@ -26,6 +25,7 @@ from robustlab.io import (
 from robustlab.models.base import declare_input
 from robustlab.models.config import ModelConfig
 from robustlab.models.cost import count_passes
+from robustlab.models.meta import RunMeta
 from robustlab.version import __version__
 
 MODEL_FILE = "model.safetensors"
@@ -33,22 +33,23 @@ META_FILE = "meta.json"
 RUN_FORMAT = "robustlab-run/1"
 
 
-def save_run(run_dir: str | Path, model: nn.Module, config: ModelConfig, **meta: Any) -> None:
-    """Write the weights, then the metadata (each atomically): meta.json names a complete model."""
+def save_run(run_dir: str | Path, model: nn.Module, config: ModelConfig, meta: RunMeta) -> None:
+    """Write the weights, then the metadata (each atomically): meta.json names a complete model.
+    Its format, version and model config come from here, the rest from ``meta``."""
     run_dir = Path(run_dir)
     save_tensors(run_dir / MODEL_FILE, model.state_dict())
-    write_json(
-        run_dir / META_FILE,
-        {"format": RUN_FORMAT, "version": __version__, "model": config.to_dict(), **meta},
-    )
+    document = meta.copy()
+    document["format"], document["version"] = RUN_FORMAT, __version__
+    document["model"] = config.to_dict()
+    write_json(run_dir / META_FILE, document)
 
 
-def read_meta(run_dir: str | Path) -> JSONObject:
+def read_meta(run_dir: str | Path) -> RunMeta:
     """The metadata of a run, with a clear error when the folder is not a run."""
     path = Path(run_dir) / META_FILE
     if not path.is_file():
         raise RobustlabError(f"{run_dir}: not a run directory (no {META_FILE}); train one first")
-    meta: JSONObject = read_json(path)
+    meta: object = read_json(path)
     if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise RobustlabError(f"{path}: unknown run format {found!r}")
@@ -58,10 +59,10 @@ def read_meta(run_dir: str | Path) -> JSONObject:
                 f"{path}: malformed run metadata ({key}.{inner} missing); "
                 "re-train the run or restore its meta.json"
             )
-    return meta
+    return cast(RunMeta, meta)  # the keys every reader needs are there
 
 
-def model_config(run_dir: str | Path, meta: JSONObject | None = None) -> ModelConfig:
+def model_config(run_dir: str | Path, meta: RunMeta | None = None) -> ModelConfig:
     """The model config of a run, as data: a factory named in its meta.json is imported only
     when the user trusts it (:func:`robustlab.models.external.check_trusted`)."""
     meta = read_meta(run_dir) if meta is None else meta
@@ -72,7 +73,7 @@ def model_config(run_dir: str | Path, meta: JSONObject | None = None) -> ModelCo
 
 
 def check_run(
-    run_dir: str | Path, expected: ModelConfig, meta: JSONObject | None = None
+    run_dir: str | Path, expected: ModelConfig, meta: RunMeta | None = None
 ) -> ModelConfig:
     """The run's model config, refused unless it is ``expected`` (the config a caller keyed
     the folder by): a folder edited to describe another model is never evaluated."""

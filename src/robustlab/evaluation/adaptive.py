@@ -28,14 +28,41 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import TypedDict
 
 from robustlab.attacks.adversarial_set import attack_in_batches
 from robustlab.defenses.base import attack_view, surface_of
-from robustlab.evaluation.stats import Rate
-from robustlab.io import JSONObject
+from robustlab.evaluation.stats import Rate, RateRecord
 from robustlab.models.base import frozen, model_device, predict
 
 BATCH = 64
+
+
+class GradientFields(TypedDict, closed=True):
+    """:class:`GradientChecks` as records store them."""
+
+    zero_gradient_share: float
+    randomized: bool
+    flags: list[str]
+
+
+class AdaptiveFields(TypedDict, closed=True):
+    """An :class:`AdaptiveResult` as records store it (closed: no key but these)."""
+
+    zero_gradient_share: float
+    randomized: bool
+    flags: list[str]
+    accuracy: RateRecord
+    clean_accuracy: RateRecord
+    transfer_accuracy: RateRecord | None
+    noise_accuracy: RateRecord
+    surface: str
+    bpda_part: str
+    loss_clean: float
+    loss_adversarial: float
+    loss_rises: bool
+    near_chance: bool
+    masking: bool
 
 
 @dataclass(frozen=True)
@@ -65,24 +92,24 @@ class AdaptiveResult:
             {"zero_gradients", "loss_not_rising", "black_box_beats_white_box"} & set(self.flags)
         )
 
-    def to_dict(self) -> JSONObject:
-        rates = ("accuracy", "clean_accuracy", "transfer_accuracy", "noise_accuracy")
-        data: JSONObject = {
-            k: (getattr(self, k).to_dict() if getattr(self, k) is not None else None) for k in rates
+    def to_dict(self) -> AdaptiveFields:
+        transfer = self.transfer_accuracy
+        return {
+            "accuracy": self.accuracy.to_dict(),
+            "clean_accuracy": self.clean_accuracy.to_dict(),
+            "transfer_accuracy": transfer.to_dict() if transfer is not None else None,
+            "noise_accuracy": self.noise_accuracy.to_dict(),
+            "surface": self.surface,
+            "bpda_part": self.bpda_part,
+            "zero_gradient_share": self.zero_gradient_share,
+            "loss_clean": self.loss_clean,
+            "loss_adversarial": self.loss_adversarial,
+            "loss_rises": self.loss_rises,
+            "randomized": self.randomized,
+            "near_chance": self.near_chance,
+            "flags": list(self.flags),
+            "masking": self.masking,
         }
-        data.update(
-            surface=self.surface,
-            bpda_part=self.bpda_part,
-            zero_gradient_share=self.zero_gradient_share,
-            loss_clean=self.loss_clean,
-            loss_adversarial=self.loss_adversarial,
-            loss_rises=self.loss_rises,
-            randomized=self.randomized,
-            near_chance=self.near_chance,
-            flags=list(self.flags),
-            masking=self.masking,
-        )
-        return data
 
 
 def adaptive_attack(
@@ -159,7 +186,7 @@ class GradientChecks:
             "random_predictions"
         ] * self.randomized
 
-    def to_dict(self) -> JSONObject:
+    def to_dict(self) -> GradientFields:
         return {
             "zero_gradient_share": self.zero_gradient_share,
             "randomized": self.randomized,

@@ -24,20 +24,31 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robustlab.evaluation.adaptive import logits_of, zero_gradient_share
-from robustlab.io import JSONObject
 from robustlab.models.base import frozen, model_device, predict
 from robustlab.models.cost import Meter, counted
 
 AUTOATTACK = "Croce & Hein 2020 (AutoAttack), checks"
 PINTOR = "Pintor et al. 2022, Indicators of Attack Failure"
 CARLINI = "Carlini et al. 2019, On Evaluating Adversarial Robustness"
+
+
+class CheckRecord(TypedDict):
+    """A :class:`Check` as verdict records store it."""
+
+    name: str
+    passed: bool
+    evidence: dict[str, float | int | str]
+    source: str
+    remedy: str
+    forwards: int
+    backwards: int
 
 
 @dataclass(frozen=True)
@@ -52,7 +63,7 @@ class Check:
     forwards: int = 0  # passes of one image each, counted (robustlab.models.cost)
     backwards: int = 0
 
-    def to_dict(self) -> JSONObject:
+    def to_dict(self) -> CheckRecord:
         return {
             "name": self.name,
             "passed": self.passed,

@@ -6,10 +6,10 @@ import time
 
 import torch
 from torch import nn
+from typing_extensions import TypedDict
 
 from robustlab.defenses.base import added_parameters
-from robustlab.evaluation.stats import Rate
-from robustlab.io import JSONObject
+from robustlab.evaluation.stats import Rate, RateRecord
 from robustlab.models.base import accuracy, eval_mode, model_device, predict
 from robustlab.models.cost import Meter, counted
 
@@ -36,7 +36,18 @@ def passes_per_image(model: nn.Module, x: torch.Tensor, count: int = 16) -> floa
     return cost.forward / max(1, len(batch))
 
 
-def summary(model: nn.Module, base: nn.Module, x: torch.Tensor, y: torch.Tensor) -> JSONObject:
+class SummaryFields(TypedDict, closed=True):
+    """:func:`summary` as the comparison table's records store it."""
+
+    clean_accuracy: RateRecord
+    ms_per_image: float
+    cost_ratio: float | None  # None for an undefended model (its own base)
+    passes_per_image: float
+    passes_ratio: float | None
+    added_parameters: int
+
+
+def summary(model: nn.Module, base: nn.Module, x: torch.Tensor, y: torch.Tensor) -> SummaryFields:
     """The comparison table's own cell of a model: clean accuracy on ``x``, inference cost
     (ms/image and network passes per image, each with its ratio to the undefended ``base``)
     and the parameters a defense adds."""

@@ -8,19 +8,18 @@ the counts they were computed from, so a record always says what n it rests on.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import TypedDict
 
 from robustlab.attacks import build as build_attack
 from robustlab.attacks.adversarial_set import attack_in_batches
 from robustlab.attacks.distances import mse
 from robustlab.evaluation.stats import Rate
-from robustlab.io import JSONObject
 from robustlab.models.base import predict
 
 # Attacks inside protocols run in batches of this size, each seeded by its position, so
@@ -109,6 +108,15 @@ def shuffle_probe(
     return result
 
 
+class DecisionFields(TypedDict, closed=True):
+    """A :class:`DecisionResult` as records store it."""
+
+    score: float
+    n: int
+    failed: int
+    median_queries: float | None
+
+
 @dataclass(frozen=True)
 class DecisionResult:
     """The Boundary attack's S(M) on ``n`` correctly classified images: the median of
@@ -120,8 +128,13 @@ class DecisionResult:
     failed: int
     median_queries: float | None
 
-    def to_dict(self) -> JSONObject:
-        return dataclasses.asdict(self)
+    def to_dict(self) -> DecisionFields:
+        return {
+            "score": self.score,
+            "n": self.n,
+            "failed": self.failed,
+            "median_queries": self.median_queries,
+        }
 
 
 def decision_score(

@@ -7,6 +7,15 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 
+class IntervalRecord(TypedDict):
+    """A share with its 95 % interval: what a rate and a restoration accuracy both carry."""
+
+    n: int
+    rate: float
+    low: float
+    high: float
+
+
 class RateRecord(TypedDict):
     """A rate as records store it (:meth:`Rate.to_dict`)."""
 

@@ -23,19 +23,20 @@ Sanity flags (AutoAttack's checks, Croce & Hein 2020, section 5; Carlini et al. 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+from typing_extensions import TypedDict
 
 from robustlab.attacks.adversarial_set import attack_in_batches
 from robustlab.attacks.base import AttackConfig, Params, check_radius, check_steps
 from robustlab.defenses.base import attack_view
 from robustlab.evaluation.adaptive import BATCH, gradient_checks
-from robustlab.evaluation.stats import Rate
-from robustlab.io import JSONObject, load_tensors, save_tensors
+from robustlab.evaluation.stats import Rate, RateRecord
+from robustlab.io import load_tensors, save_tensors
 from robustlab.models.base import predict
 from robustlab.models.cost import CostRecord, Meter, counted
 
@@ -66,6 +67,31 @@ def attack_params(name: str, *, eps: float, norm: str, budgets: Mapping[str, int
     return AttackConfig(kind, {"eps": eps, "norm": norm, **{b: budgets[b] for b in takes}, **fixed})
 
 
+class StrongParams(TypedDict):
+    """A :class:`StrongConfig` as records and cache keys store it."""
+
+    eps: float
+    norm: str
+    steps: int
+    target_classes: int
+    queries: int
+    restarts: int
+    attacks: Sequence[str]
+
+
+class StrongFields(TypedDict, closed=True):
+    """A :class:`StrongResult` as records store it."""
+
+    accuracy: RateRecord
+    clean_accuracy: RateRecord
+    after: dict[str, RateRecord]
+    broken: dict[str, int]
+    zero_gradient_share: float
+    randomized: bool
+    flags: list[str]
+    cost_by_attack: dict[str, CostRecord]
+
+
 @dataclass(frozen=True)
 class StrongConfig:
     """Budgets of the strong protocol; ``eps`` in [0, 1] pixel units (ℓ2: may exceed 1).
@@ -94,9 +120,17 @@ class StrongConfig:
         for name in self.attacks:  # and each attack checks its own parameters
             self.attack(name).check()
 
-    def to_dict(self) -> JSONObject:
+    def to_dict(self) -> StrongParams:
         """The budgets as JSON-able values (record parameters and cache keys)."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {
+            "eps": self.eps,
+            "norm": self.norm,
+            "steps": self.steps,
+            "target_classes": self.target_classes,
+            "queries": self.queries,
+            "restarts": self.restarts,
+            "attacks": self.attacks,
+        }
 
     def attack(self, name: str) -> AttackConfig:
         """Registry name and parameters of one of the protocol's attacks."""
@@ -120,7 +154,7 @@ class StrongResult:
     def accuracy(self) -> Rate:
         return list(self.after.values())[-1] if self.after else self.clean_accuracy
 
-    def to_dict(self) -> JSONObject:
+    def to_dict(self) -> StrongFields:
         return {
             "accuracy": self.accuracy.to_dict(),
             "clean_accuracy": self.clean_accuracy.to_dict(),
@@ -203,6 +237,7 @@ def _load_flags(
     return tensors["robust"].bool(), cost
 
 
-def _jsonable(data: JSONObject) -> JSONObject:
-    loaded: JSONObject = json.loads(json.dumps(data, sort_keys=True))
+def _jsonable(data: object) -> object:
+    """``data`` as it reads back from JSON (tuples as lists): what a stored header holds."""
+    loaded: object = json.loads(json.dumps(data, sort_keys=True))
     return loaded

@@ -13,11 +13,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from typing_extensions import TypedDict
 
 from robustlab.attacks.adversarial_set import AdversarialSet
-from robustlab.evaluation.stats import Rate
-from robustlab.io import JSONObject, RobustlabError
+from robustlab.evaluation.stats import Rate, RateRecord
+from robustlab.io import RobustlabError
 from robustlab.models.base import predict
+
+
+class TransferFields(TypedDict, closed=True):
+    """A :class:`TransferResult` as records store it."""
+
+    defense_rate: RateRecord
+    accuracy: RateRecord
+    clean_accuracy: RateRecord
 
 
 @dataclass(frozen=True)
@@ -28,9 +37,11 @@ class TransferResult:
     accuracy: Rate  # unfiltered accuracy on all adversarial examples
     clean_accuracy: Rate  # the target's accuracy on the same clean images
 
-    def to_dict(self) -> JSONObject:
+    def to_dict(self) -> TransferFields:
         return {
-            k: getattr(self, k).to_dict() for k in ("defense_rate", "accuracy", "clean_accuracy")
+            "defense_rate": self.defense_rate.to_dict(),
+            "accuracy": self.accuracy.to_dict(),
+            "clean_accuracy": self.clean_accuracy.to_dict(),
         }
 
 

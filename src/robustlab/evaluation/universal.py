@@ -19,11 +19,32 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from typing_extensions import TypedDict
 
 from robustlab.attacks.universal import apply
-from robustlab.evaluation.stats import Rate
-from robustlab.io import JSONObject
+from robustlab.evaluation.stats import Rate, RateRecord
 from robustlab.models.base import predict
+
+
+class RestorationRecord(TypedDict):
+    """The restoration accuracy with its interval (module docstring)."""
+
+    rate: float
+    low: float
+    high: float
+    n: int
+    interval: str  # how the interval was made
+
+
+class UniversalFields(TypedDict, closed=True):
+    """A :class:`UniversalResult` as records store it."""
+
+    fooling_rate: RateRecord
+    clean_accuracy: RateRecord
+    perturbed_accuracy: RateRecord
+    base_clean_accuracy: RateRecord
+    restoration: RestorationRecord
+    linf: float
 
 
 @dataclass(frozen=True)
@@ -39,7 +60,7 @@ class UniversalResult:
         pooled = self.clean_accuracy.hits + self.perturbed_accuracy.hits
         return pooled / (2 * max(1, self.base_clean_accuracy.hits))
 
-    def to_dict(self) -> JSONObject:
+    def to_dict(self) -> UniversalFields:
         pooled = Rate(
             self.clean_accuracy.hits + self.perturbed_accuracy.hits, 2 * self.clean_accuracy.n
         )

@@ -19,12 +19,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from robustlab.attacks.base import check_choice, check_radius, check_steps
-from robustlab.evaluation.checks import Check
-from robustlab.evaluation.stats import Rate
+from typing_extensions import TypedDict
+
+from robustlab.attacks.base import Params, check_choice, check_radius, check_steps
+from robustlab.evaluation.checks import Check, CheckRecord
+from robustlab.evaluation.stats import Rate, RateRecord
 from robustlab.evaluation.strong import VERSIONS
 from robustlab.evaluation.worst_case import Role
-from robustlab.io import JSONObject
+from robustlab.models.cost import CostRecord
 
 Status = Literal["reliable", "resolved", "unreliable"]
 BUDGETS = ("standard", "thorough")
@@ -75,8 +77,44 @@ class EvaluationConfig:
             "queries": self.queries * scale,
         }
 
-    def to_dict(self) -> JSONObject:
-        return asdict(self)
+    def to_dict(self) -> Params:
+        return asdict(self)  # every field a number or a name
+
+
+class StepRecord(TypedDict):
+    """A :class:`Step` as verdict records store it."""
+
+    name: str
+    attack: str
+    role: Role
+    surface: str
+    reason: str
+    attacked: int
+    broke: int
+    new: int
+    robust_after: int
+    seconds: float
+    params: dict[str, Any]  # the attack's parameters: numbers, names, lists of names
+    counted: bool
+    cost: CostRecord
+
+
+class VerdictFields(TypedDict, closed=True):
+    """A :class:`Verdict` as records store it."""
+
+    config: Params
+    clean: RateRecord
+    robust: RateRecord
+    upper_bound: bool
+    status: Status
+    deciding: str
+    advice: str
+    fired: list[str]
+    checks: list[CheckRecord]
+    steps: list[StepRecord]
+    first_breakers: dict[str, int]
+    breaker: list[str]
+    escalation_broke: int
 
 
 @dataclass(frozen=True)
@@ -101,10 +139,24 @@ class Step:
     seconds: float
     params: Mapping[str, Any]
     counted: bool = True  # False: outside the threat model (ε = 1 probe), not a worst case
-    cost: Mapping[str, Any] = field(default_factory=dict)  # passes, queries, seconds, memory
+    cost: CostRecord = field(default_factory=dict)  # passes, queries, seconds, memory
 
-    def to_dict(self) -> JSONObject:
-        return {**asdict(self), "params": dict(self.params), "cost": dict(self.cost)}
+    def to_dict(self) -> StepRecord:
+        return {
+            "name": self.name,
+            "attack": self.attack,
+            "role": self.role,
+            "surface": self.surface,
+            "reason": self.reason,
+            "attacked": self.attacked,
+            "broke": self.broke,
+            "new": self.new,
+            "robust_after": self.robust_after,
+            "seconds": self.seconds,
+            "params": dict(self.params),
+            "counted": self.counted,
+            "cost": dict(self.cost),
+        }
 
 
 @dataclass(frozen=True)
@@ -138,7 +190,7 @@ class Verdict:
             return f"{head}: {', '.join(self.fired)} fired and pass after escalation"
         return f"{head}: every check passed"
 
-    def to_dict(self) -> JSONObject:
+    def to_dict(self) -> VerdictFields:
         return {
             "config": self.config.to_dict(),
             "clean": self.clean.to_dict(),

@@ -21,7 +21,7 @@ from pathlib import Path
 from robustlab.data import load_dataset
 from robustlab.evaluation.protocols.base import Record
 from robustlab.evaluation.protocols.tables import curve_levels
-from robustlab.evaluation.stats import Rate
+from robustlab.evaluation.stats import Rate, RateRecord
 from robustlab.experiments.executor import run_spec
 from robustlab.experiments.spec import Spec, parse_spec, parse_toml
 from robustlab.io import JSONObject, RobustlabError
@@ -162,7 +162,7 @@ def summarize(records: list[Record], dataset: str) -> str:
     return "\n".join(lines)
 
 
-def _rate(data: dict[str, float]) -> str:
-    rate = Rate(int(data["hits"]), int(data["n"]))
+def _rate(data: RateRecord) -> str:
+    rate = Rate(data["hits"], data["n"])
     low, high = rate.interval
     return f"{100 * rate.value:5.1f}% [{100 * low:.1f}, {100 * high:.1f}]"

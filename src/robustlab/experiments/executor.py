@@ -104,7 +104,10 @@ class Executor:
         for index, protocol in protocols:
             protocols.set_postfix_str(protocol.title[:40])
             # where each number came from, for the report's links (not part of the cached cell)
-            records += [{**cell, "protocol_index": index} for cell in protocol.cells(self)]
+            for cell in protocol.cells(self):
+                indexed = cell.copy()
+                indexed["protocol_index"] = index
+                records.append(indexed)
         records += [self._summary(name) for name in self.compared_models()]
         for record in records:
             check_record(record)

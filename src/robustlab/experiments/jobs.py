@@ -21,6 +21,7 @@ from robustlab.io import JSONObject, RobustlabError, prepare_output, writes_outp
 from robustlab.models.base import accuracy
 from robustlab.models.config import ModelConfig
 from robustlab.models.external import ExternalNet, load_weights, read_state_dict
+from robustlab.models.meta import DatasetMeta, RunMeta
 from robustlab.runs import load, read_meta, save_run
 from robustlab.training import FastPath, TrainConfig, train
 
@@ -76,7 +77,7 @@ def train_model(
     device: str = "auto",
     quiet: bool = False,
     fast: FastPath | None = None,
-) -> JSONObject:
+) -> RunMeta:
     """Train ``arch`` with the training-time ``defenses`` on ``dataset`` into the run
     directory ``out``; return its metadata."""
     train_data = sample(
@@ -85,7 +86,11 @@ def train_model(
     test_data = sample(load_dataset(dataset, "test", data_dir, download), test_limit, config.seed)
     model_config = model_with(defenses, model_config_for(train_data, arch, **(options or {})))
     config = recipe_with(defenses, config)
-    dataset_meta = {"data_dir": data_dir, "train_limit": train_limit, "test_limit": test_limit}
+    dataset_meta: DatasetMeta = {
+        "data_dir": data_dir,
+        "train_limit": train_limit,
+        "test_limit": test_limit,
+    }
     return train(
         model_config,
         train_data,
@@ -96,7 +101,7 @@ def train_model(
         force=force,
         device=resolve_device(device),
         quiet=quiet,
-        extra_meta={"dataset": dataset_meta},
+        dataset_meta=dataset_meta,
         fast=fast,
     )
 
@@ -107,9 +112,9 @@ def import_pretrained(
     run_dir: str | Path,
     test_data: Dataset,
     *,
-    dataset_meta: JSONObject,
+    dataset_meta: DatasetMeta,
     device: torch.device | str = "cpu",
-) -> JSONObject:
+) -> RunMeta:
     """A run directory for a model trained elsewhere: ``model_config`` built with the weights
     of ``weights`` (:func:`~robustlab.models.external.read_state_dict`: safetensors or a
     weights-only state dict), its test accuracy measured; returns the run's metadata."""
@@ -125,13 +130,15 @@ def import_pretrained(
             ) from None
     model = model.to(device).eval()
     digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
-    meta = {
-        "dataset": {"name": test_data.name, "classes": list(test_data.classes), **dataset_meta},
+    dataset: DatasetMeta = {"name": test_data.name, "classes": list(test_data.classes)}
+    dataset.update(dataset_meta)
+    meta: RunMeta = {
+        "dataset": dataset,
         "imported": {"weights": str(Path(weights).resolve()), "sha256": digest},
         "complete": True,
         "test_accuracy": accuracy(model, test_data, batch_size=256),
     }
-    save_run(run_dir, model, model_config, **meta)
+    save_run(run_dir, model, model_config, meta)
     return read_meta(run_dir)
 
 
@@ -151,7 +158,7 @@ def evaluate_clean(
     return accuracy(model, data), len(data)
 
 
-def load_sources(runs: Sequence[str | Path], device: torch.device) -> tuple[nn.Module, JSONObject]:
+def load_sources(runs: Sequence[str | Path], device: torch.device) -> tuple[nn.Module, RunMeta]:
     """One run, or the logit-averaging ensemble of several; with the first run's metadata."""
     if not runs:
         raise ValueError("give at least one --source run")

@@ -193,7 +193,7 @@ class ModelStore:
                 device=self.device,
                 quiet=self.quiet,
                 # absolute: the report and later commands reload the data from another folder
-                extra_meta={"dataset": {"data_dir": absolute(self.spec.data_dir)}},
+                dataset_meta={"data_dir": absolute(self.spec.data_dir)},
             )
 
     def declared(self, name: str) -> list[str]:

@@ -5,15 +5,42 @@ through JSON; building a model from them is :func:`robustlab.assemble.create`'s 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from robustlab.io import JSONObject, RobustlabError
 from robustlab.models.external import check_trusted
 
 Mode = Literal["neuron", "channel", "shared"]
 MODES: tuple[Mode, ...] = ("neuron", "channel", "shared")
+
+
+class DefectRecord(TypedDict):
+    """A :class:`DefectSpec` as meta.json stores it."""
+
+    keep_prob: float
+    blocks: str | list[int]
+    mode: str
+    widen: int
+    seed: int
+
+
+class ModelRecord(TypedDict):
+    """A :class:`ModelConfig` as meta.json stores it."""
+
+    arch: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: list[float] | None
+    std: list[float] | None
+    defect: DefectRecord | None
+    regularizer: str | None
+    regularizer_block: int
+    regularizer_keep: float
+    thermometer: int | None
+    options: JSONObject  # the architecture's keyword arguments: JSON data (checked on read)
 
 
 @dataclass(frozen=True)
@@ -79,10 +106,14 @@ class DefectSpec:
         )
         return f"{blocks}:{self.keep_prob:g}{extras}"
 
-    def to_dict(self) -> JSONObject:
-        data = asdict(self)
-        data["blocks"] = self.blocks if isinstance(self.blocks, str) else list(self.blocks)
-        return data
+    def to_dict(self) -> DefectRecord:
+        return {
+            "keep_prob": self.keep_prob,
+            "blocks": self.blocks if isinstance(self.blocks, str) else list(self.blocks),
+            "mode": self.mode,
+            "widen": self.widen,
+            "seed": self.seed,
+        }
 
     @classmethod
     def from_dict(cls, data: JSONObject) -> DefectSpec:
@@ -114,15 +145,24 @@ class ModelConfig:
     thermometer: int | None = None
     options: JSONObject = field(default_factory=dict)
 
-    def to_dict(self) -> JSONObject:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["defect"] = self.defect.to_dict() if self.defect is not None else None
-        for key in ("mean", "std"):
-            data[key] = list(data[key]) if data[key] is not None else None
-        return data
+    def to_dict(self) -> ModelRecord:
+        return {
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "mean": list(self.mean) if self.mean is not None else None,
+            "std": list(self.std) if self.std is not None else None,
+            "defect": self.defect.to_dict() if self.defect is not None else None,
+            "regularizer": self.regularizer,
+            "regularizer_block": self.regularizer_block,
+            "regularizer_keep": self.regularizer_keep,
+            "thermometer": self.thermometer,
+            "options": self.options,
+        }
 
     @classmethod
-    def from_dict(cls, data: JSONObject, *, origin: str | Path) -> ModelConfig:
+    def from_dict(cls, data: object, *, origin: str | Path) -> ModelConfig:
         """The config stored in the file ``origin`` (a run's meta.json, an SFR directory).
 
         Files are data: the architecture must be one :func:`check_trusted` allows (a factory

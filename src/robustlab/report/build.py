@@ -16,7 +16,7 @@ from robustlab.attacks import AdversarialSet, load_set
 from robustlab.data import load_dataset
 from robustlab.evaluation.protocols.base import Record
 from robustlab.evaluation.protocols.tables import curve_levels
-from robustlab.evaluation.stats import RateRecord
+from robustlab.evaluation.stats import IntervalRecord
 from robustlab.io import (
     RobustlabError,
     atomic_write,
@@ -151,7 +151,7 @@ def _sections(
 def _comparison_section(rows: list[ComparisonRow], command: str) -> str:
     """The table the report opens with: every model's worst case under each protocol."""
 
-    def cell(rate: RateRecord | None) -> str:
+    def cell(rate: IntervalRecord | None) -> str:
         return rate_cell(rate, None, command) if rate is not None else "<td>—</td>"
 
     body = []

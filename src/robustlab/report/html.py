@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from robustlab.evaluation.protocols.base import Record
-from robustlab.evaluation.stats import RateRecord
+from robustlab.evaluation.stats import IntervalRecord
 from robustlab.io import JSONObject
 from robustlab.report.results import Results
 
@@ -36,7 +36,7 @@ def image(png: bytes, alt: str) -> str:
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
 
-def rate_cell(rate: RateRecord, protocol_index: int | None, command: str) -> str:
+def rate_cell(rate: IntervalRecord, protocol_index: int | None, command: str) -> str:
     """A rate with its interval, linked to its protocol's spec entry, the command as tooltip."""
     if not rate["n"]:
         return '<td class="num">n/a <span class="ci">(n=0)</span></td>'

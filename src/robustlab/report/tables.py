@@ -17,7 +17,7 @@ from robustlab.evaluation.protocols import PROTOCOLS
 from robustlab.evaluation.protocols.base import Record
 from robustlab.evaluation.protocols.tables import md_cell
 from robustlab.evaluation.protocols.tables import rate_text as _rate_text
-from robustlab.evaluation.stats import RateRecord
+from robustlab.evaluation.stats import IntervalRecord, RateRecord
 from robustlab.io import atomic_write
 
 
@@ -88,7 +88,7 @@ class ComparisonRow:
     whitebox: RateRecord | None = None  # worst accuracy over white-box attacks (plain gradients)
     adaptive: RateRecord | None = None  # worst accuracy over adaptive attacks (BPDA/EOT)
     strong: RateRecord | None = None  # AutoAttack-style worst case per image, at the headline ε
-    universal: RateRecord | None = None  # worst restoration accuracy over attacks and strengths
+    universal: IntervalRecord | None = None  # worst restoration accuracy over attacks and strengths
     decision: float | None = None  # S(M)
     noise32: RateRecord | None = None  # accuracy under Gaussian noise σ=32
     ms_per_image: float | None = None

@@ -27,7 +27,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NotRequired, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -38,27 +37,16 @@ from robustlab import distributed
 from robustlab.assemble import create, training_bytes
 from robustlab.attacks.pgd import PGD
 from robustlab.data import Augment, Dataset, batches
-from robustlab.io import JSONObject, RobustlabError, load_tensors, save_tensors, writes_output
+from robustlab.io import RobustlabError, load_tensors, save_tensors, writes_output
 from robustlab.models.base import accuracy
 from robustlab.models.config import ModelConfig
 from robustlab.models.cost import device_memory
+from robustlab.models.meta import DatasetMeta, EpochStats, RunMeta
 from robustlab.runs import META_FILE, MODEL_FILE, read_meta, save_run
 from robustlab.seeding import derive_seed
 from robustlab.training.config import SCHEDULES, FastPath, TrainConfig
 
 STATE_FILE = "train_state.safetensors"
-
-
-class EpochStats(TypedDict):
-    """One epoch of a run's ``history`` (meta.json and the training state keep them)."""
-
-    epoch: int
-    lr: float  # at the epoch's start
-    lr_end: float  # at its last step
-    train_loss: float
-    train_accuracy: float
-    seconds: float
-    test_accuracy: NotRequired[float]  # added once the epoch is evaluated
 
 
 @writes_output("run_dir", "robustlab train")  # one writer: a second one stops, naming the first
@@ -73,10 +61,10 @@ def train(
     force: bool = False,
     device: str | torch.device = "cpu",
     quiet: bool = False,
-    extra_meta: JSONObject | None = None,
+    dataset_meta: DatasetMeta | None = None,
     fast: FastPath | None = None,
     init: Mapping[str, torch.Tensor] | None = None,
-) -> JSONObject:
+) -> RunMeta:
     """Train a model into ``run_dir`` and return its metadata (with the per-epoch history).
 
     ``init``: start from these weights (a state dict of the same model) instead of a fresh
@@ -100,18 +88,14 @@ def train(
     history: list[EpochStats] = []
     if start is not None and (run_dir / STATE_FILE).is_file():
         history = _load_state(run_dir / STATE_FILE, loop.model, loop.optimizer)
-    meta = _run_meta(train_data, extra_meta, fast)
+    meta = _run_meta(train_data, dataset_meta, fast)
     for epoch in range(len(history), config.epochs):
         _epoch(loop, epoch, train_data, test_data, history, quiet=quiet)
         _save_state(run_dir / STATE_FILE, loop.model, loop.optimizer, history)
-        meta.update(
-            train=config.to_dict(),
-            history=history,
-            epoch=epoch + 1,
-            complete=epoch + 1 == config.epochs,
-            test_accuracy=history[-1]["test_accuracy"],
-        )
-        save_run(run_dir, loop.model, model_config, **meta)
+        meta["train"], meta["history"], meta["epoch"] = config.to_dict(), history, epoch + 1
+        meta["complete"] = epoch + 1 == config.epochs
+        meta["test_accuracy"] = history[-1]["test_accuracy"]
+        save_run(run_dir, loop.model, model_config, meta)
     return read_meta(run_dir)
 
 
@@ -151,18 +135,15 @@ def _epoch(
         )
 
 
-def _run_meta(train_data: Dataset, extra_meta: JSONObject | None, fast: FastPath) -> JSONObject:
+def _run_meta(train_data: Dataset, dataset_meta: DatasetMeta | None, fast: FastPath) -> RunMeta:
     """The metadata a run starts with: its dataset (merged with the caller's) and fast path."""
-    meta: JSONObject = {
-        "dataset": {"name": train_data.name, "data_dir": None, "classes": list(train_data.classes)}
-    }
-    for key, value in (extra_meta or {}).items():
-        meta[key] = {**meta[key], **value} if key == "dataset" else value
-    meta["fast_path"] = asdict(fast)
-    return meta
+    dataset: DatasetMeta = {"name": train_data.name, "data_dir": None}
+    dataset["classes"] = list(train_data.classes)
+    dataset.update(dataset_meta or {})
+    return {"dataset": dataset, "fast_path": asdict(fast)}
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> JSONObject | None:
+def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> RunMeta | None:
     """Return the existing metadata when resuming, None for a fresh run; refuse to overwrite."""
     exists = any((run_dir / f).exists() for f in (META_FILE, MODEL_FILE, STATE_FILE))
     if not exists:
@@ -181,7 +162,7 @@ def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> JSONObject | N
 
 
 def _check_same_settings(
-    run_dir: Path, meta: JSONObject, model_config: ModelConfig, config: TrainConfig
+    run_dir: Path, meta: RunMeta, model_config: ModelConfig, config: TrainConfig
 ) -> None:
     """Refuse to resume a run with a different model or recipe (only ``epochs`` may grow)."""
     # runs from before schedules existed used the paper's

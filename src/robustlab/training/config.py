@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from robustlab.io import JSONObject
+from robustlab.models.meta import TrainRecord
 
 SCHEDULES = ("paper", "cosine", "onecycle")
 
@@ -99,8 +99,8 @@ class TrainConfig:
             return start + (self.lr - start) * (1 - math.cos(math.pi * t / peak)) / 2
         return end + (self.lr - end) * (1 + math.cos(math.pi * (t - peak) / (1 - peak))) / 2
 
-    def to_dict(self) -> JSONObject:
-        data = asdict(self)
+    def to_dict(self) -> TrainRecord:
+        data: TrainRecord = asdict(self)
         data["milestones"] = list(self.milestones) if self.milestones is not None else None
         return data
 

@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Required, TypedDict
 from typing import Protocol as TypingProtocol
 
 import numpy as np
@@ -31,10 +31,106 @@ from torch import nn
 
 from robustlab.attacks import AdversarialSet
 from robustlab.attacks.base import AttackConfig, Params
-from robustlab.io import JSONObject, check_title
+from robustlab.evaluation.checks import CheckRecord
+from robustlab.evaluation.measures import DecisionFields
+from robustlab.evaluation.stats import RateRecord
+from robustlab.evaluation.strong import StrongParams
+from robustlab.evaluation.universal import RestorationRecord
+from robustlab.evaluation.verdict import Status, StepRecord
+from robustlab.io import check_title
+from robustlab.models.cost import CostRecord
 from robustlab.registry import Registry
 
-Record = JSONObject  # a result cell as JSON: the on-disk boundary
+# the record fields that are rates (RateRecord)
+RateField = Literal[
+    "accuracy",
+    "clean_accuracy",
+    "defense_rate",
+    "fooling_rate",
+    "perturbed_accuracy",
+    "base_clean_accuracy",
+    "noise_accuracy",
+    "robust",
+    "clean",
+]
+
+
+class Record(TypedDict, total=False):
+    """A result cell as written to disk (JSON) and read back: every field some kind of
+    record carries, typed once. Which fields a kind must carry is its :class:`Schema`,
+    checked before a cell is written and when the report reads it
+    (:func:`robustlab.report.records.check_record`); units are the record's ``units``."""
+
+    protocol: Required[str]  # the record's kind: a protocol's, or "summary"
+    version: str
+    seed: int
+    protocol_index: int  # which of the spec's protocols made it
+    units: dict[str, str]
+    cost: CostRecord
+    # names of the cell
+    source: str
+    target: str
+    attack: str
+    against: str  # universal: whose perturbation (base, defended, imported)
+    surface: str
+    bpda_part: str
+    defense: str
+    success_file: str
+    # rates
+    accuracy: RateRecord
+    clean_accuracy: RateRecord
+    defense_rate: RateRecord
+    fooling_rate: RateRecord
+    perturbed_accuracy: RateRecord
+    base_clean_accuracy: RateRecord
+    noise_accuracy: RateRecord
+    transfer_accuracy: RateRecord | None
+    robust: RateRecord
+    clean: RateRecord
+    rates: list[RateRecord]
+    after: dict[str, RateRecord]  # strong: robust accuracy after each attack
+    curves: dict[str, dict[str, RateRecord]]  # model -> level -> rate
+    restoration: RestorationRecord
+    # what the attack was given
+    params: Params | StrongParams
+    eps: float
+    xi: float
+    eps_max: float
+    resolution: float
+    steps: int | list[StepRecord]  # a curve's search steps; a verdict's attacks
+    n: int
+    headline: bool
+    # what the attack found
+    flags: list[str]
+    zero_gradient_share: float
+    randomized: bool
+    loss_clean: float
+    loss_adversarial: float
+    loss_rises: bool
+    near_chance: bool
+    masking: bool
+    linf: float
+    broken: dict[str, int]
+    score: DecisionFields
+    cost_by_attack: dict[str, CostRecord]
+    cost_by_model: dict[str, CostRecord]
+    # the comparison table's own (summary)
+    ms_per_image: float
+    cost_ratio: float | None
+    passes_per_image: float
+    passes_ratio: float | None
+    added_parameters: int
+    # a verdict
+    config: Params
+    status: Status
+    deciding: str
+    advice: str
+    upper_bound: bool
+    fired: list[str]
+    checks: list[CheckRecord]
+    first_breakers: dict[str, int]
+    breaker: list[str]
+    escalation_broke: int
 
 
 @dataclass(frozen=True)
@@ -217,7 +313,7 @@ def flag_rising_with_eps(cells: list[Record], group: Callable[[Record], Any]) ->
     """Add ``accuracy_rises_with_eps`` to cells of one model and attack kind where a larger ε
     left more images correctly classified than a smaller one: a working attack never does
     that (Carlini et al. 2019, section 5.2), so one of the two numbers is not to be trusted."""
-    flagged = [dict(c) for c in cells]
+    flagged = [c.copy() for c in cells]
     for i, a in enumerate(flagged):
         for b in flagged[i + 1 :]:
             if group(a) != group(b):
@@ -231,5 +327,7 @@ def flag_rising_with_eps(cells: list[Record], group: Callable[[Record], Any]) ->
 
 
 def _eps_of(record: Record) -> float:
-    eps = record.get("eps", record.get("params", {}).get("eps", 0.0))
-    return float(eps)
+    if "eps" in record:
+        return float(record["eps"])
+    params = record.get("params")
+    return float(params.get("eps", 0.0)) if params is not None else 0.0

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from robustlab.attacks.base import Params
 from robustlab.evaluation.measures import decision_score
 from robustlab.evaluation.protocols import tables as T
 from robustlab.evaluation.protocols.base import (
@@ -31,7 +32,7 @@ class Decision(Protocol):
     """``params``: the Boundary attack's budget as the spec gives it (defaults: the attack's)."""
 
     models: tuple[str, ...]
-    params: Mapping[str, int]
+    params: Params
     n: int
     name: str | None = None
 
@@ -66,7 +67,7 @@ class Decision(Protocol):
 
     @classmethod
     def parse(cls, entry: Mapping[str, Any], where: str, spec: SpecView) -> Decision:
-        params = {k: count(entry, k, where, 0) for k in PARAMS if k in entry}
+        params: Params = {k: count(entry, k, where, 0) for k in PARAMS if k in entry}
         n = images(entry, where, spec, min(spec.n, 100))
         return cls(names(entry, "models", where), params, n, entry.get("name"))
 

@@ -6,11 +6,13 @@ Each protocol module writes its own table (``Protocol.markdown``) from its recor
 
 from __future__ import annotations
 
-from robustlab.evaluation.protocols.base import Record
-from robustlab.evaluation.stats import RateRecord
+from typing import Literal
+
+from robustlab.evaluation.protocols.base import RateField, Record
+from robustlab.evaluation.stats import IntervalRecord
 
 
-def rate_text(rate: RateRecord) -> str:
+def rate_text(rate: IntervalRecord) -> str:
     """A rate as ``percent [low, high] n=N`` (Wilson 95 % interval), "n/a" for no images."""
     if not rate["n"]:
         return "n/a"
@@ -42,7 +44,9 @@ def of(records: list[Record], *kinds: str) -> list[Record]:
     return [r for r in records if r["protocol"] in kinds]
 
 
-def worst(records: list[Record], model: str, kind: str, metric: str) -> RateRecord | None:
+def worst(
+    records: list[Record], model: str, kind: str, metric: Literal[RateField, "restoration"]
+) -> IntervalRecord | None:
     """The lowest ``metric`` rate of ``model``'s records of ``kind`` that rest on images."""
     found = [r[metric] for r in of(records, kind) if r.get("target") == model and r[metric]["n"]]
     return min(found, key=lambda rate: rate["rate"]) if found else None
