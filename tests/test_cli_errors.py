@@ -628,3 +628,62 @@ def test_resuming_with_fewer_epochs_than_done_is_refused(
     capsys.readouterr()
     assert main([*args, "--epochs", "1", "--resume"]) == 2
     assert "has trained 2 epochs already, more than the 1 asked" in capsys.readouterr().err
+
+
+def test_a_set_whose_config_lacks_its_names_is_one_line(tmp_path: Path) -> None:
+    """The report reads a set's attack, dataset, split and sources: a file without them (or
+    with other types there) is refused when read, not deep in a gallery."""
+    import json
+
+    import numpy as np
+
+    from robustlab.attacks import AdversarialSet, load_set, save_set
+    from robustlab.io import RobustlabError
+
+    ints, norms = np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.float32)
+    config = {"attack": "pgd", "dataset": "digits", "split": "test", "sources": ["run"]}
+    adv_set = AdversarialSet(
+        images=np.zeros((2, 1, 4, 4), dtype=np.uint8),
+        **dict.fromkeys(("labels", "indices", "clean_pred", "adv_pred"), ints),
+        linf=norms,
+        l2=norms,
+        config=config,
+    )
+    save_set(tmp_path / "good.npz", adv_set)
+    assert load_set(tmp_path / "good.npz").config["sources"] == ["run"]
+    for edit in ({"dataset": None}, {"sources": "run"}, {"attack": 3}):
+        with np.load(tmp_path / "good.npz") as data:
+            arrays = {name: data[name] for name in data.files}
+        stored = json.loads(str(arrays["config_json"]))
+        arrays["config_json"] = np.array(json.dumps({**stored, **edit}))
+        np.savez(tmp_path / "bad.npz", **arrays)
+        with pytest.raises(RobustlabError, match="lacks the attack, data or sources"):
+            load_set(tmp_path / "bad.npz")
+
+
+def test_model_options_read_from_a_file_are_checked(tmp_path: Path) -> None:
+    """Options are data: a factory's arguments must be a table, defect layers a list of
+    names (one-line errors, not a TypeError inside the factory)."""
+    from robustlab.assemble import create
+    from robustlab.models.config import DefectSpec, ModelConfig
+
+    factory = "tests.factories:tiny_cnn"
+    with pytest.raises(ValueError, match="factory_args must be a table"):
+        create(ModelConfig(factory, options={"factory_args": [1, 2]}))
+    defect = DefectSpec(0.5)
+    with pytest.raises(ValueError, match="must be a list of layer names"):
+        options = {"defect_layers": "conv1"}
+        create(ModelConfig(factory, in_channels=1, image_size=8, defect=defect, options=options))
+
+
+def test_an_sfr_folder_without_its_layers_is_one_line(tmp_path: Path) -> None:
+    from robustlab.experiments.sfr import SFR_FORMAT, load_sfr
+    from robustlab.io import RobustlabError, write_json
+    from robustlab.models.config import ModelConfig
+
+    model = ModelConfig("lenet", in_channels=1, image_size=8).to_dict()
+    meta = {"format": SFR_FORMAT, "model": model, "dataset": {"name": "digits"}}
+    for layers in (None, "conv1", [1]):
+        write_json(tmp_path / "meta.json", {**meta, "layers": layers, "fraction": 0.5})
+        with pytest.raises(RobustlabError, match=r"malformed \(layers, fraction, dataset\)"):
+            load_sfr(tmp_path)

@@ -108,6 +108,8 @@ def _create_external(config: ModelConfig) -> nn.Module:
         if config.defect.widen > 1:
             raise ValueError("widened defective blocks (xN) need a zoo architecture")
         names = config.options.get("defect_layers") or defect_layers(model, config.defect.blocks)
+        if not (isinstance(names, list | tuple) and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"defect_layers {names!r} must be a list of layer names")
         example = torch.zeros(1, config.in_channels, config.image_size, config.image_size)
         make_defective(model, config.defect, layers=list(names), example_input=example)
     return model

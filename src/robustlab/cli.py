@@ -876,7 +876,7 @@ def _universal_import(args: argparse.Namespace) -> int:
     found.save(out)
     shape = "x".join(str(d) for d in found.delta.shape)
     l2 = 255 * float(found.delta.norm())
-    print(f"{out}: {shape}, ℓ∞ = {255 * found.config['xi']:.2f}/255, ℓ2 = {l2:.1f}/255")
+    print(f"{out}: {shape}, ℓ∞ = {255 * float(found.delta.abs().max()):.2f}/255, ℓ2 = {l2:.1f}/255")
     return 0
 
 

@@ -13,6 +13,7 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, cast
 
 import numpy as np
 import torch
@@ -23,13 +24,30 @@ from robustlab.attacks import distances
 from robustlab.attacks.base import AttackConfig, AttackResult, Params
 from robustlab.data import Dataset
 from robustlab.distributed import in_batch_order, my_batches
-from robustlab.io import JSONObject, RobustlabError, arrays_digest, atomic_write, check_array
+from robustlab.io import RobustlabError, arrays_digest, atomic_write, check_array
 from robustlab.models.base import model_device, predict
 from robustlab.seeding import derive_seed
 from robustlab.version import __version__
 
 SET_FORMAT = "robustlab-adversarial-set/1"
 _ARRAYS = ("images", "labels", "indices", "clean_pred", "adv_pred", "linf", "l2")
+
+
+class SetConfig(TypedDict, total=False):
+    """How a set was made, as its file stores it (``config_json``; what the report reads)."""
+
+    attack: str
+    params: Params
+    seed: int
+    batch_size: int
+    quantized: bool
+    target: int | None
+    dataset: str
+    split: str
+    version: str
+    sources: list[str]  # the source runs' folders
+    n: int
+    data_dir: str | None  # the folder its images came from (older sets: the source run's)
 
 
 @dataclass
@@ -43,7 +61,7 @@ class AdversarialSet:
     adv_pred: np.ndarray  # ... and on the stored adversarial images
     linf: np.ndarray  # per-example norms of (stored adversarial − clean), in [0, 1] units
     l2: np.ndarray
-    config: JSONObject
+    config: SetConfig
     queries: np.ndarray | None = None
     path: str | None = None  # where it was read from (messages only; never written)
 
@@ -110,8 +128,16 @@ def load_set(path: str | Path) -> AdversarialSet:
         raise RobustlabError(f"{path}: its config is not a JSON object; re-generate it")
     if config.pop("format", None) != SET_FORMAT:
         raise RobustlabError(f"{path}: unknown adversarial set format; re-generate it")
+    names = [config.get(k) for k in ("attack", "dataset", "split")]
+    sources = config.get("sources", [])
+    if not all(isinstance(v, str) for v in names) or not (
+        isinstance(sources, list) and all(isinstance(s, str) for s in sources)
+    ):
+        raise RobustlabError(
+            f"{path}: its config lacks the attack, data or sources; re-generate it"
+        )
     queries = arrays.pop("queries", None)
-    return AdversarialSet(config=config, queries=queries, path=str(path), **arrays)
+    return AdversarialSet(config=cast(SetConfig, config), queries=queries, path=str(path), **arrays)
 
 
 def _check_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -201,7 +227,7 @@ def generate_set(
     batch_size: int = 256,
     quantize: bool = True,
     target: int | None = None,
-    config: JSONObject | None = None,
+    config: SetConfig | None = None,
     quiet: bool = False,
 ) -> AdversarialSet:
     """Attack ``source`` on ``data[indices]`` batch by batch; return the set (not yet saved).
@@ -216,7 +242,7 @@ def generate_set(
     adv = result.adv
     stored = (adv * 255).round().to(torch.uint8) if quantize else adv.float()
     stored_pixels = stored.float() / 255 if quantize else stored
-    full_config = {
+    full_config: SetConfig = {
         "attack": attack,
         "params": params,
         "seed": seed,

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.io import JSONObject
 from robustlab.models.base import declared_input, frozen, warm_started
 from robustlab.models.cost import add_queries, paused
 from robustlab.registry import Registry
@@ -132,7 +131,7 @@ class Attack(ABC):
             )
         return f"attack {cls.name!r}: {err}"
 
-    def params(self) -> JSONObject:
+    def params(self) -> dict[str, object]:
         """The attack's parameters, for adversarial-set files and result records."""
         skip = {"model"}
         return {"attack": self.name, **{k: v for k, v in vars(self).items() if k not in skip}}

@@ -31,7 +31,7 @@ from torch import nn
 
 from robustlab.data import Dataset
 from robustlab.defenses.baselines import ThermometerEncoding
-from robustlab.io import JSONObject, read_json, write_json
+from robustlab.io import read_json, write_json
 from robustlab.models.config import ModelConfig
 from robustlab.registry import Registry
 
@@ -95,7 +95,7 @@ class BaseDefense(ABC):
         text = json.dumps(self.describe(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
-    def describe(self) -> JSONObject:
+    def describe(self) -> dict[str, object]:
         fields = dataclasses.asdict(self)  # type: ignore[call-overload]
         return {"defense": self.name, **fields}
 

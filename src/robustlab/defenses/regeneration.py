@@ -33,7 +33,6 @@ from robustlab.attacks.universal import (
 from robustlab.data import Dataset, batches, sample
 from robustlab.defenses.base import DONE_FILE, Defended, Defense, PrepareContext, Surface
 from robustlab.io import (
-    JSONObject,
     RobustlabError,
     load_tensors,
     read_json,
@@ -203,7 +202,7 @@ def train_frus(
     seed: int,
     device: torch.device | str,
     quiet: bool,
-) -> list[JSONObject]:
+) -> list[dict[str, float]]:
     """Adam on the FRUs; each batch: its clean images, and them with a synthesised perturbation."""
     optimiser = torch.optim.Adam(fru_parameters(defended), lr=lr)
     generator = torch.Generator().manual_seed(seed)

@@ -21,9 +21,7 @@ Any of the first three raises ``masking``: the robust accuracy is then an upper 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +29,7 @@ from torch import nn
 from typing_extensions import TypedDict
 
 from robustlab.attacks.adversarial_set import attack_in_batches
+from robustlab.attacks.base import Params
 from robustlab.defenses.base import attack_view, surface_of
 from robustlab.evaluation.stats import Rate, RateRecord
 from robustlab.models.base import frozen, model_device, predict
@@ -117,7 +116,7 @@ def adaptive_attack(
     x: torch.Tensor,
     y: torch.Tensor,
     attack: str,
-    params: Mapping[str, Any],
+    params: Params,
     *,
     base: nn.Module | None = None,
     seed: int = 0,
@@ -212,7 +211,7 @@ def gradient_checks(
     return GradientChecks(zero, not torch.equal(first, predict(model, x)))
 
 
-def sign_noise(x: torch.Tensor, params: Mapping[str, Any], seed: int) -> torch.Tensor:
+def sign_noise(x: torch.Tensor, params: Params, seed: int) -> torch.Tensor:
     """x ± ε per pixel with random signs (ε of the attack): the black-box floor of ℓ∞ attacks."""
     eps = float(params.get("eps", 8 / 255))
     generator = torch.Generator().manual_seed(seed)

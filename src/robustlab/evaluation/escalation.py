@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from robustlab.evaluation.stats import Rate
 from robustlab.evaluation.strong import VERSIONS, attack_params
 from robustlab.evaluation.verdict import EvaluationConfig, Step, Verdict, decide
 from robustlab.evaluation.worst_case import Role, WorstCase
-from robustlab.io import JSONObject, config_hash, load_tensors, save_tensors
+from robustlab.io import config_hash, load_tensors, save_tensors
 from robustlab.models.cost import CostRecord, Meter, counted
 from robustlab.seeding import derive_seed
 
@@ -200,7 +200,7 @@ class Evaluation:
         return None if self.store is None else self.store / f"{len(self.steps):02d}-{safe}.st"
 
     def _load(
-        self, name: str, meta: JSONObject
+        self, name: str, meta: dict[str, object]
     ) -> tuple[dict[str, torch.Tensor], CostRecord] | None:
         """A step finished by an earlier run of this plan, and what it cost then."""
         path = self._path(name)
@@ -222,7 +222,7 @@ class Evaluation:
     def _save(
         self,
         name: str,
-        meta: JSONObject,
+        meta: dict[str, object],
         tensors: dict[str, torch.Tensor],
         cost: CostRecord,
     ) -> None:
@@ -325,12 +325,10 @@ class Evaluation:
             self.state.targets = targets
 
 
-def _is_cost(cost: JSONObject) -> bool:
+def _is_cost(cost: Mapping[str, object]) -> bool:
     """A step file's cost: counts and seconds as numbers (files are data: checked)."""
-    return all(
-        isinstance(cost.get(k), int | float) and math.isfinite(cost[k]) and cost[k] >= 0
-        for k in ("forward", "backward", "queries", "seconds")
-    )
+    values = [cost.get(k) for k in ("forward", "backward", "queries", "seconds")]
+    return all(isinstance(v, int | float) and math.isfinite(v) and v >= 0 for v in values)
 
 
 def evaluate(

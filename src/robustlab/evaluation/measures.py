@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +17,7 @@ from typing_extensions import TypedDict
 
 from robustlab.attacks import build as build_attack
 from robustlab.attacks.adversarial_set import attack_in_batches
+from robustlab.attacks.base import Params
 from robustlab.attacks.distances import mse
 from robustlab.evaluation.stats import Rate
 from robustlab.models.base import predict
@@ -41,7 +41,7 @@ def whitebox_accuracy(
     y: torch.Tensor,
     *,
     attack: str,
-    params: Mapping[str, Any],
+    params: Params,
     seed: int = 0,
 ) -> Rate:
     """Accuracy of ``model`` on adversarial examples computed against ``model`` itself."""
@@ -142,7 +142,7 @@ def decision_score(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    params: Mapping[str, Any],
+    params: Params,
     seed: int = 0,
 ) -> DecisionResult:
     """S(M): the median over images of ‖δ‖²/N of Boundary-attack adversarials (paper Table 4).

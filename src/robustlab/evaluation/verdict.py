@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from typing_extensions import TypedDict
 
@@ -94,7 +94,7 @@ class StepRecord(TypedDict):
     new: int
     robust_after: int
     seconds: float
-    params: dict[str, Any]  # the attack's parameters: numbers, names, lists of names
+    params: Params  # the attack's parameters: numbers and names
     counted: bool
     cost: CostRecord
 
@@ -117,6 +117,31 @@ class VerdictFields(TypedDict, closed=True):
     escalation_broke: int
 
 
+class SourceRecord(TypedDict):
+    """The evaluated model as a plan records it: a run folder or a factory, its weights and
+    their hash, the normalisation its network expects."""
+
+    model: str
+    weights: str | None
+    sha256: str | None
+    mean: list[float]
+    std: list[float]
+
+
+class EvaluationPlan(TypedDict):
+    """What ``robustlab evaluate`` runs (its folder's plan.json: a second evaluation with
+    another plan is refused there)."""
+
+    robustlab: str  # the version
+    source: SourceRecord
+    base: str | None
+    dataset: str
+    n: int
+    images_sha256: str
+    seed: int
+    config: Params
+
+
 @dataclass(frozen=True)
 class Step:
     """One attack of an evaluation: what it attacked, why, and what it broke.
@@ -137,7 +162,7 @@ class Step:
     new: int
     robust_after: int
     seconds: float
-    params: Mapping[str, Any]
+    params: Params
     counted: bool = True  # False: outside the threat model (ε = 1 probe), not a worst case
     cost: CostRecord = field(default_factory=dict)  # passes, queries, seconds, memory
 

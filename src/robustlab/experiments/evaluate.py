@@ -19,10 +19,9 @@ from torch import nn
 from robustlab.data import load_dataset, sample
 from robustlab.data.datasets import Dataset
 from robustlab.evaluation.escalation import Evaluation
-from robustlab.evaluation.verdict import EvaluationConfig, Verdict
+from robustlab.evaluation.verdict import EvaluationConfig, EvaluationPlan, SourceRecord, Verdict
 from robustlab.experiments.jobs import resolve_device
 from robustlab.io import (
-    JSONObject,
     RobustlabError,
     atomic_write,
     read_json,
@@ -50,7 +49,7 @@ class ModelSource:
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
 
-    def describe(self) -> JSONObject:
+    def describe(self) -> SourceRecord:
         digest = None
         if self.weights is not None:
             digest = hashlib.sha256(Path(self.weights).read_bytes()).hexdigest()[:16]
@@ -116,7 +115,7 @@ def evaluate_model(
     """Evaluate ``source`` on ``n`` seeded test images into ``out`` (module docstring)."""
     out = Path(out)
     data = sample(_dataset(source, dataset, data_dir), n, seed)
-    plan = {
+    plan: EvaluationPlan = {
         "robustlab": __version__,
         "source": source.describe(),
         "base": base,
@@ -148,14 +147,14 @@ def evaluate_model(
     return verdict
 
 
-def _claim(out: Path, plan: JSONObject) -> None:
+def _claim(out: Path, plan: EvaluationPlan) -> None:
     """Write the plan first; a folder holding another evaluation's plan is refused."""
     path = out / PLAN_FILE
     if path.is_file():
         found = read_json(path)
         if found != plan:
             changed = (
-                sorted(k for k in plan if found.get(k) != plan[k])
+                sorted(k for k, v in dict(plan).items() if found.get(k) != v)
                 if isinstance(found, dict)
                 else ["all"]
             )

@@ -21,7 +21,7 @@ import json
 import platform
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,7 +41,6 @@ from robustlab.experiments.plan import check_plan
 from robustlab.experiments.spec import Spec
 from robustlab.experiments.timings import LOG_FILE, TimingLog
 from robustlab.io import (
-    JSONObject,
     absolute,
     atomic_write,
     config_hash,
@@ -62,7 +61,9 @@ from robustlab.version import __version__
 __all__ = ["Executor", "config_hash", "environment", "run_spec"]
 
 # what a timing line says about the cell it timed
-_CELL_FIELDS = ("protocol", "model", "target", "source", "attack")
+_CELL_FIELDS: tuple[Literal["protocol", "target", "source", "attack"], ...] = (
+    *("protocol", "target", "source", "attack"),
+)
 
 
 class Executor:
@@ -217,8 +218,9 @@ class Executor:
         with self.timings.timed("record", path.stem) as what:
             with Meter() as cost:  # models a cell trains or sets it makes first are paused
                 computed = compute()
-            record = {**computed, "cost": cost.to_dict(), "seed": self.spec.seed}
-            record |= {"units": RECORD_UNITS, "version": __version__}
+            record = computed.copy()
+            record["cost"], record["seed"] = cost.to_dict(), self.spec.seed
+            record["units"], record["version"] = RECORD_UNITS, __version__
             what.update({k: record[k] for k in _CELL_FIELDS if k in record})
         check_record(record)  # a bug, not bad input: never write a cell the report cannot read
         write_json(path, record)
@@ -245,7 +247,7 @@ class Executor:
         # not part of the cached cell: a description of the spec's entry
         return {**self.record(key, compute), "defense": self.spec.models[name].defense_text()}
 
-    def _card(self, name: str, records: list[Record], command: str) -> JSONObject:
+    def _card(self, name: str, records: list[Record], command: str) -> dict[str, object]:
         """The RobustBench-style card of one evaluated model."""
         entry = self.spec.models[name]
         summary = next(r for r in records if r["protocol"] == "summary" and r["target"] == name)
@@ -284,7 +286,7 @@ def run_spec(
         return Executor(spec, out, device, quiet=quiet, command=command).run()
 
 
-def environment(device: torch.device) -> JSONObject:
+def environment(device: torch.device) -> dict[str, object]:
     """Where the results were computed: versions, platform, device, threads."""
     return {
         "robustlab": __version__,

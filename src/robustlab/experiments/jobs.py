@@ -17,7 +17,7 @@ from robustlab.attacks.base import Params
 from robustlab.data import Dataset, load_dataset, sample, sample_indices
 from robustlab.defenses.training_time import TrainingDefense, model_with, recipe_with
 from robustlab.distributed import local_device
-from robustlab.io import JSONObject, RobustlabError, prepare_output, writes_output
+from robustlab.io import RobustlabError, prepare_output, writes_output
 from robustlab.models.base import accuracy
 from robustlab.models.config import ModelConfig
 from robustlab.models.external import ExternalNet, load_weights, read_state_dict
@@ -67,7 +67,7 @@ def train_model(
     out: str | Path,
     config: TrainConfig,
     defenses: Sequence[TrainingDefense] = (),
-    options: JSONObject | None = None,
+    options: dict[str, object] | None = None,
     data_dir: str | None = None,
     download: bool = False,
     train_limit: int | None = None,

@@ -25,7 +25,7 @@ from robustlab.defenses.training_time import DefectMasks, Thermometer, model_wit
 from robustlab.experiments.jobs import import_pretrained, model_config_for
 from robustlab.experiments.spec import ModelEntry, Spec
 from robustlab.experiments.timings import TimingLog
-from robustlab.io import JSONObject, absolute, config_hash, under
+from robustlab.io import absolute, config_hash, under
 from robustlab.models.config import ModelConfig
 from robustlab.models.cost import paused
 from robustlab.runs import check_run, load, model_config, read_meta
@@ -143,7 +143,7 @@ class ModelStore:
                 entry.defense.prepare(base, directory, context)
         return entry.defense.wrap(base, directory)
 
-    def describe(self, name: str) -> JSONObject:
+    def describe(self, name: str) -> dict[str, object]:
         """Where ``name``'s files are and what defends it, for results.json: the report
         rebuilds models from this, never from the spec or by guessing folders."""
         entry = self.spec.models[name]
@@ -210,7 +210,7 @@ class ModelStore:
         return [i for m in models for i in self.identity(m)]
 
     @staticmethod
-    def defense_configs(entry: ModelEntry) -> list[JSONObject]:
+    def defense_configs(entry: ModelEntry) -> list[dict[str, object]]:
         """The configs of an entry's defenses: the wrapping one, or the training-time ones."""
         if entry.defense is not None:
             return [entry.defense.describe()]

@@ -13,6 +13,7 @@ import hashlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict, cast
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,6 @@ from robustlab.defenses.regeneration import (
     universal_perturbation,
 )
 from robustlab.io import (
-    JSONObject,
     RobustlabError,
     load_tensors,
     prepare_output,
@@ -39,7 +39,8 @@ from robustlab.io import (
     writes_output,
 )
 from robustlab.models.base import predict
-from robustlab.models.config import ModelConfig
+from robustlab.models.config import ModelConfig, ModelRecord
+from robustlab.models.meta import DatasetMeta
 from robustlab.runs import load, model_config, read_meta
 from robustlab.seeding import derive_seed
 from robustlab.version import __version__
@@ -47,7 +48,50 @@ from robustlab.version import __version__
 SFR_FORMAT = "robustlab-sfr/1"
 
 
-def _train_split(meta: JSONObject, limit: int | None, seed: int) -> Dataset:
+class SFRMeta(TypedDict):
+    """An SFR directory's ``meta.json``: the base model and data, what the units were
+    trained on, the command (:func:`load_sfr` checks what it reads)."""
+
+    format: str
+    version: str
+    model: ModelRecord
+    dataset: DatasetMeta
+    base_run: str
+    layers: list[str]
+    fraction: float
+    attack: str
+    xi: float
+    uaps: int
+    epochs: int
+    train_limit: int | None
+    seed: int
+    history: list[dict[str, float]]  # per epoch: loss and seconds
+    command: str
+
+
+class Scores(TypedDict):
+    """One model under a universal perturbation (fractions of the test images)."""
+
+    clean: float
+    perturbed: float
+    fooling_rate: float
+    restoration: float
+
+
+class SFREvaluation(TypedDict):
+    """What :func:`evaluate_sfr` measured: the perturbation and both models' scores."""
+
+    attack: str
+    xi: float
+    against: str
+    n: int
+    linf: float
+    l2: float
+    baseline: Scores
+    defended: Scores
+
+
+def _train_split(meta: SFRMeta, limit: int | None, seed: int) -> Dataset:
     info = meta["dataset"]
     return sample(load_dataset(info["name"], "train", info.get("data_dir")), limit, seed)
 
@@ -72,7 +116,7 @@ def train_sfr(
     force: bool = False,
     quiet: bool = False,
     command: str = "",
-) -> JSONObject:
+) -> SFRMeta:
     """Train FRUs on ``layers`` of a run against ``attack`` perturbations; write ``out``.
 
     A front-end over :class:`~robustlab.defenses.regeneration.RegenerationDefense` (the
@@ -109,7 +153,7 @@ def train_sfr(
     )
     defense.prepare(base, out, context)
     save_tensors(out / "base.safetensors", base.state_dict())
-    meta = {
+    meta: SFRMeta = {
         "format": SFR_FORMAT,
         "version": __version__,
         "model": base_meta["model"],
@@ -132,7 +176,7 @@ def train_sfr(
 
 def load_sfr(
     directory: str | Path, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, nn.Module, JSONObject]:
+) -> tuple[nn.Module, nn.Module, SFRMeta]:
     """(baseline, defended, metadata) of an SFR directory, both in eval mode."""
     directory = Path(directory)
     if not (directory / "meta.json").is_file():
@@ -140,21 +184,27 @@ def load_sfr(
             f"{directory}: not an SFR directory; create one with robustlab sfr train"
         )
     meta = read_json(directory / "meta.json")
-    if meta.get("format") != SFR_FORMAT:
-        raise RobustlabError(f"{directory}/meta.json: unknown format {meta.get('format')!r}")
+    found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+    if found != SFR_FORMAT:
+        raise RobustlabError(f"{directory}/meta.json: unknown format {found!r}")
     try:
         base = create(ModelConfig.from_dict(meta["model"], origin=directory / "meta.json"))
     except (TypeError, ValueError, KeyError) as err:
         raise RobustlabError(f"{directory}/meta.json: malformed model config ({err})") from None
+    layers, fraction = meta.get("layers"), meta.get("fraction")
+    if not (isinstance(layers, list) and all(isinstance(name, str) for name in layers)) or not (
+        isinstance(fraction, int | float) and isinstance(meta.get("dataset"), dict)
+    ):
+        raise RobustlabError(f"{directory}/meta.json: malformed (layers, fraction, dataset)")
     base.load_state_dict(load_tensors(directory / "base.safetensors")[0])
     base = base.to(device).eval()
-    defense = RegenerationDefense(layers=tuple(meta["layers"]), fraction=meta["fraction"])
-    return base, defense.wrap(base, directory), meta
+    defense = RegenerationDefense(layers=tuple(layers), fraction=float(fraction))
+    return base, defense.wrap(base, directory), cast(SFRMeta, meta)
 
 
 def _evaluation_perturbation(
     directory: str | Path,
-    meta: JSONObject,
+    meta: SFRMeta,
     models: dict[str, nn.Module],
     *,
     attack: str,
@@ -194,7 +244,7 @@ def evaluate_sfr(
     seed: int = 0,
     device: torch.device | str = "cpu",
     perturbation_file: str | Path | None = None,
-) -> JSONObject:
+) -> SFREvaluation:
     """Fooling rates, accuracies and restoration accuracy of baseline and defended model.
 
     The perturbation is computed on training images against the baseline (or,
@@ -231,7 +281,7 @@ def evaluate_sfr(
     predictions = {name: (predict(m, x), predict(m, x_adv)) for name, m in models.items()}
     base_clean = float((predictions["baseline"][0] == labels).float().mean())
 
-    def scores(name: str) -> dict[str, float]:
+    def scores(name: str) -> Scores:
         clean_pred, adv_pred = predictions[name]
         clean = float((clean_pred == labels).float().mean())
         perturbed = float((adv_pred == labels).float().mean())

@@ -37,6 +37,7 @@ Every error names the spec entry and what to write instead.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -98,7 +99,7 @@ class ModelEntry:
 
     name: str
     arch: str = "resnet8"
-    options: JSONObject = field(default_factory=dict)
+    options: dict[str, object] = field(default_factory=dict)
     training: tuple[TrainingDefense, ...] = ()  # built into the model or its recipe
     train_limit: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)  # the recipe before ``training``
@@ -322,7 +323,7 @@ def _training_defenses(name: str, merged: JSONObject) -> tuple[TrainingDefense, 
         raise ValueError(f"{where} {err}") from None
 
 
-def _model_options(name: str, arch: str, merged: JSONObject) -> JSONObject:
+def _model_options(name: str, arch: str, merged: JSONObject) -> dict[str, object]:
     """Architecture options: ``width`` for zoo models; ``factory_args`` and ``defect_layers``
     for factories; ``weights``, ``mean`` and ``std`` checked here, before any work."""
     where = f"[models.{name}]"
@@ -348,12 +349,12 @@ def _model_options(name: str, arch: str, merged: JSONObject) -> JSONObject:
     width = merged.get("width")
     if width is not None and (type(width) is not int or width < 1):
         raise ValueError(f"{where} width = {width!r} must be a positive integer, e.g. 16")
-    options: JSONObject = {"width": width} if width is not None else {}
+    options: dict[str, object] = {"width": width} if width is not None else {}
     options.update({k: merged[k] for k in sorted(external)})
     return options
 
 
-def _check_types(where: str, values: JSONObject) -> None:
+def _check_types(where: str, values: Mapping[str, object]) -> None:
     """TOML values against TrainConfig's field types, naming the key (no late TypeError)."""
     kinds = {f.name: str(f.type) for f in fields(TrainConfig)}
     for key, value in values.items():

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from robustlab.io import JSONObject, RobustlabError
+from robustlab.io import RobustlabError
 
 LOG_FILE = "timings.jsonl"
 
@@ -31,9 +31,9 @@ class TimingLog:
         self._nested: list[float] = []  # seconds of timed work inside each open piece
 
     @contextmanager
-    def timed(self, kind: str, name: str) -> Iterator[JSONObject]:
+    def timed(self, kind: str, name: str) -> Iterator[dict[str, str | float]]:
         """Time the enclosed work; the dict yielded takes fields to log with it."""
-        what: JSONObject = {"kind": kind, "name": name}
+        what: dict[str, str | float] = {"kind": kind, "name": name}
         start = self.clock()
         self._nested.append(0.0)
         try:
@@ -68,7 +68,7 @@ class TimingSummary:
     total: float
     by_kind: dict[str, float]
     by_protocol: dict[str, float]
-    largest: list[JSONObject]
+    largest: list[dict[str, str | float]]  # timing log lines: names and seconds
 
     def lines(self) -> list[str]:
         out = [f"total {self.total / 60:.1f} min of logged work"]
@@ -79,7 +79,9 @@ class TimingSummary:
         for piece in self.largest:
             subject = piece.get("model") or piece.get("target") or piece["name"]
             detail = " ".join(str(piece[k]) for k in ("protocol", "attack") if k in piece)
-            out.append(f"  {piece['seconds'] / 60:7.1f} min  {piece['kind']} {detail} {subject}")
+            out.append(
+                f"  {float(piece['seconds']) / 60:7.1f} min  {piece['kind']} {detail} {subject}"
+            )
         return out
 
 

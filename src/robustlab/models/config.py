@@ -40,7 +40,7 @@ class ModelRecord(TypedDict):
     regularizer_block: int
     regularizer_keep: float
     thermometer: int | None
-    options: JSONObject  # the architecture's keyword arguments: JSON data (checked on read)
+    options: dict[str, object]  # the architecture's keyword arguments: JSON data (checked on read)
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class ModelConfig:
     regularizer_block: int = 3
     regularizer_keep: float = 0.9
     thermometer: int | None = None
-    options: JSONObject = field(default_factory=dict)
+    options: dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> ModelRecord:
         return {

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from robustlab.io import JSONObject, RobustlabError
+from robustlab.io import RobustlabError
 from robustlab.models.base import Normalize
 
 EXTRAS = {"torchvision": "torchvision", "timm": "timm"}
@@ -154,7 +154,7 @@ def build_external(
     image_size: int,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
-    options: JSONObject,
+    options: dict[str, object],
 ) -> ExternalNet:
     """Build ``arch`` from its factory, wrapped and checked (logits for ``num_classes``)."""
     unknown = set(options) - {"factory_args", "defect_layers"}  # the latter: for assemble
@@ -163,7 +163,10 @@ def build_external(
             f"architecture {arch!r}: unknown option {sorted(unknown)[0]!r} "
             "(external models take factory_args and defect_layers)"
         )
-    net = resolve_factory(arch)(**dict(options.get("factory_args", {})))
+    factory_args = options.get("factory_args", {})
+    if not isinstance(factory_args, dict):
+        raise ValueError(f"architecture {arch!r}: factory_args must be a table of arguments")
+    net = resolve_factory(arch)(**factory_args)
     model = ExternalNet(net, mean or (0.5,) * in_channels, std or (0.5,) * in_channels)
     example = torch.zeros(1, in_channels, image_size, image_size)
     model.eval()

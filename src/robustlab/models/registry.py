@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from robustlab.io import JSONObject
 from robustlab.models import densenet, lenet, preact, resnet, vgg
 from robustlab.models.base import ARCHITECTURES, BlockNet, Widths
 from robustlab.models.external import FACTORY_HINT
@@ -56,7 +55,7 @@ def _construct(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     widths: Widths,
-    kw: JSONObject,
+    kw: dict[str, object],
 ) -> BlockNet:
     return ARCHITECTURES.get(arch)(
         num_classes=num_classes,

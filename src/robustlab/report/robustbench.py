@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from robustlab.evaluation.protocols.base import Record
-from robustlab.io import JSONObject, under, write_json
+from robustlab.io import under, write_json
 
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -47,8 +47,8 @@ def model_card(
     architecture: str,
     dataset: str,
     forward_passes: int,
-    extra: JSONObject,
-) -> JSONObject:
+    extra: dict[str, object],
+) -> dict[str, object]:
     """The card of model ``name`` from the run's records (its summary and strong cells)."""
     summary = next(r for r in records if r["protocol"] == "summary" and r["target"] == name)
     mine = [r for r in records if r["protocol"] == "strong" and r["target"] == name]
@@ -75,14 +75,14 @@ def model_card(
     }
 
 
-def check_card(card: JSONObject) -> None:
+def check_card(card: dict[str, object]) -> None:
     """Raise ValueError unless ``card`` has every field of :data:`FIELDS` with its type."""
     for key, kind in FIELDS.items():
         if key not in card or not isinstance(card[key], kind):
             raise ValueError(f"model card field {key!r}: missing or not {kind}")
 
 
-def write_cards(out: Path, cards: list[JSONObject]) -> None:
+def write_cards(out: Path, cards: list[dict[str, object]]) -> None:
     """``out/robustbench/<name>.json`` for every card (checked first, written atomically)."""
     for card in cards:
         check_card(card)

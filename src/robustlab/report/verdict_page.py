@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from robustlab.evaluation.verdict import Verdict
-from robustlab.io import JSONObject
+from robustlab.evaluation.verdict import EvaluationPlan, Verdict
 from robustlab.report.html import esc, page, table
 
 STATUS_TEXT = {
@@ -13,7 +12,7 @@ STATUS_TEXT = {
 }
 
 
-def verdict_card(verdict: Verdict, plan: JSONObject) -> JSONObject:
+def verdict_card(verdict: Verdict, plan: EvaluationPlan) -> dict[str, object]:
     """RobustBench's model-card fields (numbers as strings, as RobustBench writes them)
     with the verdict's own: status, deciding check, per-attack counts, budget."""
     c = verdict.config
@@ -46,7 +45,7 @@ def verdict_card(verdict: Verdict, plan: JSONObject) -> JSONObject:
     }
 
 
-def verdict_page(verdict: Verdict, plan: JSONObject, command: str) -> str:
+def verdict_page(verdict: Verdict, plan: EvaluationPlan, command: str) -> str:
     """One self-contained page: the verdict, the checks, the steps, the plan."""
     c = verdict.config
     low, high = verdict.robust.interval

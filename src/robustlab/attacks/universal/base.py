@@ -20,7 +20,6 @@ from torch import nn
 
 from robustlab.attacks.base import UNBOUND
 from robustlab.io import (
-    JSONObject,
     RobustlabError,
     check_array,
     is_hdf5,
@@ -95,7 +94,7 @@ class UniversalPerturbation:
     """A perturbation (C, H, W) in pixel units, with the attack config that made it."""
 
     delta: torch.Tensor
-    config: JSONObject = field(default_factory=dict)
+    config: dict[str, object] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> None:
         meta = {"format": PERTURBATION_FORMAT, **self.config}
@@ -169,7 +168,7 @@ class UniversalAttack(ABC):
     @abstractmethod
     def _generate(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
 
-    def params(self) -> JSONObject:
+    def params(self) -> dict[str, object]:
         return {"attack": self.name, **{k: v for k, v in vars(self).items() if k != "model"}}
 
     @classmethod

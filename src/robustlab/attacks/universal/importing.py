@@ -80,7 +80,7 @@ def import_perturbation(
     if crop is not None:
         array = _crop(array, crop, found, crop_at)
     delta = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)) / 255
-    config = {
+    config: dict[str, object] = {
         "attack": "imported",
         "source": str(path),
         "layout": layout,

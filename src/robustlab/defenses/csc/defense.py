@@ -34,7 +34,7 @@ from robustlab.defenses.base import (
 from robustlab.defenses.csc.cbpdn import CBPDNOptions
 from robustlab.defenses.csc.dictionary import DICTIONARY_FILE, ChannelOrder
 from robustlab.defenses.csc.purifier import CSCPurifier
-from robustlab.io import JSONObject, RobustlabError, load_tensors, save_tensors, write_json
+from robustlab.io import RobustlabError, load_tensors, save_tensors, write_json
 from robustlab.runs import load
 from robustlab.training import TrainConfig, train
 
@@ -101,7 +101,7 @@ class CSCDefense(Defense):
                 f"than the {size}-pixel images; use smaller filters"
             )
 
-    def describe(self) -> JSONObject:
+    def describe(self) -> dict[str, object]:
         # the content, not the path, identifies the dictionary
         digest = hashlib.sha256(self._file().read_bytes()).hexdigest()[:16]
         described = {**super().describe(), "dict_sha256": digest}

@@ -36,7 +36,6 @@ from robustlab.defenses.csc.cbpdn import (
 )
 from robustlab.defenses.csc.stratified import ClusterModel
 from robustlab.io import (
-    JSONObject,
     RobustlabError,
     check_array,
     load_npy,
@@ -63,7 +62,7 @@ class LearnOptions:
 class LearnedDictionary:
     filters: torch.Tensor  # (M, C, P, P)
     lmbda: float
-    metadata: JSONObject = field(default_factory=dict)
+    metadata: dict[str, object] = field(default_factory=dict)
     history: list[float] = field(default_factory=list)  # mean objective per round
 
 
@@ -187,7 +186,7 @@ def save_dictionary(
     """
     members = learned.members if isinstance(learned, StratifiedDictionary) else [learned]
     first = members[0].filters
-    meta: JSONObject = {
+    meta: dict[str, object] = {
         "format": DICTIONARY_FORMAT,
         "filters": first.shape[0],
         "channels": first.shape[1],
