@@ -82,6 +82,7 @@ TIMING = (
     "cost",
     "cost_by_attack",
     "cost_by_model",
+    "shared_cost",
 )
 
 

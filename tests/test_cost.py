@@ -47,6 +47,23 @@ def test_meters_nest_pause_and_survive_a_failing_forward() -> None:
     assert outer.forward == 8
 
 
+def test_a_meter_inside_a_pause_counts_the_paused_work_alone() -> None:
+    """Work made once for several cells (an adversarial set) is measured on its own: it
+    counts toward the meter opened inside the pause and toward none outside it."""
+    model, x = _net(), torch.rand(4, 1, 12, 12)
+    with Meter() as cell:
+        model(x[:1])
+        with paused(), Meter() as shared:
+            model(x)
+            model(x[:2]).sum().backward()
+            with paused():
+                model(x)  # paused again: not even the shared meter counts it
+        model(x[:1])
+    assert (shared.forward, shared.backward) == (6, 2)
+    assert (cell.forward, cell.backward) == (2, 0)
+    assert cell.seconds >= 0 and shared.seconds >= 0
+
+
 def test_nested_counted_networks_count_once_and_ensembles_per_member() -> None:
     inner = _net()
     outer = count_passes(nn.Sequential(inner, nn.Identity()))

@@ -119,6 +119,13 @@ def test_every_defense_kind_through_every_protocol(defenses_run) -> None:
         assert by_attack["apgd-ce"]["backward"] > 0 and by_attack["square"]["backward"] == 0
         assert r["cost"]["forward"] >= sum(c["forward"] for c in by_attack.values())
     assert [r["protocol"] for r in records if "cost" not in r or "units" not in r] == []
+    # what several cells read, made once, is counted once, in its own cost (#27)
+    for r in (r for r in records if r["protocol"] == "transfer"):
+        made = r["shared_cost"]["adversarial_set"]
+        assert made["forward"] > 0 and made["forward"] != r["cost"]["forward"]
+    for r in computed:
+        assert r["shared_cost"]["perturbation"]["forward"] > 0
+    assert all("shared_cost" not in r for r in imported)  # a file: its cost is not known
     assert records[0]["units"]["params, config"].startswith("the library's [0, 1]")
     jpeg_whitebox = next(
         r for r in records if r["protocol"] == "whitebox" and r["target"] == "jpeg"

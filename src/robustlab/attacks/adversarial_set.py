@@ -26,6 +26,7 @@ from robustlab.data import Dataset
 from robustlab.distributed import in_batch_order, my_batches
 from robustlab.io import RobustlabError, arrays_digest, atomic_write, check_array
 from robustlab.models.base import model_device, predict
+from robustlab.models.cost import CostRecord, Meter
 from robustlab.seeding import derive_seed
 from robustlab.version import __version__
 
@@ -48,6 +49,7 @@ class SetConfig(TypedDict, total=False):
     sources: list[str]  # the source runs' folders
     n: int
     data_dir: str | None  # the folder its images came from (older sets: the source run's)
+    cost: CostRecord  # what making it took, counted (older sets: absent)
 
 
 @dataclass
@@ -238,7 +240,10 @@ def generate_set(
     subset = data.subset(indices)
     clean, labels = subset.tensors()
     goal = torch.full_like(labels, target) if target is not None else None
-    result = attack_in_batches(attack, source, params, clean, labels, goal, seed, batch_size, quiet)
+    with Meter() as cost:  # its own: a cell that reads the set does not pay for it
+        result = attack_in_batches(
+            attack, source, params, clean, labels, goal, seed, batch_size, quiet
+        )
     adv = result.adv
     stored = (adv * 255).round().to(torch.uint8) if quantize else adv.float()
     stored_pixels = stored.float() / 255 if quantize else stored
@@ -252,6 +257,7 @@ def generate_set(
         "dataset": data.name,
         "split": data.split,
         "version": __version__,
+        "cost": cost.to_dict(),
         **(config or {}),
     }
     return AdversarialSet(

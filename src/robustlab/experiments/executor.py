@@ -190,9 +190,10 @@ class Executor:
 
     def universal_perturbation(
         self, victim: str, attack: str, xi: float, attack_images: int, options: Params
-    ) -> torch.Tensor:
+    ) -> UniversalPerturbation:
         """δ of ``attack`` at strength ``xi`` (0-255) against ``victim``'s attack view, computed
-        once on seeded training images and cached by everything it depends on."""
+        once on seeded training images and cached by everything it depends on (its config
+        says what it cost to make)."""
         key = config_hash([self.ids([victim]), attack, xi, attack_images, options, self.spec.seed])
         path = under(self.out, "universal", f"{attack}-{key}.safetensors")
         if not path.is_file():
@@ -201,13 +202,15 @@ class Executor:
             images, _ = subset.tensors()
             params = to_unit({**options, "xi": xi})
             view = attack_view(self.model(victim))
-            with self.timings.timed("universal", path.stem), paused():  # as adversarial sets
+            # made once for the cells that read it, as adversarial sets: its own cost
+            with self.timings.timed("universal", path.stem), paused(), Meter() as cost:
                 found = build_universal(attack, view, seed=self.spec.seed, **params)(
                     images.to(self.device)
                 )
             found.config["victim"] = victim  # which model it fools (the report's galleries)
+            found.config["cost"] = cost.to_dict()
             found.save(path)
-        return UniversalPerturbation.load(path).delta
+        return UniversalPerturbation.load(path)
 
     def record(self, key: list[Any], compute: Callable[[], Record]) -> Record:
         """A result cell, computed once and then read back from ``records/<hash>.json``."""

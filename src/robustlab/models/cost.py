@@ -11,7 +11,9 @@ prediction n more.
 Counting is exact and costs one Python call per network call (a global forward hook, installed
 only while some :class:`Meter` is open). Meters nest: every open meter counts what runs inside
 it (a cell, and each of its attacks). :func:`paused` stops every open meter (passes, seconds)
-for work that is not the measured computation, such as training a model a cell needs.
+for work that is not the measured computation, such as training a model a cell needs; a meter
+opened inside the pause counts that work on its own (an adversarial set made once for several
+cells records its own cost, which none of the cells' costs includes).
 
 Peak memory is the largest resident set size sampled every 20 ms while the meter is open (the
 process's, not the computation's alone: what a user must have), and on CUDA the peak of
@@ -101,8 +103,10 @@ class Meter:
     def __init__(self) -> None:
         self.cost = Cost()
         self._started = 0.0
+        self.level = 0  # the pauses open when it opened: it counts only while no more are
 
     def __enter__(self) -> Cost:
+        self.level = _STATE.paused
         _STATE.open(self)
         self._started = time.perf_counter()
         return self.cost
@@ -116,21 +120,23 @@ class Meter:
 
 
 def add_queries(queries: int) -> None:
-    """Score-based attacks report their model queries to every open meter."""
-    for meter in _STATE.meters:
+    """Score-based attacks report their model queries to every open meter not paused."""
+    for meter in _STATE.counting():
         meter.add_queries(queries)
 
 
 @contextmanager
 def paused() -> Iterator[None]:
-    """Nothing in the block counts toward any open meter (passes or seconds)."""
+    """Nothing in the block counts toward any open meter (passes or seconds); a meter opened
+    inside the block counts it."""
+    stopped = _STATE.counting()  # a pause inside a pause stops no more seconds
     _STATE.paused += 1
     started = time.perf_counter()
     try:
         yield
     finally:
         _STATE.paused -= 1
-        for meter in _STATE.meters:
+        for meter in stopped:
             meter._started += time.perf_counter() - started
 
 
@@ -175,6 +181,10 @@ class _State:
                 self._sampler.join()
             self._sampler = None
 
+    def counting(self) -> list[Meter]:
+        """The open meters no pause stops: those opened inside every open pause."""
+        return [meter for meter in self.meters if meter.level == self.paused]
+
     def _pre(self, module: nn.Module, args: Any) -> None:
         if _marked(module):
             self.depth += 1
@@ -183,17 +193,17 @@ class _State:
         if not _marked(module):
             return
         self.depth -= 1  # called even when the forward pass raised (``always_call``)
-        if self.depth or self.paused or not isinstance(output, torch.Tensor):
+        if self.depth or not isinstance(output, torch.Tensor):
             return
         rows = int(output.shape[0]) if output.ndim else 1
-        meters = list(self.meters)
+        meters = self.counting()
         for meter in meters:
             meter.cost.forward += rows
         if output.requires_grad:
 
             def backward(grad: torch.Tensor) -> None:
                 for meter in meters:
-                    if meter in self.meters and not self.paused:
+                    if meter in self.counting():
                         meter.cost.backward += rows
 
             output.register_hook(backward)  # type: ignore[no-untyped-call]

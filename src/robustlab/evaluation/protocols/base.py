@@ -31,6 +31,7 @@ from torch import nn
 
 from robustlab.attacks import AdversarialSet
 from robustlab.attacks.base import AttackConfig, Params
+from robustlab.attacks.universal import UniversalPerturbation
 from robustlab.evaluation.checks import CheckRecord
 from robustlab.evaluation.measures import DecisionFields
 from robustlab.evaluation.stats import RateRecord
@@ -67,6 +68,9 @@ class Record(TypedDict, total=False):
     protocol_index: int  # which of the spec's protocols made it
     units: dict[str, str]
     cost: CostRecord
+    # what the cell read that was made once for several cells (an adversarial set, a
+    # universal perturbation): its cost, which ``cost`` does not include (older cells: absent)
+    shared_cost: dict[str, CostRecord]
     # names of the cell
     source: str
     target: str
@@ -176,11 +180,20 @@ class Context(TypingProtocol):
 
     def universal_perturbation(
         self, victim: str, attack: str, xi: float, attack_images: int, options: Params
-    ) -> torch.Tensor: ...
+    ) -> UniversalPerturbation: ...
 
     def record(self, key: list[Any], compute: Callable[[], Record]) -> Record: ...
 
     def path(self, folder: str, name: str) -> Path: ...  # a file under the results directory
+
+
+def with_shared_cost(record: Record, made: str, cost: object) -> Record:
+    """``record`` naming the cost of what it read that was ``made`` once for several cells
+    (``adversarial_set``, ``perturbation``), as that file recorded it: a file made before
+    files recorded their cost (or a cost that is not one) adds nothing."""
+    if isinstance(cost, dict) and all(isinstance(v, int | float) for v in cost.values()):
+        record["shared_cost"] = {made: cost}
+    return record
 
 
 def key(ctx: Context, *parts: Any) -> list[Any]:

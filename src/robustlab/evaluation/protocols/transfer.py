@@ -23,6 +23,7 @@ from robustlab.evaluation.protocols.base import (
     key,
     names,
     spec_attacks,
+    with_shared_cost,
 )
 from robustlab.evaluation.transfer import transfer
 
@@ -51,7 +52,7 @@ def transfer_cells(
             def compute(attack: str = attack, target: str = target) -> Record:
                 adv_set = ctx.adversarial_set(sources, attack)
                 result = transfer(ctx.model(target), adv_set, ctx.x, labels=ctx.y).to_dict()
-                return {
+                record: Record = {
                     "protocol": kind,
                     "source": "+".join(sources),
                     "target": target,
@@ -59,6 +60,7 @@ def transfer_cells(
                     "params": ctx.attack(attack)[1],
                     **result,
                 }
+                return with_shared_cost(record, "adversarial_set", adv_set.config.get("cost"))
 
             yield ctx.record(cell_key, compute)
 

@@ -24,6 +24,7 @@ from robustlab.evaluation.protocols.base import (
     count,
     key,
     names,
+    with_shared_cost,
 )
 from robustlab.evaluation.universal import universal_scores
 from robustlab.io import RobustlabError
@@ -145,9 +146,9 @@ class Universal(Protocol):
         def compute() -> Record:
             model, base = ctx.model(name), ctx.model(ctx.base_of(name))
             victim = name if against == "defended" else ctx.base_of(name)
-            delta = ctx.universal_perturbation(victim, attack, xi, self.attack_images, options)
-            scores = universal_scores(model, base, ctx.x, ctx.y, delta)
-            return {
+            found = ctx.universal_perturbation(victim, attack, xi, self.attack_images, options)
+            scores = universal_scores(model, base, ctx.x, ctx.y, found.delta)
+            record: Record = {
                 "protocol": "universal",
                 "target": name,
                 "attack": attack,
@@ -155,6 +156,7 @@ class Universal(Protocol):
                 "against": against,
                 **scores.to_dict(),
             }
+            return with_shared_cost(record, "perturbation", found.config.get("cost"))
 
         ids = ctx.ids([name, ctx.base_of(name)])
         cell_key = key(ctx, "universal", ids, attack, xi, against, self.attack_images, options)
