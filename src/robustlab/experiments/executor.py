@@ -61,9 +61,8 @@ from robustlab.version import __version__
 __all__ = ["Executor", "config_hash", "environment", "run_spec"]
 
 # what a timing line says about the cell it timed
-_CELL_FIELDS: tuple[Literal["protocol", "target", "source", "attack"], ...] = (
-    *("protocol", "target", "source", "attack"),
-)
+CellField = Literal["protocol", "target", "source", "attack"]
+_CELL_FIELDS: tuple[CellField, ...] = ("protocol", "target", "source", "attack")
 
 
 class Executor:

@@ -137,8 +137,8 @@ def _epoch(
 
 def _run_meta(train_data: Dataset, dataset_meta: DatasetMeta | None, fast: FastPath) -> RunMeta:
     """The metadata a run starts with: its dataset (merged with the caller's) and fast path."""
-    dataset: DatasetMeta = {"name": train_data.name, "data_dir": None}
-    dataset["classes"] = list(train_data.classes)
+    classes = list(train_data.classes)
+    dataset: DatasetMeta = {"name": train_data.name, "data_dir": None, "classes": classes}
     dataset.update(dataset_meta or {})
     return {"dataset": dataset, "fast_path": asdict(fast)}
 
