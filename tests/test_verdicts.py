@@ -23,8 +23,9 @@ from torch import nn
 
 import robustlab
 from robustlab.defenses.base import Defended, Surface, ZeroGradient
+from robustlab.evaluation import ladder
 from robustlab.evaluation.binarization import binarization_test
-from robustlab.evaluation.escalation import evaluate
+from robustlab.evaluation.escalation import Evaluation, evaluate
 from robustlab.evaluation.verdict import EvaluationConfig
 from robustlab.evaluation.worst_case import WorstCase
 from tests.files import CHROMIUM, chromium
@@ -88,6 +89,30 @@ class Noisy(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model((x + 0.3 * torch.randn_like(x)).clamp(0, 1))
+
+
+class _Reversed(torch.autograd.Function):
+    """Identity forward, negated gradient backward."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
+class Misleading(nn.Module):
+    """Gradients that point the wrong way (nonzero, so the gradient checks pass): every
+    gradient attack descends the loss, and Square, which needs no gradient, does better."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(_Reversed.apply(x))
 
 
 def test_worst_case_counts_each_image_once_and_names_its_first_breaker() -> None:
@@ -198,6 +223,63 @@ def test_a_resumed_evaluation_reuses_every_step_and_gives_the_same_verdict(
     attacked = [s for s in first.steps if s.attacked]
     assert attacked and all(s.cost["forward"] >= s.attacked for s in attacked)
     assert any(s.cost["backward"] > 0 for s in attacked)
+
+
+def test_black_box_beating_the_gradients_climbs_the_rungs_it_calls_for(digits) -> None:
+    """Square beats gradients that point the wrong way: the ladder runs Square at the full
+    queries, then APGD from the black-box adversarials, each step naming the check that
+    called it; what no gradient can fix (the ε = 1 attack fails) leaves it unreliable."""
+    model, x, y = digits
+    verdict = evaluate(Misleading(model), x, y, eps=0.1, full_queries=400, **SMALL)
+    assert "square_beats_gradients" in verdict.fired
+    assert next(c for c in verdict.checks if c.name == "unavailable_gradients").passed
+    by_name = {s.name: s for s in verdict.steps}
+    for rung in ("square-full", "from-black-box"):
+        assert "square_beats_gradients" in by_name[rung].reason, [s.name for s in verdict.steps]
+    assert by_name["square-full"].params["queries"] == 400
+    starts = str(by_name["from-black-box"].params["start"]).split("+")
+    assert "square-full" in starts and all(by_name[s].role == "black" for s in starts)
+    # started from Square's adversarials, the white-box attack keeps every image they broke
+    square_broke = sum(by_name[s].new for s in ("square", "square-full"))
+    assert square_broke > 0 and by_name["from-black-box"].broke >= square_broke
+    assert next(c for c in verdict.checks if c.name == "square_beats_gradients").passed
+    assert by_name["more-steps:apgd-ce"].params["steps"] == 2 * SMALL["steps"]
+    assert verdict.status == "unreliable" and verdict.deciding == "unconstrained_attack_failure"
+
+
+def test_the_targeted_rung_attacks_every_other_class(digits) -> None:
+    model, x, y = digits
+    evaluation = Evaluation(model, x[:24], y[:24], EvaluationConfig(eps=0.1, **SMALL))
+    evaluation.run()
+    targeted = next(rung for rung in ladder.LADDER if rung.name == "targeted")
+    assert ladder.climb(evaluation, targeted, 1, reason="white_box_beats_black_box")
+    step = evaluation.steps[-1]
+    assert step.name == "targeted" and step.reason == "white_box_beats_black_box"
+    assert step.params["target_classes"] == 9 and step.attack == "apgdt"
+    three = Evaluation(
+        nn.Sequential(model, nn.Linear(10, 3)), x[:8], y[:8] % 3, EvaluationConfig(eps=0.1, **SMALL)
+    )
+    assert not ladder.climb(three, targeted, 1, reason="")  # 3 classes: nothing to target
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 1.0)])
+def test_the_plus_version_runs_autoattacks_six_attacks_in_its_order(digits, norm, eps) -> None:
+    model, x, y = digits
+    verdict = evaluate(model, x[:24], y[:24], eps=eps, norm=norm, version="plus", **SMALL)
+    plan = [s.name for s in verdict.steps[:6]]
+    assert plan == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
+    assert all(s.params["norm"] == norm and s.params["eps"] == eps for s in verdict.steps[:6])
+    assert verdict.config.version == "plus" and verdict.to_dict()["config"]["norm"] == norm
+
+
+def test_the_rand_version_attacks_with_eot_and_scores_over_several_passes(digits) -> None:
+    """``rand`` (AutoAttack's version for randomized defenses): APGD-CE and APGD-DLR with
+    EOT, even on a model the randomness check calls deterministic."""
+    model, x, y = digits
+    verdict = evaluate(model, x[:24], y[:24], eps=0.1, version="rand", eot_samples=3, **SMALL)
+    assert [s.name for s in verdict.steps[:2]] == ["apgd-ce", "apgd-dlr"]
+    assert all(s.params.get("eot_samples") == 3 for s in verdict.steps[:2])
+    assert "randomized" not in verdict.fired
 
 
 def test_a_model_that_gets_nothing_right_has_an_exact_zero(digits) -> None:
