@@ -402,6 +402,31 @@ def test_evaluate_command_writes_verdict_card_and_report_and_refuses_another_pla
     assert other.returncode == 2 and "holds another evaluation (differs in config)" in other.stderr
 
 
+def test_evaluate_command_on_a_trained_run(tmp_path: Path, digits_run: Path) -> None:
+    """A run folder of `robustlab train`: its dataset comes from its meta.json, its own
+    normalisation is part of the model, and the run itself serves as the transfer base."""
+    out = tmp_path / "eval"
+    command = [sys.executable, "-m", "robustlab", "evaluate", "--model", str(digits_run)]
+    command += ["--base", str(digits_run), "--n", "16", "--steps", "5", "--queries", "50"]
+    command += ["--target-classes", "3", "--out", str(out), "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    verdict = json.loads((out / "verdict.json").read_text())
+    plan = verdict["plan"]
+    assert plan["source"]["model"] == str(digits_run) and plan["source"]["sha256"]
+    assert plan["dataset"] == "digits" and plan["base"] == str(digits_run)
+    from robustlab.data import load_dataset, sample
+    from robustlab.runs import load
+
+    x, y = sample(load_dataset("digits", "test"), 16, 0).tensors()
+    with torch.no_grad():
+        hits = int((load(digits_run)(x).argmax(1) == y).sum())
+    assert verdict["clean"] == {**verdict["clean"], "hits": hits, "n": 16}  # the run's model
+    steps = [step["name"] for step in verdict["steps"]]
+    assert steps[:4] == ["apgd-ce", "apgd-t", "fab-t", "square"] and "transfer" in steps
+    assert verdict["status"] in ("reliable", "resolved", "unreliable")
+
+
 def test_evaluate_resumes_after_kill_9(tmp_path: Path, weights: Path) -> None:
     out = tmp_path / "eval"
     process = subprocess.Popen(
