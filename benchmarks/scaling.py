@@ -10,7 +10,8 @@ resident memory sampled every 20 ms, on CUDA the peak allocated memory) once per
   λ = 0.2) with a fixed 20 iterations per image (``rel_tol = 0``), so every point does the
   same work per pixel and the curve is the solver's scaling, not its convergence;
 - ``strong``: the strong protocol (APGD-CE, APGD-T, Square; 5 steps, 1 target, 20 queries) on
-  a ResNet-8 of width 16 (global pooling: any image size);
+  a ResNet-8 of width 16 (global pooling: any image size), on images labelled by the network
+  (so every image is attacked);
 - ``sfr``: one epoch of training three feature-regeneration units on that ResNet;
 - ``transfer``: a transfer cell, PGD-5 adversarials on a source ResNet-8 scored on a target.
 
@@ -19,8 +20,10 @@ Images are random (the costs do not depend on the content at a fixed number of i
 The n-curve runs at 32 px, the size-curve at 64 images. For each curve the fitted exponent is
 the least-squares slope of log(seconds) against log(n) (or log(pixels)): 1 is linear.
 Purification is expected at ~1 in n and ~n log n in pixels (FFTs: slope a little above 1 in
-pixels). ``--write docs`` writes the table (``docs/scaling-table.md``) and the log-log plot
-(``docs/scaling.png``) that docs/benchmarks.md shows.
+pixels). ``--write docs`` writes the points (``docs/scaling.json``), the table
+(``docs/scaling-table.md``) and the log-log plot (``docs/scaling.png``) that docs/benchmarks.md
+shows; with ``--tasks`` naming some tasks, their points replace those already in
+``scaling.json`` and the table and plot are drawn from all of them.
 """
 
 from __future__ import annotations
@@ -62,8 +65,11 @@ def purification(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> None
 
 
 def strong(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> None:
+    """Labelled by the network itself: the protocol attacks only images it classifies
+    correctly, and on random labels that would be a tenth of them (a curve of luck)."""
     config = StrongConfig(eps=8 / 255, steps=5, target_classes=1, queries=20)
-    strong_attack(_network(x.shape[-1], device), x, y, config)
+    network = _network(x.shape[-1], device)
+    strong_attack(network, x, predict(network, x).to(device), config)
 
 
 def sfr(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> None:
@@ -169,11 +175,27 @@ def main() -> None:
                     ),
                     flush=True,
                 )
+    if args.write is not None:
+        curves = {**_earlier(args.write / "scaling.json"), **curves}
+        (args.write / "scaling.json").write_text(json.dumps(curves, indent=1) + "\n")
     lines = _table(curves, device, torch.get_num_threads())
     print("\n".join(lines))
     if args.write is not None:
         (args.write / "scaling-table.md").write_text("\n".join(lines) + "\n")
         _plot(curves, args.write / "scaling.png")
+
+
+def _earlier(path: Path) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """Curves of an earlier run, to merge a re-measured task into (files are data: checked)."""
+    if not path.is_file():
+        return {}
+    curves = json.loads(path.read_text())
+    for name, axes in curves.items():
+        points = [p for axis in ("n", "size") for p in axes.get(axis, [])]
+        numbers = all(isinstance(p.get(k), (int, float)) for p in points for k in ("x", "seconds"))
+        if name not in TASKS or set(axes) != {"n", "size"} or not numbers:
+            raise SystemExit(f"{path}: not a scaling.json of this benchmark; remove it")
+    return {name: curves[name] for name in TASKS if name in curves}
 
 
 def _table(

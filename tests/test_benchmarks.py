@@ -2,6 +2,7 @@
 an API change that breaks one should fail here, not on the day someone measures."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def test_benchmark_imports_and_has_a_main(path: Path, monkeypatch: pytest.Monkey
     assert callable(module.main)
 
 
-def test_the_scaling_benchmark_measures_every_task_and_fits_exponents() -> None:
+def test_the_scaling_benchmark_measures_every_task_and_fits_exponents(tmp_path: Path) -> None:
     sys.path.insert(0, str(BENCHMARKS[0].parent))
     try:
         import scaling
@@ -38,3 +39,13 @@ def test_the_scaling_benchmark_measures_every_task_and_fits_exponents() -> None:
         curves[name] = {"n": twice, "size": twice}
     lines = scaling._table(curves, torch.device("cpu"), 1)
     assert any(line.startswith("| purification | n | n=4:") for line in lines)
+    # a re-measured task merges into the points of an earlier run; a foreign file is refused
+    json_path = tmp_path / "scaling.json"
+    json_path.write_text(json.dumps(curves))
+    assert scaling._earlier(json_path) == curves
+    json_path.write_text(json.dumps({"purification": {"n": [{"x": "os.system"}], "size": []}}))
+    with pytest.raises(SystemExit, match=r"not a scaling\.json"):
+        scaling._earlier(json_path)
+    json_path.write_text(json.dumps({"nope": {"n": [], "size": []}}))
+    with pytest.raises(SystemExit, match=r"not a scaling\.json"):
+        scaling._earlier(json_path)
