@@ -24,7 +24,8 @@ Wohlberg's adaptive residual balancing (2015) every iteration. Every image has
 its own :math:`\rho` and its own stopping test, so an image's result never depends
 on the other images in its batch: the solver iterates a few images at a time
 (``CBPDNOptions.batch_size``) and replaces each converged image by a waiting one, so
-no work is spent on finished images. In-place updates touch only values no backward
+no work is spent on finished images, and memory follows the working set: an image's
+variables are made when it enters it and its result is copied out when it leaves. In-place updates touch only values no backward
 pass reads, and rows are refilled out of place while autograd records, so autograd
 differentiates through the loop. Differentiated, each iteration is checkpointed
 (``CBPDNOptions.checkpoint``): backward keeps only every iteration's inputs (y, ρu, ρ) and
@@ -223,40 +224,96 @@ def cbpdn(
     if not isinstance(dictionary, FourierDictionary):
         dictionary = FourierDictionary(dictionary.to(signal), image_size(signal))
     _check_shapes(dictionary, signal)
-    batch, size = signal.shape[0], dictionary.size
-    if state is None:
-        zeros = signal.new_zeros(batch, dictionary.freq.shape[0], *size)
-        state = CBPDNState(zeros, zeros, signal.new_full((batch,), options.initial_rho(lmbda)))
-    # D^T s in the pixel domain: the x-step adds it before its FFT, one real pass
-    back = torch.fft.irfft2(dictionary.adjoint(torch.fft.rfft2(signal)), s=size)
-    images = _Images(
-        torch.arange(batch, device=signal.device),
-        state.y,
-        state.u * state.rho.view(-1, 1, 1, 1),
-        state.rho,
-        back,
-        torch.zeros(batch, dtype=torch.long, device=signal.device),
-    )
+    batch = signal.shape[0]
+    if batch == 0:
+        empty = signal.new_zeros(0, dictionary.freq.shape[0], *dictionary.size)
+        no_rho = signal.new_zeros(0)
+        return CBPDNResult(empty, CBPDNState(empty, empty, no_rho), no_rho.long())
+    images = _Waiting(dictionary, signal, state, options.initial_rho(lmbda))
     slots = min(options.batch_size or _default_batch(signal.is_cuda, options.compile), batch)
     working, waiting = images.take(0, slots), slots
     live = torch.ones(slots, dtype=torch.bool, device=signal.device)  # rows not yet finished
-    finished: list[_Images] = []
+    out = images.results()
     while bool(live.any()):
         working, done = _recorded_step(dictionary, working, lmbda, options)
         newly = done & live
         if not bool(newly.any()):
             continue
-        # a finished row takes the next waiting image; with none left it runs on, ignored
-        finished.append(working.select(newly))
+        # a finished row goes to the results and takes the next waiting image; with none
+        # left it runs on, ignored
         rows = newly.nonzero().squeeze(1)
+        out.put(working.index[rows], working.select(rows))
         count = min(len(rows), batch - waiting)
-        working = working.put(rows[:count], images.take(waiting, count))
+        if count:
+            working = working.put(rows[:count], images.take(waiting, count))
         live, waiting = live.index_fill(0, rows[count:], False), waiting + count
         if waiting == batch:
             working, live = _shrink(working, live)
-    result = _Images.gather(finished, batch) if finished else images
-    u = result.dual / result.rho.view(-1, 1, 1, 1)
-    return CBPDNResult(result.y, CBPDNState(result.y, u, result.rho), result.steps)
+    return out.result()
+
+
+class _Waiting:
+    """The images of one call, their ADMM variables made as they enter the working set:
+    memory follows the working set (and the result), not the whole batch (at 224 px, 64
+    images of 64 maps took 822 MB for each batch-wide array)."""
+
+    def __init__(
+        self,
+        dictionary: FourierDictionary,
+        signal: torch.Tensor,
+        state: CBPDNState | None,
+        rho: float,
+    ) -> None:
+        self.dictionary, self.signal, self.state, self.rho = dictionary, signal, state, rho
+
+    def take(self, start: int, count: int) -> _Images:
+        """Images ``start`` to ``start + count``, fresh tensors the solver may update in place."""
+        part, shape = slice(start, start + count), (count, self.dictionary.freq.shape[0])
+        signal, state = self.signal[part], self.state
+        # D^T s in the pixel domain: the x-step adds it before its FFT, one real pass
+        spectrum = self.dictionary.adjoint(torch.fft.rfft2(signal))
+        back = torch.fft.irfft2(spectrum, s=self.dictionary.size)
+        if state is None:
+            y = signal.new_zeros(*shape, *self.dictionary.size)
+            rho = signal.new_full((count,), self.rho)
+            dual = torch.zeros_like(y)
+        else:
+            y, rho = state.y[part].clone(), state.rho[part].clone()
+            dual = state.u[part] * rho.view(-1, 1, 1, 1)
+        index = torch.arange(start, start + count, device=signal.device)
+        steps = torch.zeros(count, dtype=torch.long, device=signal.device)
+        return _Images(index, y, dual, rho, back, steps)
+
+    def results(self) -> _Results:
+        """Empty result arrays for every image, filled as images finish."""
+        shape = (len(self.signal), self.dictionary.freq.shape[0], *self.dictionary.size)
+        steps = torch.zeros(len(self.signal), dtype=torch.long, device=self.signal.device)
+        empty = self.signal.new_empty(shape)
+        return _Results(empty, torch.empty_like(empty), self.signal.new_empty(shape[0]), steps)
+
+
+@dataclass
+class _Results:
+    """What the finished images leave: y, the unscaled dual, ρ and iterations, in input
+    order. Filled in place (autograd records in-place copies into tensors it does not need
+    the old values of), so a call holds two batch-wide arrays, not a list of parts and
+    their concatenation."""
+
+    y: torch.Tensor
+    dual: torch.Tensor
+    rho: torch.Tensor
+    steps: torch.Tensor
+
+    def put(self, index: torch.Tensor, done: _Images) -> None:
+        for field, new in ((self.y, done.y), (self.dual, done.dual), (self.rho, done.rho)):
+            field.index_copy_(0, index, new)
+        self.steps.index_copy_(0, index, done.steps)
+
+    def result(self) -> CBPDNResult:
+        scale = self.rho.view(-1, 1, 1, 1)
+        recorded = torch.is_grad_enabled() and self.dual.requires_grad
+        u = self.dual / scale if recorded else self.dual.div_(scale)  # u = (ρu) / ρ
+        return CBPDNResult(self.y, CBPDNState(self.y, u, self.rho), self.steps)
 
 
 def _shrink(working: _Images, live: torch.Tensor) -> tuple[_Images, torch.Tensor]:
@@ -294,10 +351,6 @@ class _Images:
     def _fields(self) -> tuple[torch.Tensor, ...]:
         return self.index, self.y, self.dual, self.rho, self.back, self.steps
 
-    def take(self, start: int, count: int) -> _Images:
-        """A copy of images ``start`` to ``start + count``: the solver may update it in place."""
-        return _Images(*(field[start : start + count].clone() for field in self._fields()))
-
     def select(self, keep: torch.Tensor) -> _Images:
         return _Images(*(field[keep] for field in self._fields()))
 
@@ -314,15 +367,6 @@ class _Images:
         for field, new in pairs:
             field.index_copy_(0, rows, new)
         return self
-
-    @staticmethod
-    def gather(parts: list[_Images], batch: int) -> _Images:
-        """Concatenate ``parts`` back into input order."""
-        columns = zip(*(part._fields() for part in parts), strict=True)
-        fields = [torch.cat(column) for column in columns]
-        order = torch.argsort(fields[0])
-        assert len(order) == batch, "every image finishes exactly once"
-        return _Images(*(field[order] for field in fields))
 
 
 def _step(
