@@ -25,12 +25,13 @@ its own :math:`\rho` and its own stopping test, so an image's result never depen
 on the other images in its batch: the solver iterates a few images at a time
 (``CBPDNOptions.batch_size``) and replaces each converged image by a waiting one, so
 no work is spent on finished images, and memory follows the working set: an image's
-variables are made when it enters it and its result is copied out when it leaves. In-place updates touch only values no backward
-pass reads, and rows are refilled out of place while autograd records, so autograd
-differentiates through the loop. Differentiated, each iteration is checkpointed
-(``CBPDNOptions.checkpoint``): backward keeps only every iteration's inputs (y, ρu, ρ) and
-recomputes the rest, so memory grows by two coefficient maps per iteration instead of
-about ten, for one more forward iteration each in the backward pass.
+variables are made when it enters it and its result is copied out when it leaves.
+In-place updates touch only values no backward pass reads, and rows are refilled out of
+place while autograd records, so autograd differentiates through the loop.
+Differentiated, each iteration is checkpointed (``CBPDNOptions.checkpoint``): backward
+keeps only every iteration's inputs (y, ρu, ρ) and recomputes the rest, so memory grows
+by two coefficient maps per iteration instead of about ten, for one more forward
+iteration each in the backward pass.
 """
 
 from __future__ import annotations
