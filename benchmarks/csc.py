@@ -1,13 +1,15 @@
 """CBPDN throughput: robustlab's batched solver vs sporco's ConvBPDN (goal: >= 10x on CPU).
 
     python benchmarks/csc.py [--batch 256] [--sporco-images 16] [--dict dicts/cifar10-jpeg-64x8]
+        [--size 32] [--working N]
 
 Both solve the high-pass parts of the same 32 × 32 colour images over the same
 dictionary (64 filters 8 × 8 × 3; random unit-norm filters when no --dict),
 λ = 0.2, with the same stopping rule (relative tolerance 5e-3, at most 200
-iterations). sporco solves one image at a time (as the method's released code
-does), timed on --sporco-images images spread evenly over the batch; ours solves
-the whole batch, in eager mode and with ``compile=True``. Images converge after
+iterations); ``--size`` 64 or 224 upsamples the images (bilinear) to that size, and
+``OMP_NUM_THREADS=1`` measures one thread. sporco solves one image at a time (as the
+method's released code does), timed on --sporco-images images spread evenly over the
+batch; ours solves the whole batch, in eager mode and with ``compile=True``. Images converge after
 different numbers of iterations, so the speed-up is the ratio of
 image-iterations per second; the iterations each solver ran on the common images
 and their mean objectives show both solve the same problem the same way.
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from robustlab.defenses.csc import CBPDNOptions, cbpdn, load_dictionary, tikhonov_split
-from robustlab.defenses.csc.cbpdn import FourierDictionary, objective
+from robustlab.defenses.csc.cbpdn import FourierDictionary, image_size, objective
 from robustlab.defenses.csc.dictionary import LearnedDictionary, random_dictionary
 
 LMBDA, MAX_ITER, REL_TOL = 0.2, 200, 5e-3
@@ -41,21 +43,24 @@ class Run:
         return len(self.iterations) / self.seconds, float(self.iterations.sum()) / self.seconds
 
 
-def images(count: int) -> torch.Tensor:
+def images(count: int, size: int = 32) -> torch.Tensor:
     try:
         from robustlab.data import load_dataset
 
         pixels, _ = load_dataset("cifar10-jpeg", "test").tensors()
-        return pixels[:count]
+        pixels = pixels[:count]
     except Exception:  # no data here: textured random images keep the benchmark runnable
-        return torch.rand(count, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        pixels = torch.rand(count, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    if size == 32:
+        return pixels
+    return torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear")
 
 
 def ours(
     filters: torch.Tensor, high: torch.Tensor, device: str, options: CBPDNOptions
 ) -> tuple[float, Run]:
     """Seconds of the warm-up call (compilation, if any) and the timed run."""
-    fourier = FourierDictionary(filters.to(device), (32, 32))
+    fourier = FourierDictionary(filters.to(device), image_size(high))
     signal = high.to(device)
     start = time.perf_counter()
     cbpdn(fourier, signal[:40], LMBDA, options)  # warm-up: compiles every working-set size
@@ -89,6 +94,7 @@ def main() -> None:
     parser.add_argument("--working", type=int, help="images iterated at once (ours)")
     parser.add_argument("--dict", type=Path, help="a learned 64x8x8x3 dictionary")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, default=32, help="image size (upsampled CIFAR-10)")
     args = parser.parse_args()
     if args.dict:
         loaded = load_dictionary(args.dict)
@@ -96,12 +102,12 @@ def main() -> None:
         filters = loaded.filters
     else:
         filters = random_dictionary(64, 3, 8, seed=0)
-    _, high = tikhonov_split(images(args.batch))
+    _, high = tikhonov_split(images(args.batch, args.size))
     common = torch.linspace(0, len(high) - 1, args.sporco_images).round().long()
     reference = sporco(filters, high[common])
-    fourier = FourierDictionary(filters, (32, 32))
+    fourier = FourierDictionary(filters, image_size(high))
     print(
-        f"device {args.device}, threads {torch.get_num_threads()}, dictionary "
+        f"device {args.device}, threads {torch.get_num_threads()}, {args.size} px, dictionary "
         f"{args.dict or 'random'}, λ {LMBDA}, tol {REL_TOL}, max {MAX_ITER} iterations"
     )
     _report("sporco", reference, reference, fourier, high[common], common)
