@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from robustlab.defenses.csc import CBPDNOptions, CSCPurifier
 from robustlab.defenses.csc.dictionary import random_dictionary
 from robustlab.defenses.regeneration import add_regeneration, auto_layers, train_frus
 from robustlab.evaluation.strong import StrongConfig, strong_attack
+from robustlab.io import write_json
 from robustlab.models import build
 from robustlab.models.base import predict
 from robustlab.models.cost import Meter, count_passes
@@ -177,7 +179,7 @@ def main() -> None:
                 )
     if args.write is not None:
         curves = {**_earlier(args.write / "scaling.json"), **curves}
-        (args.write / "scaling.json").write_text(json.dumps(curves, indent=1) + "\n")
+        write_json(args.write / "scaling.json", curves)
     lines = _table(curves, device, torch.get_num_threads())
     print("\n".join(lines))
     if args.write is not None:
@@ -189,13 +191,31 @@ def _earlier(path: Path) -> dict[str, dict[str, list[dict[str, float]]]]:
     """Curves of an earlier run, to merge a re-measured task into (files are data: checked)."""
     if not path.is_file():
         return {}
-    curves = json.loads(path.read_text())
-    for name, axes in curves.items():
-        points = [p for axis in ("n", "size") for p in axes.get(axis, [])]
-        numbers = all(isinstance(p.get(k), (int, float)) for p in points for k in ("x", "seconds"))
-        if name not in TASKS or set(axes) != {"n", "size"} or not numbers:
-            raise SystemExit(f"{path}: not a scaling.json of this benchmark; remove it")
+    try:
+        curves = json.loads(path.read_text())
+    except ValueError:
+        curves = None
+    if not _is_curves(curves):
+        raise SystemExit(f"{path}: not a scaling.json of this benchmark; remove it")
     return {name: curves[name] for name in TASKS if name in curves}
+
+
+def _is_curves(curves: object) -> bool:
+    """Task -> {"n", "size"} -> points with finite, non-negative numbers."""
+    if not isinstance(curves, dict):
+        return False
+    keys = ("x", "seconds", "peak_rss_mb")
+    for name, axes in curves.items():
+        if name not in TASKS or not isinstance(axes, dict) or set(axes) != {"n", "size"}:
+            return False
+        for points in axes.values():
+            if not isinstance(points, list) or not all(
+                isinstance(p, dict)
+                and all(isinstance(p.get(k), (int, float)) and 0 <= p[k] < math.inf for k in keys)
+                for p in points
+            ):
+                return False
+    return True
 
 
 def _table(
