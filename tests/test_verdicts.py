@@ -420,8 +420,14 @@ def test_evaluate_command_on_a_trained_run(tmp_path: Path, digits_run: Path) -> 
 
     x, y = sample(load_dataset("digits", "test"), 16, 0).tensors()
     with torch.no_grad():
-        hits = int((load(digits_run)(x).argmax(1) == y).sum())
-    assert verdict["clean"] == {**verdict["clean"], "hits": hits, "n": 16}  # the run's model
+        logits = load(digits_run)(x)
+    hits = int((logits.argmax(1) == y).sum())
+    # two float32 code paths (here, and the command's batches) may order a near tie apart
+    # on another CPU; everywhere else the command's clean hits are the run's own
+    top = logits.topk(2, 1).values
+    near_ties = int((top[:, 0] - top[:, 1] < 1e-4).sum())
+    assert verdict["clean"]["n"] == 16
+    assert abs(verdict["clean"]["hits"] - hits) <= near_ties  # the run's model
     steps = [step["name"] for step in verdict["steps"]]
     assert steps[:4] == ["apgd-ce", "apgd-t", "fab-t", "square"] and "transfer" in steps
     assert verdict["status"] in ("reliable", "resolved", "unreliable")
