@@ -1,7 +1,7 @@
 """CBPDN throughput: robustlab's batched solver vs sporco's ConvBPDN (goal: >= 10x on CPU).
 
     python benchmarks/csc.py [--batch 256] [--sporco-images 16] [--dict dicts/cifar10-jpeg-64x8]
-        [--size 32] [--working N]
+        [--size 32] [--working N] [--rounds 3]
 
 Both solve the high-pass parts of the same 32 × 32 colour images over the same
 dictionary (64 filters 8 × 8 × 3; random unit-norm filters when no --dict),
@@ -12,12 +12,15 @@ method's released code does), timed on --sporco-images images spread evenly over
 batch; ours solves the whole batch, in eager mode and with ``compile=True``. Images converge after
 different numbers of iterations, so the speed-up is the ratio of
 image-iterations per second; the iterations each solver ran on the common images
-and their mean objectives show both solve the same problem the same way.
+and their mean objectives show both solve the same problem the same way. The solvers
+alternate for ``--rounds`` rounds, and the speed-up printed last is the median of the
+rounds' ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +98,7 @@ def main() -> None:
     parser.add_argument("--dict", type=Path, help="a learned 64x8x8x3 dictionary")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=32, help="image size (upsampled CIFAR-10)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the solvers")
     args = parser.parse_args()
     if args.dict:
         loaded = load_dictionary(args.dict)
@@ -104,22 +108,31 @@ def main() -> None:
         filters = random_dictionary(64, 3, 8, seed=0)
     _, high = tikhonov_split(images(args.batch, args.size))
     common = torch.linspace(0, len(high) - 1, args.sporco_images).round().long()
-    reference = sporco(filters, high[common])
     fourier = FourierDictionary(filters, image_size(high))
     print(
         f"device {args.device}, threads {torch.get_num_threads()}, {args.size} px, dictionary "
         f"{args.dict or 'random'}, λ {LMBDA}, tol {REL_TOL}, max {MAX_ITER} iterations"
     )
-    _report("sporco", reference, reference, fourier, high[common], common)
-    for label, compile_ in (("robustlab", False), ("robustlab compiled", True)):
-        options = CBPDNOptions(MAX_ITER, REL_TOL, batch_size=args.working, compile=compile_)
-        try:
-            warm_up, run = ours(filters, high, args.device, options)
-        except Exception as error:  # torch.compile needs a C++ compiler (Triton on GPUs)
-            print(f"{label}: unavailable ({type(error).__name__}: {error})")
-            continue
-        _report(label, run, reference, fourier, high[common], common)
-        print(f"    warm-up {warm_up:.1f} s (compilation included)")
+    # the solvers alternate, round after round: a shared host's speed drifts by tens of
+    # per cent within minutes, and a ratio of two runs minutes apart measures the drift
+    ratios: dict[str, list[float]] = {}
+    for round_ in range(1, args.rounds + 1):
+        print(f"round {round_}/{args.rounds}")
+        reference = sporco(filters, high[common])
+        _report("sporco", reference, reference, fourier, high[common], common)
+        for label, compile_ in (("robustlab", False), ("robustlab compiled", True)):
+            options = CBPDNOptions(MAX_ITER, REL_TOL, batch_size=args.working, compile=compile_)
+            try:
+                warm_up, run = ours(filters, high, args.device, options)
+            except Exception as error:  # torch.compile needs a C++ compiler (Triton on GPUs)
+                print(f"{label}: unavailable ({type(error).__name__}: {error})")
+                continue
+            ratios.setdefault(label, []).append(run.rates()[1] / reference.rates()[1])
+            _report(label, run, reference, fourier, high[common], common)
+            print(f"    warm-up {warm_up:.1f} s (compilation included)")
+    for label, values in ratios.items():
+        listed = ", ".join(f"{value:.2f}" for value in values)
+        print(f"{label}: median {statistics.median(values):.2f}x sporco over rounds ({listed})")
 
 
 def _report(

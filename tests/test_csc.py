@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from robustlab.defenses.csc import (
     save_dictionary,
     tikhonov_split,
 )
-from robustlab.defenses.csc.cbpdn import FourierDictionary
+from robustlab.defenses.csc.cbpdn import FourierDictionary, _parts
 from robustlab.defenses.csc.dictionary import random_dictionary
 from robustlab.defenses.csc.tikhonov import symmetric_pad
 from robustlab.io import RobustlabError
@@ -144,6 +145,44 @@ def test_cbpdn_working_set_size_does_not_change_results(device: torch.device) ->
         torch.testing.assert_close(result.coefficients, reference.coefficients)
         torch.testing.assert_close(result.state.u, reference.state.u)
         torch.testing.assert_close(result.state.rho, reference.state.rho)
+
+
+def test_cbpdn_side_by_side_parts_give_the_one_solve_solution() -> None:
+    # float64, as above: the parts run working sets of other shapes than one solve does
+    filters = random_dictionary(6, 3, 4, seed=0, dtype=torch.float64)
+    images = _mixed_images(9, torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # three parts of three images, whatever this machine has
+    try:
+        options = CBPDNOptions(max_iter=80, batch_size=3)
+        assert _parts(FourierDictionary(filters, (12, 12)), images, None, options, 3) == 3
+        split = cbpdn(filters, images, 0.1, options)
+        assert torch.get_num_threads() == 3  # restored after the parts ran
+        alone = cbpdn(filters, images, 0.1, dataclasses.replace(options, side_by_side=False))
+        warm = cbpdn(filters, images, 0.1, options, state=alone.state)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(split.iterations, alone.iterations)
+    assert len(set(split.iterations.tolist())) > 2
+    for mine, theirs in (
+        (split.coefficients, alone.coefficients),
+        (split.state.u, alone.state.u),
+        (split.state.rho, alone.state.rho),
+    ):
+        torch.testing.assert_close(mine, theirs)
+    assert int(warm.iterations.max()) < int(alone.iterations.max())  # the state was split too
+
+
+def test_cbpdn_differentiated_or_compiled_solves_are_never_split() -> None:
+    fourier = FourierDictionary(random_dictionary(4, 3, 3, seed=1), (12, 12))
+    images = _mixed_images(8)
+    options = CBPDNOptions(batch_size=2)
+    assert _parts(fourier, images, None, options, 2) == min(4, torch.get_num_threads())
+    assert _parts(fourier, images.requires_grad_(), None, options, 2) == 1
+    compiled = dataclasses.replace(options, compile=True)
+    assert _parts(fourier, images.detach(), None, compiled, 2) == 1
+    large = FourierDictionary(random_dictionary(64, 3, 3, seed=1), (64, 64))  # 1 MB of maps
+    assert _parts(large, torch.zeros(8, 3, 64, 64), None, options, 2) == 1
 
 
 def test_cbpdn_gradient_through_refills_matches_finite_differences() -> None:
