@@ -125,11 +125,11 @@ def test_cbpdn_results_do_not_depend_on_the_batch(device: torch.device) -> None:
     assert batched.iterations[1] == alone.iterations[0]
 
 
-def _mixed_images(count: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def _mixed_images(count: int, dtype: torch.dtype = torch.float32, size: int = 12) -> torch.Tensor:
     """Images whose CBPDN runs stop after different numbers of iterations."""
     generator = torch.Generator().manual_seed(4)
     contrast = torch.linspace(0.2, 1.0, count, dtype=dtype).view(-1, 1, 1, 1)
-    return torch.rand(count, 3, 12, 12, generator=generator, dtype=dtype) * contrast
+    return torch.rand(count, 3, size, size, generator=generator, dtype=dtype) * contrast
 
 
 def test_cbpdn_working_set_size_does_not_change_results(device: torch.device) -> None:
@@ -149,13 +149,13 @@ def test_cbpdn_working_set_size_does_not_change_results(device: torch.device) ->
 
 def test_cbpdn_side_by_side_parts_give_the_one_solve_solution() -> None:
     # float64, as above: the parts run working sets of other shapes than one solve does
-    filters = random_dictionary(6, 3, 4, seed=0, dtype=torch.float64)
-    images = _mixed_images(9, torch.float64)
+    filters = random_dictionary(8, 3, 4, seed=0, dtype=torch.float64)
+    images = _mixed_images(9, torch.float64, size=32)  # maps of 64 KB: large enough to split
     threads = torch.get_num_threads()
     torch.set_num_threads(3)  # three parts of three images, whatever this machine has
     try:
         options = CBPDNOptions(max_iter=80, batch_size=3)
-        assert _parts(FourierDictionary(filters, (12, 12)), images, None, options, 3) == 3
+        assert _parts(FourierDictionary(filters, (32, 32)), images, None, options, 3) == 3
         split = cbpdn(filters, images, 0.1, options)
         assert torch.get_num_threads() == 3  # restored after the parts ran
         alone = cbpdn(filters, images, 0.1, dataclasses.replace(options, side_by_side=False))
@@ -173,9 +173,9 @@ def test_cbpdn_side_by_side_parts_give_the_one_solve_solution() -> None:
     assert int(warm.iterations.max()) < int(alone.iterations.max())  # the state was split too
 
 
-def test_cbpdn_differentiated_or_compiled_solves_are_never_split() -> None:
-    fourier = FourierDictionary(random_dictionary(4, 3, 3, seed=1), (12, 12))
-    images = _mixed_images(8)
+def test_cbpdn_differentiated_compiled_tiny_or_large_solves_are_never_split() -> None:
+    fourier = FourierDictionary(random_dictionary(16, 3, 3, seed=1), (32, 32))  # 64 KB of maps
+    images = _mixed_images(8, size=32)
     options = CBPDNOptions(batch_size=2)
     assert _parts(fourier, images, None, options, 2) == min(4, torch.get_num_threads())
     assert _parts(fourier, images.requires_grad_(), None, options, 2) == 1
@@ -183,6 +183,8 @@ def test_cbpdn_differentiated_or_compiled_solves_are_never_split() -> None:
     assert _parts(fourier, images.detach(), None, compiled, 2) == 1
     large = FourierDictionary(random_dictionary(64, 3, 3, seed=1), (64, 64))  # 1 MB of maps
     assert _parts(large, torch.zeros(8, 3, 64, 64), None, options, 2) == 1
+    tiny = FourierDictionary(random_dictionary(4, 3, 3, seed=1), (12, 12))  # 2.3 KB of maps
+    assert _parts(tiny, torch.zeros(8, 3, 12, 12), None, options, 2) == 1
 
 
 def test_cbpdn_gradient_through_refills_matches_finite_differences() -> None:

@@ -36,7 +36,6 @@ iteration each in the backward pass.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -71,8 +70,8 @@ class CBPDNOptions:
     # Fuse each iteration's element-wise work with torch.compile: ~1.5x faster on CPU;
     # needs a C++ compiler (Triton on GPUs), and the first call compiles for 8-20 s.
     compile: bool = False
-    # Eager solves on a CPU with several threads and no autograd, of images whose maps are
-    # at most 256 KB (64 maps of 32 x 32): split the batch into one part per thread, each
+    # Eager solves on a CPU with several threads and no autograd, of images whose maps take
+    # 32 KB to 256 KB (64 maps of 32 x 32): split the batch into one part per thread, each
     # solved by its own single-thread working set, side by side (PyTorch's per-op threading
     # of an 8-image working set leaves much of the second core idle: 13 % faster on 2
     # cores; at 64 x 64 the parts' working sets outgrow the caches and it was 5 % slower).
@@ -246,13 +245,29 @@ def cbpdn(
         no_rho = signal.new_zeros(0)
         return CBPDNResult(empty, CBPDNState(empty, empty, no_rho), no_rho.long())
     slots = min(options.batch_size or _default_batch(signal.is_cuda, options.compile), batch)
+    images = _Waiting(dictionary, signal, state, options.initial_rho(lmbda))
+    out = images.results()
     parts = _parts(dictionary, signal, state, options, slots)
     if parts > 1:
-        return _side_by_side(dictionary, signal, lmbda, options, state, parts=parts)
-    images = _Waiting(dictionary, signal, state, options.initial_rho(lmbda))
+        _side_by_side(dictionary, images, out, lmbda, options, slots=slots, parts=parts)
+    else:
+        _solve(dictionary, images, out, lmbda, options, slots=slots)
+    return out.result()
+
+
+def _solve(
+    dictionary: FourierDictionary,
+    images: _Waiting,
+    out: _Results,
+    lmbda: float,
+    options: CBPDNOptions,
+    *,
+    slots: int,
+) -> None:
+    """Iterate ``slots`` images at a time until every image of ``images`` is in ``out``."""
+    batch = len(images.signal)
     working, waiting = images.take(0, slots), slots
-    live = torch.ones(slots, dtype=torch.bool, device=signal.device)  # rows not yet finished
-    out = images.results()
+    live = torch.ones(slots, dtype=torch.bool, device=images.signal.device)  # rows not finished
     while bool(live.any()):
         working, done = _recorded_step(dictionary, working, lmbda, options)
         newly = done & live
@@ -268,10 +283,13 @@ def cbpdn(
         live, waiting = live.index_fill(0, rows[count:], False), waiting + count
         if waiting == batch:
             working, live = _shrink(working, live)
-    return out.result()
 
 
-_SIDE_BY_SIDE = 1 << 18  # the largest coefficient maps of one image solved side by side, bytes
+# The coefficient maps of one image, in bytes, for which side-by-side solves paid on 2 cores
+# (ms per image-iteration, one solve → side by side): 3 KB 0.094 → 0.117 (the threads'
+# overhead outweighs ops of microseconds), 49 KB 0.196 → 0.173, 128 KB 0.470 → 0.392,
+# 196 KB 0.500 → 0.469, 256 KB 0.555 → 0.481, 1 MB (64 px) 2.27 → 2.39
+_SIDE_BY_SIDE = (1 << 15, 1 << 18)
 
 
 def _parts(
@@ -284,13 +302,14 @@ def _parts(
     """How many single-thread solves to run side by side (1: one solve, every thread per op).
 
     Only eager CPU solves of small images (``CBPDNOptions.side_by_side``) that autograd does
-    not record, and only with a full working set each:
-    compiled kernels carry their own thread count, and autograd would record across threads.
+    not record, and only with a full working set each: compiled kernels carry their own
+    thread count, and autograd would record across threads.
     """
     threads = torch.get_num_threads()
     if not options.side_by_side or options.compile or signal.is_cuda or threads < 2:
         return 1
-    if dictionary.freq.shape[0] * signal[0, 0].numel() * signal.element_size() > _SIDE_BY_SIDE:
+    map_bytes = dictionary.freq.shape[0] * signal[0, 0].numel() * signal.element_size()
+    if not _SIDE_BY_SIDE[0] <= map_bytes <= _SIDE_BY_SIDE[1]:
         return 1
     tensors = (signal, dictionary.freq, *((state.y, state.u, state.rho) if state else ()))
     if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors):
@@ -300,39 +319,33 @@ def _parts(
 
 def _side_by_side(
     dictionary: FourierDictionary,
-    signal: torch.Tensor,
+    images: _Waiting,
+    out: _Results,
     lmbda: float,
     options: CBPDNOptions,
-    state: CBPDNState | None,
     *,
+    slots: int,
     parts: int,
-) -> CBPDNResult:
-    """Solve contiguous parts of the batch in ``parts`` threads of one intra-op thread each.
+) -> None:
+    """:func:`_solve` on contiguous parts of the batch, one thread of one intra-op thread each.
 
     Each image's solve is independent of the others, so this is the same solution; the parts
-    are fixed by the batch size, so it is as deterministic as one solve.
+    are fixed by the batch size, so it is as deterministic as one solve. Each part writes
+    its rows of ``out`` in place.
     """
     threads = torch.get_num_threads()
-    single = dataclasses.replace(options, side_by_side=False)
-    bounds = [len(signal) * k // parts for k in range(parts + 1)]
+    bounds = [len(images.signal) * k // parts for k in range(parts + 1)]
 
-    def solve(start: int, stop: int) -> CBPDNResult:
+    def solve(start: int, stop: int) -> None:
         torch.set_num_threads(1)  # this thread's OpenMP team, and MKL's while the parts run
-        part = None if state is None else CBPDNState(*(v[start:stop] for v in _fields(state)))
-        return cbpdn(dictionary, signal[start:stop], lmbda, single, part)
+        part = slice(start, stop)
+        _solve(dictionary, images.part(part), out.part(part), lmbda, options, slots=slots)
 
     try:
         with ThreadPoolExecutor(parts, thread_name_prefix="cbpdn") as pool:
-            results = list(pool.map(solve, bounds[:-1], bounds[1:]))
+            list(pool.map(solve, bounds[:-1], bounds[1:]))  # list(): re-raises a part's error
     finally:
         torch.set_num_threads(threads)
-    states = (_fields(result.state) for result in results)
-    y, u, rho = (torch.cat(values) for values in zip(*states, strict=True))
-    return CBPDNResult(y, CBPDNState(y, u, rho), torch.cat([r.iterations for r in results]))
-
-
-def _fields(state: CBPDNState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return state.y, state.u, state.rho
 
 
 class _Waiting:
@@ -367,6 +380,13 @@ class _Waiting:
         steps = torch.zeros(count, dtype=torch.long, device=signal.device)
         return _Images(index, y, dual, rho, back, steps)
 
+    def part(self, rows: slice) -> _Waiting:
+        """The images ``rows`` alone (views: nothing is copied)."""
+        state = self.state
+        if state is not None:
+            state = CBPDNState(state.y[rows], state.u[rows], state.rho[rows])
+        return _Waiting(self.dictionary, self.signal[rows], state, self.rho)
+
     def results(self) -> _Results:
         """Empty result arrays for every image, filled as images finish."""
         shape = (len(self.signal), self.dictionary.freq.shape[0], *self.dictionary.size)
@@ -391,6 +411,10 @@ class _Results:
         for field, new in ((self.y, done.y), (self.dual, done.dual), (self.rho, done.rho)):
             field.index_copy_(0, index, new)
         self.steps.index_copy_(0, index, done.steps)
+
+    def part(self, rows: slice) -> _Results:
+        """The rows ``rows``, as views: a part's solve fills them in place."""
+        return _Results(self.y[rows], self.dual[rows], self.rho[rows], self.steps[rows])
 
     def result(self) -> CBPDNResult:
         scale = self.rho.view(-1, 1, 1, 1)
