@@ -40,6 +40,7 @@ bench: setup
 	$(BIN)/python benchmarks/defect_overhead.py
 	$(BIN)/python benchmarks/attacks.py
 	$(BIN)/python benchmarks/csc.py --dict dicts/cifar10-jpeg-64x8
+	$(BIN)/python benchmarks/csc_split.py --any-size
 	$(BIN)/python benchmarks/universal.py --images 128
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/scaling.py --write docs

@@ -73,9 +73,9 @@ class CBPDNOptions:
     # Eager solves on a CPU with several threads and no autograd, of images whose maps take
     # 32 KB to 256 KB (64 maps of 32 x 32): split the batch into one part per thread, each
     # solved by its own single-thread working set, side by side (PyTorch's per-op threading
-    # of an 8-image working set leaves much of the second core idle: 13 % faster on 2
-    # cores; at 64 x 64 the parts' working sets outgrow the caches and it was 5 % slower).
-    # Results do not depend on it.
+    # of an 8-image working set can leave much of the second core idle: 0.94-1.46x, median
+    # ~1.17x, at 32 x 32 on 2 shared cores; at 64 x 64 the parts' working sets outgrow the
+    # caches and it was 5 % slower; benchmarks/csc_split.py). Results do not depend on it.
     side_by_side: bool = True
     # Differentiated solves (an attack through the unrolled solver): recompute each
     # iteration's intermediates in the backward pass instead of keeping them (module docstring)
@@ -285,10 +285,10 @@ def _solve(
             working, live = _shrink(working, live)
 
 
-# The coefficient maps of one image, in bytes, for which side-by-side solves paid on 2 cores
-# (ms per image-iteration, one solve → side by side): 3 KB 0.094 → 0.117 (the threads'
-# overhead outweighs ops of microseconds), 49 KB 0.196 → 0.173, 128 KB 0.470 → 0.392,
-# 196 KB 0.500 → 0.469, 256 KB 0.555 → 0.481, 1 MB (64 px) 2.27 → 2.39
+# The coefficient maps of one image, in bytes, split side by side: below, the threads'
+# overhead outweighs ops of microseconds (3 KB: 0.82-0.85x); above, the parts outgrow the
+# caches (1 MB, 64 px: 0.95x); between, 0.95-1.46x on 2 shared cores (docs/benchmarks.md,
+# `python benchmarks/csc_split.py --any-size`)
 _SIDE_BY_SIDE = (1 << 15, 1 << 18)
 
 
