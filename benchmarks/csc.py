@@ -107,7 +107,7 @@ def fft_floor(maps: int, size: int, working: int = 8, repeats: int = 7) -> tuple
     by_freq = torch.fft.rfft2(target).permute(2, 3, 0, 1).contiguous()
     half = torch.fft.ifft(by_freq, dim=0).permute(2, 3, 0, 1).contiguous()
 
-    def ours() -> None:
+    def our_dfts() -> None:
         torch.fft.rfft2(target)
         torch.fft.ifft(by_freq, dim=0)
         torch.fft.irfft(half, n=size, dim=-1)
@@ -115,7 +115,7 @@ def fft_floor(maps: int, size: int, working: int = 8, repeats: int = 7) -> tuple
     coefficients = np.random.default_rng(0).standard_normal((size, size, 1, 1, maps))
     coefficients = coefficients.astype(np.float32)  # sporco's layout of one image's maps
 
-    def theirs() -> None:
+    def sporco_dfts() -> None:
         spectrum = sporco.fft.rfftn(coefficients, None, (0, 1))
         sporco.fft.irfftn(spectrum, (size, size), (0, 1))
 
@@ -129,7 +129,7 @@ def fft_floor(maps: int, size: int, working: int = 8, repeats: int = 7) -> tuple
             times.append((time.perf_counter() - start) / 10 / per)
         return 1e3 * min(times)
 
-    return best(ours, working), best(theirs, 1)
+    return best(our_dfts, working), best(sporco_dfts, 1)
 
 
 def main() -> None:
@@ -155,14 +155,14 @@ def main() -> None:
         f"device {args.device}, threads {torch.get_num_threads()}, {args.size} px, dictionary "
         f"{args.dict or 'random'}, λ {LMBDA}, tol {REL_TOL}, max {MAX_ITER} iterations"
     )
-    # the solvers alternate, round after round: a shared host's speed drifts by tens of
-    # per cent within minutes, and a ratio of two runs minutes apart measures the drift
-    ratios: dict[str, list[float]] = {}
     fft_ours, fft_sporco = fft_floor(filters.shape[0], args.size)
     print(
         f"the two DFTs of an iteration alone: ours {fft_ours:.3f} ms per image-iteration, "
         f"sporco's {fft_sporco:.3f} ms"
     )
+    # the solvers alternate, round after round: a shared host's speed drifts by tens of
+    # per cent within minutes, and a ratio of two runs minutes apart measures the drift
+    ratios: dict[str, list[float]] = {}
     for round_ in range(1, args.rounds + 1):
         print(f"round {round_}/{args.rounds}")
         reference = sporco(filters, high[common])
