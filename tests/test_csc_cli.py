@@ -254,6 +254,33 @@ def test_spec_purify_accepts_a_released_dictionary(tmp_path: Path) -> None:
         defense_from_table("purify", {"dict": str(npy), "channel_order": "grb"})
 
 
+def test_spec_warm_start_false_runs_every_attack_solve_cold(tmp_path: Path) -> None:
+    """``warm_start = false``: the purifier remembers nothing under attack, and the key
+    names another defense (its folder and cells); the default keeps the old names."""
+    from robustlab.attacks.registry import build
+    from robustlab.defenses.csc.dictionary import random_dictionary
+    from robustlab.defenses.registry import defense_from_table
+
+    npy = _released(tmp_path / "d.npy", random_dictionary(4, 1, 3, seed=0))
+    table = {"dict": str(npy), "max_iter": 200, "auto_rho": False}
+    warm = defense_from_table("purify", table)
+    cold = defense_from_table("purify", {**table, "warm_start": False})
+    assert "warm_start" not in warm.describe() and cold.describe()["warm_start"] is False
+    assert warm.key() != cold.key()  # the key names the defense's folder
+    torch.manual_seed(0)
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
+    x, y = torch.rand(3, 1, 8, 8), torch.tensor([0, 1, 2])
+    solves = {}
+    for name, defense in (("warm", warm), ("cold", cold)):
+        purifier = defense.purifier()
+        build("square", torch.nn.Sequential(purifier, classifier), eps=8 / 255, queries=10)(x, y)
+        solves[name] = purifier.counts
+    assert solves["warm"].warm_solves > 0 and solves["cold"].warm_solves == 0
+    assert solves["cold"].solves == solves["warm"].solves  # the same queries, all cold
+    with pytest.raises(ValueError, match="warm_start must be true or false"):
+        defense_from_table("purify", {**table, "warm_start": "no"})
+
+
 def test_the_authors_resize_is_opencvs_and_shrinks_differently(
     tmp_path: Path, dictionary: Path, capsys: pytest.CaptureFixture
 ) -> None:
