@@ -152,3 +152,10 @@ def test_attack_comparisons() -> None:
     assert checks.more_budget_does_not_help(budget=0.30, doubled=0.295).passed
     fired = checks.more_budget_does_not_help(budget=0.30, doubled=0.20)
     assert not fired.passed and fired.to_dict()["source"].startswith("Carlini")
+    assert checks.more_queries_do_not_help(
+        queries=500, more=1000, accuracy=0.30, accuracy_more=0.30
+    ).passed
+    fired = checks.more_queries_do_not_help(
+        queries=500, more=1000, accuracy=0.30, accuracy_more=0.28
+    )
+    assert not fired.passed and fired.evidence["more_queries"] == 1000

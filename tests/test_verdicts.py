@@ -167,6 +167,31 @@ def test_a_hidden_gradient_is_resolved_through_the_exact_implementation(digits) 
     assert verdict.status == "resolved", verdict.failing
 
 
+def test_square_with_doubled_queries_is_asked_and_its_remedy_judged_at_the_full_budget(
+    digits,
+) -> None:
+    """Whether more queries help is asked directly (Carlini et al. 2019, 5.2), not only when
+    Square breaks an image the gradients left: Square with twice the queries on the probe's
+    survivors, then the square-full rung, judged on the probe images the doubled one left."""
+    model, x, y = digits
+    plain = evaluate(model, x, y, eps=0.1, **SMALL)
+    doubled = next(s for s in plain.steps if s.name == "square-doubled")
+    assert doubled.params["queries"] == 2 * SMALL["queries"] and doubled.role == "black"
+    assert 0 < doubled.attacked <= SMALL["probe"]
+    check = next(c for c in plain.checks if c.name == "more_queries_do_not_help")
+    assert check.passed and check.evidence["more_queries"] == 200  # nothing more broke
+    defended = Defended(model, Surface(), ZeroGradient(Blur()))  # Square's wins keep coming
+    verdict = evaluate(defended, x, y, eps=0.1, full_queries=1000, **SMALL)
+    by_name = {s.name: s for s in verdict.steps}
+    assert "more_queries_do_not_help" in verdict.fired and by_name["square-doubled"].new > 0
+    assert "more_queries_do_not_help" in by_name["square-full"].reason
+    judged = next(c for c in verdict.checks if c.name == "more_queries_do_not_help")
+    assert judged.evidence["queries"] == 200 and judged.evidence["more_queries"] == 1000
+    rand = evaluate(Noisy(model), x[:8], y[:8], eps=0.1, version="rand", eot_samples=2, **SMALL)
+    assert not any(s.name.startswith("square") for s in rand.steps)  # no Square to double
+    assert "more_queries_do_not_help" not in {c.name for c in rand.checks}
+
+
 def test_no_gradient_and_no_remedy_is_unreliable_with_the_evidence(digits) -> None:
     model, x, y = digits
     verdict = evaluate(Quantised(model), x, y, eps=0.1, **SMALL)

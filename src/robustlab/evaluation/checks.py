@@ -417,3 +417,26 @@ def more_budget_does_not_help(*, budget: float, doubled: float, tolerance: float
         CARLINI,
         "keep doubling steps and restarts until the accuracy stops falling",
     )
+
+
+def more_queries_do_not_help(
+    *, queries: int, more: int, accuracy: float, accuracy_more: float, tolerance: float = 0.01
+) -> Check:
+    """Section 5.2 for the score-based attack: Square with ``more`` queries instead of
+    ``queries`` must not lower the accuracy by more than ``tolerance``, else Square has not
+    converged and its number is loose. Asked directly, not only when Square happens to
+    break an image every gradient attack left (``square_beats_gradients``), which on a
+    purifier can hang on one image (docs/csc.md)."""
+    return Check(
+        "more_queries_do_not_help",
+        accuracy_more >= accuracy - tolerance,
+        {
+            "queries": queries,
+            "more_queries": more,
+            "accuracy": accuracy,
+            "accuracy_more": accuracy_more,
+        },
+        CARLINI,
+        "Square with more queries (the escalation's full_queries; AutoAttack: 5,000) until "
+        "the accuracy stops falling",
+    )

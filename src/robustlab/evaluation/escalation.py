@@ -8,7 +8,8 @@
    (:func:`~robustlab.defenses.base.attack_view`), Square on the model itself; then the
    probes the remaining checks need: a single step, random corners, transfer from the
    undefended base (if given), ε = 1 (not counted: outside the threat model), doubled
-   steps and restarts, the binarization test (Zimmermann et al. 2022).
+   steps and restarts, Square with doubled queries, the binarization test (Zimmermann et
+   al. 2022).
 3. **Escalation**: while a check fails, the next rung of :data:`LADDER` whose triggers
    include it runs (logits instead of probabilities, EOT, the defense's exact
    differentiable implementation, white-box started from black-box adversarials, Square
@@ -58,6 +59,10 @@ class _State:
     targets: int = 9
     checks: dict[str, C.Check] = field(default_factory=dict)
     traced: str = ""  # the last step with a loss trace (incomplete optimisation reads it)
+    # the probe images the largest Square budget so far attacked and left robust, and that
+    # budget: a larger one is judged on them (more_queries_do_not_help)
+    square_probe: torch.Tensor | None = None
+    square_queries: int = 0
 
 
 # how a step attacks: the model it attacks and the indices of the images -> adversarials

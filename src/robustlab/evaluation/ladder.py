@@ -39,6 +39,11 @@ class Rung:
     remedy: str
 
 
+# What the checks and rungs are, in every cached verdict cell's key: bumped when a check or a
+# rung changes, so that no results folder serves a verdict the ladder no longer gives
+# (2: more_queries_do_not_help, Square with doubled queries on the probe)
+REVISION = 2
+
 LADDER = (
     Rung("log-outputs", frozenset({"probability_outputs"}), "attack the log of the outputs"),
     Rung(
@@ -53,7 +58,14 @@ LADDER = (
     ),
     Rung(
         "square-full",
-        frozenset({"unavailable_gradients", "square_beats_gradients", "white_box_beats_black_box"}),
+        frozenset(
+            {
+                "unavailable_gradients",
+                "square_beats_gradients",
+                "white_box_beats_black_box",
+                "more_queries_do_not_help",
+            }
+        ),
         "Square with AutoAttack's 5,000 queries (or the config's full_queries)",
     ),
     Rung(
@@ -137,6 +149,7 @@ def probe(ev: Evaluation) -> None:
         ev.attack("transfer", kind, params, role="black", todo=w.correct, on="base")
     _unconstrained(ev, scale=1)
     _doubled(ev, scale=1)
+    _more_queries(ev)
     _binarization(ev, scale=1)
     recheck(ev)
 
@@ -168,6 +181,46 @@ def _doubled(ev: Evaluation, scale: int) -> None:
     ev.state.checks["more_budget_does_not_help"] = C.more_budget_does_not_help(
         budget=before / w.n, doubled=int(w.robust.sum()) / w.n
     )
+
+
+def _more_queries(ev: Evaluation) -> None:
+    """Square with twice the version's queries on the survivors (the probe's worth of them
+    on the standard budget): whether more queries still break images."""
+    c, w = ev.config, ev.worst
+    if "square" not in ev.results:  # a version without Square (rand): nothing to double
+        return
+    queries = 2 * c.queries
+    budgets = {**ev.budgets(), "queries": queries}
+    kind, params = attack_params("square", eps=c.eps, norm=c.norm, budgets=budgets)
+    todo = w.robust if c.budget == "thorough" else _first(w.robust, c.probe)
+    before = int(w.robust.sum())
+    ev.attack("square-doubled", kind, params, role="black", todo=todo, on="model")
+    ev.state.checks["more_queries_do_not_help"] = C.more_queries_do_not_help(
+        queries=c.queries,
+        more=queries,
+        accuracy=before / w.n,
+        accuracy_more=int(w.robust.sum()) / w.n,
+    )
+    ev.state.square_probe, ev.state.square_queries = todo & w.robust, queries
+
+
+def _judge_more_queries(ev: Evaluation, queries: int, before: torch.Tensor) -> None:
+    """After Square with ``queries`` on the survivors ``before``: judge it on the probe images
+    the largest earlier budget left (and no step since broke), if it is larger than that
+    one; else the check stays as it was (the escalation has no larger budget to try)."""
+    probe, w = ev.state.square_probe, ev.worst
+    if probe is None or queries <= ev.state.square_queries:
+        return
+    survivors = probe & before
+    broken = int((survivors & ~w.robust).sum())
+    robust = int(before.sum())
+    ev.state.checks["more_queries_do_not_help"] = C.more_queries_do_not_help(
+        queries=ev.state.square_queries,
+        more=queries,
+        accuracy=robust / w.n,
+        accuracy_more=(robust - broken) / w.n,
+    )
+    ev.state.square_probe, ev.state.square_queries = survivors & w.robust, queries
 
 
 def _binarization(ev: Evaluation, scale: int) -> None:
@@ -262,8 +315,10 @@ def climb(ev: Evaluation, rung: Rung, scale: int, *, reason: str) -> bool:
     elif rung.name == "square-full" and scale * max(c.full_queries, c.queries) <= c.queries:
         return False  # no more queries than the version's Square already had
     elif rung.name == "square-full":
-        budgets = {**ev.budgets(scale), "queries": max(c.full_queries, c.queries) * scale}
+        queries = max(c.full_queries, c.queries) * scale
+        budgets = {**ev.budgets(scale), "queries": queries}
         kind, params = attack_params("square", eps=c.eps, norm=c.norm, budgets=budgets)
+        before = w.robust.clone()
         ev.attack(
             f"square-full{suffix}",
             kind,
@@ -273,6 +328,7 @@ def climb(ev: Evaluation, rung: Rung, scale: int, *, reason: str) -> bool:
             on="model",
             reason=reason,
         )
+        _judge_more_queries(ev, queries, before)
     elif rung.name == "targeted" and ev.classes < 4:
         return False
     elif rung.name == "targeted":

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from robustlab.evaluation.escalation import Evaluation
+from robustlab.evaluation.ladder import REVISION
 from robustlab.evaluation.protocols.base import (
     PROTOCOLS,
     Context,
@@ -96,7 +97,8 @@ class VerdictProtocol(Protocol):
 
     def _cell(self, ctx: Context, name: str) -> Record:
         n, config = self.n, self.config
-        cell_key = key(ctx, "verdict", ctx.ids([name]), config.to_dict(), n, *ctx.declared(name))
+        declared = ctx.declared(name)
+        cell_key = key(ctx, "verdict", ctx.ids([name]), config.to_dict(), n, *declared, REVISION)
 
         def compute() -> Record:
             base = ctx.base_of(name)
