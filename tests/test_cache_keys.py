@@ -9,8 +9,9 @@ gained "passes" and older summary cells are recomputed, in seconds), and in
 three-defenses.toml the CSC model and its 8 cells (its solver: a fixed ρ, at most 200
 iterations, so that solves converge and can be warm-started under attack; docs/csc.md), and
 both specs gained the 11 cells of their two verdict protocols (issue #25; added after
-the other cells, whose keys and order stay; their keys carry the ladder's revision since
-it gained `more_queries_do_not_help`). The run is planned, not carried out: cells and
+the other cells, whose keys and order stay; their keys carry the ladder's revision, bumped
+when it gained `more_queries_do_not_help` and when a drop of exactly a check's tolerance
+stopped depending on rounding). The run is planned, not carried out: cells and
 models are stubbed, only their keys are recorded.
 """
 

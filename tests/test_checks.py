@@ -3,6 +3,7 @@ passes on a plain model."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -136,6 +137,31 @@ def test_silent_success_and_incomplete_optimisation() -> None:
     assert not checks.incomplete_optimisation(torch.arange(100.0)).passed  # still rising
     noisy = torch.tensor([0.0, 1.0, 0.2, 0.9, 0.3] * 4)  # best-so-far is flat: converged
     assert checks.incomplete_optimisation(noisy).passed
+
+
+@pytest.mark.parametrize("n", [50, 100, 300])
+def test_a_drop_of_exactly_the_tolerance_passes_at_every_accuracy(n: int) -> None:
+    # accuracies are k/n: one image of n against a tolerance of 1/n must pass at every k, not
+    # only where binary rounding happens to favour it (0.13 - 0.01 != 0.12 in float64);
+    # two images must fire at every k
+    tolerance = 1 / n
+    for k in range(2, n + 1):
+        before, one, two = k / n, (k - 1) / n, (k - 2) / n
+        assert checks.more_budget_does_not_help(
+            budget=before, doubled=one, tolerance=tolerance
+        ).passed
+        assert checks.more_queries_do_not_help(
+            queries=500, more=1000, accuracy=before, accuracy_more=one, tolerance=tolerance
+        ).passed
+        assert not checks.more_budget_does_not_help(
+            budget=before, doubled=two, tolerance=tolerance
+        ).passed
+        assert not checks.more_queries_do_not_help(
+            queries=500, more=1000, accuracy=before, accuracy_more=two, tolerance=tolerance
+        ).passed
+        # equal accuracies pass, one image worse fires (no tolerance)
+        assert checks.iterative_beats_single_step(single_step=one, iterative=one).passed
+        assert not checks.white_box_beats_black_box(white_box=before, black_box=one).passed
 
 
 def test_attack_comparisons() -> None:

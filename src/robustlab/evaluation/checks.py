@@ -38,6 +38,17 @@ AUTOATTACK = "Croce & Hein 2020 (AutoAttack), checks"
 PINTOR = "Pintor et al. 2022, Indicators of Attack Failure"
 CARLINI = "Carlini et al. 2019, On Evaluating Adversarial Robustness"
 
+# Accuracies are ratios of image counts, so a difference of exactly ``tolerance`` (one image of
+# 100 against 0.01) must pass or fail by the rule, not by binary rounding: 0.13 - 0.01 is
+# 0.12000000000000001 while 0.54 - 0.01 is 0.53, so `0.12 >= 0.13 - 0.01` failed where
+# `0.53 >= 0.54 - 0.01` passed. The slack is far below one image in any evaluation.
+_SLACK = 1e-9
+
+
+def _at_most(value: float, bound: float) -> bool:
+    """``value <= bound`` for accuracies (and sums of them), exact up to rounding."""
+    return value <= bound + _SLACK
+
 
 class CheckRecord(TypedDict):
     """A :class:`Check` as verdict records store it."""
@@ -386,7 +397,7 @@ def iterative_beats_single_step(
     (section 5.2): if not, the iterative attack's gradients are misleading it."""
     return Check(
         "iterative_beats_single_step",
-        iterative <= single_step + tolerance,
+        _at_most(iterative, single_step + tolerance),
         {"single_step": single_step, "iterative": iterative},
         CARLINI,
         "check the step size and the loss; start the iterative attack from FGSM's point",
@@ -399,7 +410,7 @@ def white_box_beats_black_box(
     """A white-box attack must do at least as well as a black-box one (section 5.3)."""
     return Check(
         "white_box_beats_black_box",
-        white_box <= black_box + tolerance,
+        _at_most(white_box, black_box + tolerance),
         {"white_box": white_box, "black_box": black_box},
         CARLINI,
         "the white-box gradients are masked: attack through BPDA, or start from the "
@@ -412,7 +423,7 @@ def more_budget_does_not_help(*, budget: float, doubled: float, tolerance: float
     ``tolerance``: else the attack has not converged and the number is loose (section 5.2)."""
     return Check(
         "more_budget_does_not_help",
-        doubled >= budget - tolerance,
+        _at_most(budget - doubled, tolerance),
         {"accuracy": budget, "accuracy_doubled": doubled},
         CARLINI,
         "keep doubling steps and restarts until the accuracy stops falling",
@@ -429,7 +440,7 @@ def more_queries_do_not_help(
     purifier can hang on one image (docs/csc.md)."""
     return Check(
         "more_queries_do_not_help",
-        accuracy_more >= accuracy - tolerance,
+        _at_most(accuracy - accuracy_more, tolerance),
         {
             "queries": queries,
             "more_queries": more,
