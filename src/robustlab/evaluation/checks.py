@@ -46,7 +46,8 @@ _SLACK = 1e-9
 
 
 def _at_most(value: float, bound: float) -> bool:
-    """``value <= bound`` for accuracies (and sums of them), exact up to rounding."""
+    """``value <= bound`` for accuracies, or image counts against a bound computed from a
+    tolerance, exact up to rounding."""
     return value <= bound + _SLACK
 
 
@@ -170,7 +171,7 @@ def square_beats_gradients(broken: Mapping[str, int], n: int, *, tolerance: floa
     extra = broken.get("square", 0) if "square" in order and order.index("square") > 0 else 0
     return Check(
         "square_beats_gradients",
-        extra <= tolerance * max(1, n),
+        _at_most(extra, tolerance * max(1, n)),
         {"square_extra": extra, "n": n},
         AUTOATTACK,
         "more Square queries and restarts, white-box attacks started from Square's adversarials, "
