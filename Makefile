@@ -43,6 +43,7 @@ bench: setup
 	$(BIN)/python benchmarks/csc_split.py --any-size
 	$(BIN)/python benchmarks/universal.py --images 128
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/layout.py
 	$(BIN)/python benchmarks/scaling.py --write docs
 
 clean:

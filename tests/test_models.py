@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -124,3 +126,38 @@ def test_thermometer_declares_bpda_and_its_view_has_gradients() -> None:
     assert not model.encode.bpda and view.encode is not model.encode  # the model is untouched
     y = model(x).argmax(1)
     assert not torch.equal(PGD(view, eps=8 / 255, step=2 / 255, steps=3)(x, y), x)
+
+
+def _is_channels_last(model: torch.nn.Module) -> bool:
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    return bool(convs) and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+
+
+def test_place_lays_networks_out_channels_last_on_the_cpu_without_changing_results() -> None:
+    from robustlab.models.base import channels_last_pays, place
+
+    assert channels_last_pays("cpu") and not channels_last_pays("cuda")
+    torch.manual_seed(0)
+    plain = build("resnet8", 10, 3, image_size=16, width=4).double().eval()
+    torch.manual_seed(0)
+    placed = place(build("resnet8", 10, 3, image_size=16, width=4).double(), "cpu").eval()
+    assert _is_channels_last(placed) and not _is_channels_last(plain)
+    assert not _is_channels_last(place(plain, "cpu", channels_last=False))
+    assert not _is_channels_last(place(copy.deepcopy(placed), "cpu", channels_last=False))
+    # in float64 the layout is invisible: the same logits and the same input gradient
+    x = torch.rand(5, 3, 16, 16, dtype=torch.float64)
+    grads = []
+    for model in (plain, placed):
+        point = x.clone().requires_grad_(True)
+        logits = model(point)
+        grads.append(torch.autograd.grad(logits[:, 0].sum(), point)[0])
+        assert torch.allclose(logits, plain(x), rtol=0, atol=1e-12)
+    assert torch.allclose(grads[0], grads[1], rtol=0, atol=1e-12)
+
+
+def test_place_keeps_a_network_with_3d_convolutions_as_built() -> None:
+    from robustlab.models.base import place
+
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    placed = place(net, "cpu")  # channels-last is a 4-D format: no error, no change
+    assert placed[0].weight.is_contiguous()

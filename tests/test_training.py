@@ -26,6 +26,7 @@ from robustlab.defenses.training_time import (
 )
 from robustlab.experiments.jobs import model_config_for
 from robustlab.io import RobustlabError, load_tensors
+from robustlab.models.base import place
 from robustlab.training import TrainConfig, train
 
 TINY = TrainConfig(epochs=2, batch_size=64, lr=0.05, seed=0)
@@ -74,6 +75,7 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path: Path) -> None:
     x = torch.rand(8, 1, 8, 8)
     reference = create(config)
     reference.load_state_dict(tensors)
+    reference = place(reference, "cpu")  # the layout load gives it: the same kernels, bitwise
     assert torch.equal(loaded(x), reference.eval()(x))
     assert all(torch.equal(m, tensors[n + ".defect_mask"]) for n, m in masks(loaded))
     assert not loaded.training
@@ -294,6 +296,18 @@ def test_fast_path_options_train_and_are_recorded(tmp_path: Path) -> None:
     )
     assert meta["fast_path"] == {"channels_last": True, "bf16": True, "compile": False}
     assert math.isfinite(meta["history"][0]["train_loss"])
+
+
+def test_training_is_nchw_and_evaluation_channels_last_on_the_cpu(tmp_path: Path) -> None:
+    data = sample(load_dataset("digits", "train"), 64)
+    config = model_config_for(data, "lenet", width=4)
+    settings = TrainConfig(epochs=1, batch_size=32, pad=0)
+    meta = train(config, data, data, settings, tmp_path / "r", quiet=True)
+    # weights train in NCHW: channels-last weight gradients are not reproducible on the CPU
+    assert meta["fast_path"]["channels_last"] is False
+    model = robustlab.load(tmp_path / "r")  # evaluation: channels-last (models.base.place)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
 
 
 def test_schedules_follow_their_definitions() -> None:

@@ -140,7 +140,11 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     p.add_argument("--pad", type=int, default=4, help="random-crop padding in pixels (0: no crop)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    p.add_argument("--channels-last", action="store_true", help="channels_last memory (GPU)")
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels_last memory (GPU; on the CPU the weight gradients are not reproducible)",
+    )
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for training (GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument(

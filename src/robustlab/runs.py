@@ -22,7 +22,7 @@ from robustlab.io import (
     save_tensors,
     write_json,
 )
-from robustlab.models.base import declare_input
+from robustlab.models.base import declare_input, place
 from robustlab.models.config import ModelConfig
 from robustlab.models.cost import count_passes
 from robustlab.models.meta import RunMeta
@@ -120,7 +120,7 @@ def load(
         first = str(err).splitlines()[0]
         raise RobustlabError(f"{run_dir}: weights do not match meta.json ({first})") from None
     shape = (config.in_channels, config.image_size, config.image_size)
-    return count_passes(declare_input(model.to(device).eval(), shape))
+    return count_passes(declare_input(place(model, device).eval(), shape))
 
 
 def check_weights(tensors: dict[str, torch.Tensor], model: nn.Module, where: Path) -> None:

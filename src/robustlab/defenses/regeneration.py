@@ -39,7 +39,7 @@ from robustlab.io import (
     save_tensors,
     write_json,
 )
-from robustlab.models.base import BlockNet, model_device
+from robustlab.models.base import BlockNet, model_device, place
 from robustlab.runs import check_weights
 from robustlab.seeding import derive_seed
 
@@ -355,7 +355,10 @@ class RegenerationDefense(Defense):
                 params,
             )
             perturbations.append(found.delta.to(context.device))
-        defended = add_regeneration(base, layers, self.fraction).to(context.device)
+        # the units train in NCHW, whatever the base's layout (models.base.channels_last_pays)
+        defended = place(
+            add_regeneration(base, layers, self.fraction), context.device, channels_last=False
+        )
         history = train_frus(
             defended,
             data,

@@ -38,7 +38,7 @@ from robustlab.io import (
     write_json,
     writes_output,
 )
-from robustlab.models.base import predict
+from robustlab.models.base import place, predict
 from robustlab.models.config import ModelConfig, ModelRecord
 from robustlab.models.meta import DatasetMeta
 from robustlab.runs import load, model_config, read_meta
@@ -197,7 +197,7 @@ def load_sfr(
     ):
         raise RobustlabError(f"{directory}/meta.json: malformed (layers, fraction, dataset)")
     base.load_state_dict(load_tensors(directory / "base.safetensors")[0])
-    base = base.to(device).eval()
+    base = place(base, device).eval()
     defense = RegenerationDefense(layers=tuple(layers), fraction=float(fraction))
     return base, defense.wrap(base, directory), cast(SFRMeta, meta)
 

@@ -38,7 +38,7 @@ from robustlab.assemble import create, training_bytes
 from robustlab.attacks.pgd import PGD
 from robustlab.data import Augment, Dataset, batches
 from robustlab.io import RobustlabError, load_tensors, save_tensors, writes_output
-from robustlab.models.base import accuracy
+from robustlab.models.base import accuracy, place
 from robustlab.models.config import ModelConfig
 from robustlab.models.cost import device_memory
 from robustlab.models.meta import DatasetMeta, EpochStats, RunMeta
@@ -216,15 +216,13 @@ class _Loop:
         model = create(model_config)
         if init is not None:
             model.load_state_dict(init)
-        model = model.to(device)
+        model = place(model, device, channels_last=fast.channels_last)
         optimizer = torch.optim.SGD(
             model.parameters(),
             lr=config.lr,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
         )
-        if fast.channels_last:
-            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         # Under torchrun: DDP averages the gradients of every process's share of each batch
         trained = _data_parallel(model, device)
         if fast.compile:

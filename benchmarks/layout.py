@@ -1,0 +1,112 @@
+"""NCHW against channels-last (NHWC) for robustlab's networks, on the passes the specs make.
+
+    python benchmarks/layout.py [--rounds 5] [--device cpu]
+
+For the specs' ResNet-8 (width 16) on Fashion-MNIST-sized (1×28×28) and CIFAR-sized
+(3×32×32) images: a training step (batch 128, SGD), the input gradient an attack takes
+(batch 100, 30 and 10: APGD on every image, then on survivors) and a forward pass (batch
+100, 17 and 1: scoring, Square's queries on a few survivors). The two layouts alternate
+round after round (this host drifts by ±20 % within minutes) and the median of the rounds'
+ratios is printed: NCHW time over channels-last time (> 1: channels-last is faster), which
+is what :func:`robustlab.models.base.channels_last_pays` decides on. The largest logit
+difference of the two layouts on the same weights shows what the layout costs in float32
+rounding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustlab.models import build
+
+CASES = (  # (pass, batch, repetitions per round)
+    ("train", 128, 6),
+    ("grad", 100, 8),
+    ("grad", 30, 20),
+    ("grad", 10, 40),
+    ("forward", 100, 20),
+    ("forward", 17, 60),
+    ("forward", 1, 200),
+)
+
+
+def network(channels: int, size: int, channels_last: bool, device: torch.device) -> nn.Module:
+    torch.manual_seed(0)  # the same weights in both layouts
+    model = build("resnet8", in_channels=channels, image_size=size, width=16).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model
+
+
+def one_pass(model: nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """A closure running one pass of ``kind`` on ``model``."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    model.train(kind == "train")
+
+    def run() -> None:
+        if kind == "train":
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+        elif kind == "grad":
+            point = x.clone().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(model(point), y), point)
+        else:
+            with torch.no_grad():
+                model(x)
+
+    return run
+
+
+def seconds(run: Callable[[], None], repetitions: int, device: torch.device) -> float:
+    for _ in range(2):  # warm-up: oneDNN picks and caches its kernels
+        run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repetitions):
+        run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repetitions
+
+
+def compare(channels: int, size: int, rounds: int, device: torch.device) -> None:
+    models = {cl: network(channels, size, cl, device) for cl in (False, True)}
+    print(f"ResNet-8 w16, {channels}×{size}×{size}, {device}, {torch.get_num_threads()} threads")
+    print(f"{'pass':8s} {'batch':>5s} {'NCHW ms/img':>12s} {'NHWC ms/img':>12s} {'ratio':>6s}")
+    for kind, batch, repetitions in CASES:
+        x = torch.rand(batch, channels, size, size, device=device)
+        y = torch.randint(0, 10, (batch,), device=device)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(rounds):
+            for cl in (False, True):
+                times[cl].append(seconds(one_pass(models[cl], kind, x, y), repetitions, device))
+        ratio = statistics.median(a / b for a, b in zip(times[False], times[True], strict=True))
+        plain, last = (1e3 * statistics.median(times[cl]) / batch for cl in (False, True))
+        print(f"{kind:8s} {batch:5d} {plain:12.3f} {last:12.3f} {ratio:6.2f}")
+    x = torch.rand(64, channels, size, size, device=device)
+    with torch.no_grad():
+        logits = [models[cl].eval()(x).double() for cl in (False, True)]
+    gap = float((logits[0] - logits[1]).abs().max())
+    print(f"largest logit difference between the layouts: {gap:.2e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    for channels, size in ((1, 28), (3, 32)):
+        compare(channels, size, args.rounds, torch.device(args.device))
+
+
+if __name__ == "__main__":
+    main()
