@@ -73,6 +73,14 @@ def test_timing_log_accounts_for_the_work_once(tiny_results) -> None:
     assert summary.total == pytest.approx(sum(line["seconds"] for line in lines))
     assert sum(summary.by_kind.values()) == pytest.approx(summary.total)
     assert summary.largest[0]["seconds"] == max(line["seconds"] for line in lines)
+    # beside the seconds, the passes every protocol's records counted, summed
+    for protocol, counted in summary.passes.items():
+        costs = [r["cost"] for r in records if r["protocol"] == protocol and "cost" in r]
+        assert counted.forward == sum(c["forward"] for c in costs)
+        assert counted.backward == sum(c["backward"] for c in costs)
+    assert summary.passes["whitebox"].backward > 0 and summary.passes["noise"].backward == 0
+    whitebox = next(line for line in summary.lines() if line.strip().startswith("whitebox"))
+    assert f"{summary.passes['whitebox'].forward:,} fwd" in whitebox
 
 
 def test_nested_timing_counts_once(tmp_path: Path) -> None:

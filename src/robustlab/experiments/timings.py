@@ -6,6 +6,11 @@ model) and ``seconds``, *exclusive* of timed work nested inside it (a model trai
 record counts under ``train`` only), so the lines of a run add up to its time. Work found on
 disk is not timed again; a killed piece is not logged. The log is never read back by a run:
 results do not depend on it.
+
+Beside the seconds, :func:`summarize` adds what each protocol's records counted
+(``models.cost``: forward and backward passes through the networks, Square's queries), read
+from the checked results.json: whether a protocol is slow because it makes many passes or
+because its passes are slow.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from robustlab.io import RobustlabError
+from robustlab.report.results import read_results
 
 LOG_FILE = "timings.jsonl"
 
@@ -62,19 +68,44 @@ def _drop_partial_line(path: Path) -> None:
 
 
 @dataclass(frozen=True)
+class Passes:
+    """Passes a protocol's records counted (``cost`` of each record), summed."""
+
+    forward: int = 0
+    backward: int = 0
+    queries: int = 0
+
+    def __add__(self, other: Passes) -> Passes:
+        return Passes(
+            self.forward + other.forward,
+            self.backward + other.backward,
+            self.queries + other.queries,
+        )
+
+
+@dataclass(frozen=True)
 class TimingSummary:
-    """Seconds by kind of work and by protocol, and the largest pieces."""
+    """Seconds by kind of work and by protocol, the passes each protocol counted, and the
+    largest pieces."""
 
     total: float
     by_kind: dict[str, float]
     by_protocol: dict[str, float]
     largest: list[dict[str, str | float]]  # timing log lines: names and seconds
+    passes: dict[str, Passes] = field(default_factory=dict)  # by protocol (results.json)
 
     def lines(self) -> list[str]:
         out = [f"total {self.total / 60:.1f} min of logged work"]
         out += [f"  {kind:16} {s / 60:7.1f} min" for kind, s in _descending(self.by_kind)]
-        out += ["records by protocol:"]
-        out += [f"  {name:16} {s / 60:7.1f} min" for name, s in _descending(self.by_protocol)]
+        out += ["records by protocol (counted passes: forward, backward; queries):"]
+        for name, seconds in _descending(self.by_protocol):
+            counted = self.passes.get(name)
+            detail = (
+                f"  {counted.forward:>11,} fwd {counted.backward:>11,} bwd {counted.queries:>11,} q"
+                if counted is not None
+                else ""
+            )
+            out.append(f"  {name:16} {seconds / 60:7.1f} min{detail}")
         out += ["largest pieces:"]
         for piece in self.largest:
             subject = piece.get("model") or piece.get("target") or piece["name"]
@@ -115,7 +146,22 @@ def summarize(results: Path, top: int = 10) -> TimingSummary:
             by_protocol[piece.get("protocol", "?")] += piece["seconds"]
     largest = sorted(pieces, key=lambda p: -p["seconds"])[:top]
     total = sum(p["seconds"] for p in pieces)
-    return TimingSummary(total, dict(by_kind), dict(by_protocol), largest)
+    return TimingSummary(total, dict(by_kind), dict(by_protocol), largest, _passes(results))
+
+
+def _passes(results: Path) -> dict[str, Passes]:
+    """Counted passes by protocol, from the records of results.json (none while a run has
+    written none: the log is written as pieces finish, results.json at the end)."""
+    if not (results / "results.json").is_file():
+        return {}
+    by_protocol: dict[str, Passes] = defaultdict(Passes)
+    for record in read_results(results).records:
+        cost = record.get("cost")
+        if cost is not None:
+            # counts, stored as JSON numbers in a CostRecord (dict[str, float])
+            counted = Passes(*(int(cost[k]) for k in ("forward", "backward", "queries")))
+            by_protocol[record["protocol"]] += counted
+    return dict(by_protocol)
 
 
 def _descending(table: dict[str, float]) -> list[tuple[str, float]]:
