@@ -61,6 +61,8 @@ def test_a_factory_runs_through_a_whole_spec(tmp_path: Path) -> None:
     assert isinstance(model, ExternalNet)
     expected = torch.load(weights, weights_only=True)
     torch.testing.assert_close(model.net[0].weight, expected["0.weight"])  # the user's weights
+    # a factory's network keeps the layout its code built (zoo networks go channels-last)
+    assert not model.net[3].weight.is_contiguous(memory_format=torch.channels_last)
     masked = [n for n, m in defective.named_modules() if hasattr(m, "defect_mask")]
     assert masked == ["net.1", "net.4", "net.7"]  # the first three BatchNorm layers
 

@@ -25,6 +25,7 @@ from robustlab.io import (
 from robustlab.models.base import declare_input, place
 from robustlab.models.config import ModelConfig
 from robustlab.models.cost import count_passes
+from robustlab.models.external import is_external
 from robustlab.models.meta import RunMeta
 from robustlab.version import __version__
 
@@ -120,7 +121,15 @@ def load(
         first = str(err).splitlines()[0]
         raise RobustlabError(f"{run_dir}: weights do not match meta.json ({first})") from None
     shape = (config.in_channels, config.image_size, config.image_size)
-    return count_passes(declare_input(place(model, device).eval(), shape))
+    return count_passes(declare_input(placed(model, config, device).eval(), shape))
+
+
+def placed(model: nn.Module, config: ModelConfig, device: str | torch.device) -> nn.Module:
+    """A run's network on ``device`` for evaluation: a zoo network in the layout that pays
+    there (:func:`robustlab.models.base.place`: channels-last on the CPU), a factory's
+    network as its code built it (its ``forward`` may ``.view()`` activations, which
+    channels-last strides refuse)."""
+    return model.to(device) if is_external(config.arch) else place(model, device)
 
 
 def check_weights(tensors: dict[str, torch.Tensor], model: nn.Module, where: Path) -> None:

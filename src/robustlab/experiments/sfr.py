@@ -38,10 +38,10 @@ from robustlab.io import (
     write_json,
     writes_output,
 )
-from robustlab.models.base import place, predict
+from robustlab.models.base import predict
 from robustlab.models.config import ModelConfig, ModelRecord
 from robustlab.models.meta import DatasetMeta
-from robustlab.runs import load, model_config, read_meta
+from robustlab.runs import load, model_config, placed, read_meta
 from robustlab.seeding import derive_seed
 from robustlab.version import __version__
 
@@ -188,7 +188,8 @@ def load_sfr(
     if found != SFR_FORMAT:
         raise RobustlabError(f"{directory}/meta.json: unknown format {found!r}")
     try:
-        base = create(ModelConfig.from_dict(meta["model"], origin=directory / "meta.json"))
+        config = ModelConfig.from_dict(meta["model"], origin=directory / "meta.json")
+        base = create(config)
     except (TypeError, ValueError, KeyError) as err:
         raise RobustlabError(f"{directory}/meta.json: malformed model config ({err})") from None
     layers, fraction = meta.get("layers"), meta.get("fraction")
@@ -197,7 +198,7 @@ def load_sfr(
     ):
         raise RobustlabError(f"{directory}/meta.json: malformed (layers, fraction, dataset)")
     base.load_state_dict(load_tensors(directory / "base.safetensors")[0])
-    base = place(base, device).eval()
+    base = placed(base, config, device).eval()
     defense = RegenerationDefense(layers=tuple(layers), fraction=float(fraction))
     return base, defense.wrap(base, directory), cast(SFRMeta, meta)
 
