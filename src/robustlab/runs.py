@@ -100,6 +100,10 @@ def load(
     numbers would silently describe a half-trained model. With ``expected`` (the config a
     caller keyed the folder by), a meta.json that describes another model is refused before
     anything is built: the folder was edited or belongs to something else.
+
+    The network comes laid out for evaluation (:func:`placed`: a zoo network channels-last
+    on the CPU); to train its weights further, ``place(model, device, channels_last=False)``
+    first (:func:`robustlab.models.base.channels_last_pays` says why).
     """
     meta = read_meta(run_dir)
     if meta.get("complete") is False and not allow_incomplete:

@@ -239,7 +239,7 @@ def channels_last_pays(device: str | torch.device) -> bool:
 
     On the CPU it does: oneDNN's convolutions take NHWC without the layout copies NCHW costs
     them. Measured on the specs' ResNet-8 (``python benchmarks/layout.py``, 2 cores of an AMD
-    EPYC): an attack's forward and backward pass 1.2-1.3x faster, and bitwise reproducible.
+    EPYC): an attack's forward and backward pass 1.2-1.4x faster, and bitwise reproducible.
     Training stays NCHW (:class:`robustlab.training.FastPath`): on the CPU, torch 2.13's
     channels-last *weight* gradients were not reproducible run to run, and one-thread runs
     crashed with heap corruption. On CUDA the layout stays as built (not measured there).
