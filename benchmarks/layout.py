@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.models import build
+from robustlab.models.base import place
 
 CASES = (  # (pass, batch, repetitions per round)
     ("train", 128, 6),
@@ -39,10 +40,8 @@ CASES = (  # (pass, batch, repetitions per round)
 
 def network(channels: int, size: int, channels_last: bool, device: torch.device) -> nn.Module:
     torch.manual_seed(0)  # the same weights in both layouts
-    model = build("resnet8", in_channels=channels, image_size=size, width=16).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    return model
+    model = build("resnet8", in_channels=channels, image_size=size, width=16)
+    return place(model, device, channels_last=channels_last)  # as evaluation lays it out
 
 
 def one_pass(model: nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
