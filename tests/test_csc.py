@@ -234,6 +234,22 @@ def test_cbpdn_compiled_equals_eager() -> None:
     torch.testing.assert_close(fused.coefficients, eager.coefficients, atol=1e-10, rtol=1e-9)
 
 
+@pytest.mark.parametrize("auto_rho", [True, False])
+def test_cbpdn_in_place_iterations_give_the_recorded_solution_bit_for_bit(auto_rho: bool) -> None:
+    # unrecorded solves overwrite dead arrays with the same operations as the out-of-place
+    # iterations autograd records, so the same bits (one process, one kernel per op)
+    filters = random_dictionary(6, 3, 4, seed=0, dtype=torch.float64)
+    images = _mixed_images(5, torch.float64)
+    options = CBPDNOptions(max_iter=60, batch_size=2, auto_rho=auto_rho, side_by_side=False)
+    with torch.no_grad():
+        in_place = cbpdn(filters, images, 0.1, options)
+    recorded = cbpdn(filters, images.clone().requires_grad_(), 0.1, options)
+    assert recorded.coefficients.requires_grad, "the reference must be the recorded path"
+    assert torch.equal(in_place.iterations, recorded.iterations)
+    assert torch.equal(in_place.coefficients, recorded.coefficients.detach())
+    assert torch.equal(in_place.state.u, recorded.state.u.detach())
+
+
 def test_cbpdn_rejects_mismatched_channels() -> None:
     with pytest.raises(ValueError, match="3-channel dictionary"):
         cbpdn(random_dictionary(4, 3, 3, seed=0), torch.rand(1, 1, 8, 8), 0.1)

@@ -312,7 +312,7 @@ def _parts(
     if not _SIDE_BY_SIDE[0] <= map_bytes <= _SIDE_BY_SIDE[1]:
         return 1
     tensors = (signal, dictionary.freq, *((state.y, state.u, state.rho) if state else ()))
-    if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors):
+    if _records(*tensors):
         return 1
     return max(1, min(threads, len(signal) // slots))
 
@@ -418,8 +418,7 @@ class _Results:
 
     def result(self) -> CBPDNResult:
         scale = self.rho.view(-1, 1, 1, 1)
-        recorded = torch.is_grad_enabled() and self.dual.requires_grad
-        u = self.dual / scale if recorded else self.dual.div_(scale)  # u = (ρu) / ρ
+        u = self.dual / scale if _records(self.dual) else self.dual.div_(scale)  # u = (ρu) / ρ
         return CBPDNResult(self.y, CBPDNState(self.y, u, self.rho), self.steps)
 
 
@@ -469,7 +468,7 @@ class _Images:
         if not len(rows):
             return self
         pairs = zip(self._fields(), other._fields(), strict=True)
-        if torch.is_grad_enabled() and any(field.requires_grad for field in self._fields()):
+        if _records(*self._fields()):
             return _Images(*(field.index_copy(0, rows, new) for field, new in pairs))
         for field, new in pairs:
             field.index_copy_(0, rows, new)
@@ -479,11 +478,22 @@ class _Images:
 def _step(
     dictionary: FourierDictionary, images: _Images, lmbda: float, options: CBPDNOptions
 ) -> tuple[_Images, torch.Tensor]:
-    """One ADMM iteration and ρ update of ``images``; also which of them have converged."""
+    """One ADMM iteration and ρ update of ``images``; also which of them have converged.
+
+    Eager and unrecorded, the iteration overwrites arrays it no longer needs (the x-step's
+    output and the old y) instead of allocating new ones, with the same operations, so the
+    same bits: allocating each pass's 1-2 MB result was half of the element-wise work's time
+    on a 2-core EPYC (glibc hands such blocks back to the kernel and faults them in again).
+    """
+    y, dual, rho = images.y, images.dual, images.rho
+    # compiled: fused kernels allocate nothing per pass, and mutated inputs would cost copies
     target_fn, update_fn = _compiled() if options.compile else (_x_target, _update)
-    x = dictionary.x_step(target_fn(images.y, images.dual, images.back, images.rho), images.rho)
+    eager = not options.compile
+    in_place = eager and not _records(y, dual, images.back, rho)
+    x = dictionary.x_step(target_fn(y, dual, images.back, rho, in_place=in_place), rho)
+    in_place = eager and not _records(x, y, dual, rho)
     y, dual, rho, steps, done = update_fn(
-        x, images.y, images.dual, images.rho, images.steps, lmbda, options
+        x, y, dual, rho, images.steps, lmbda, options, in_place=in_place
     )
     return _Images(images.index, y, dual, rho, images.back, steps), done
 
@@ -492,10 +502,7 @@ def _recorded_step(
     dictionary: FourierDictionary, images: _Images, lmbda: float, options: CBPDNOptions
 ) -> tuple[_Images, torch.Tensor]:
     """:func:`_step`, checkpointed when autograd records it (``options.checkpoint``)."""
-    recorded = torch.is_grad_enabled() and (
-        any(field.requires_grad for field in images._fields()) or dictionary.freq.requires_grad
-    )
-    if not (recorded and options.checkpoint):
+    if not (_records(*images._fields(), dictionary.freq) and options.checkpoint):
         return _step(dictionary, images, lmbda, options)
 
     def step(*fields: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -506,11 +513,27 @@ def _recorded_step(
     return _Images(*fields), done
 
 
+def _records(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records operations on ``tensors`` (so none may be overwritten)."""
+    return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
+
+
 def _x_target(
-    y: torch.Tensor, dual: torch.Tensor, back: torch.Tensor, rho: torch.Tensor
+    y: torch.Tensor,
+    dual: torch.Tensor,
+    back: torch.Tensor,
+    rho: torch.Tensor,
+    *,
+    in_place: bool = False,
 ) -> torch.Tensor:
-    """y − u + D^T s / ρ = y + (D^T s − ρ u) / ρ: the x-step's right-hand side, before its DFT."""
-    return torch.addcdiv(y, back - dual, rho.view(-1, 1, 1, 1))
+    """y − u + D^T s / ρ = y + (D^T s − ρ u) / ρ: the x-step's right-hand side, before its DFT.
+
+    ``in_place``: written over the temporary D^T s − ρ u (one array allocated, not two).
+    """
+    difference = back - dual
+    if in_place:
+        return torch.addcdiv(y, difference, rho.view(-1, 1, 1, 1), out=difference)
+    return torch.addcdiv(y, difference, rho.view(-1, 1, 1, 1))
 
 
 def _update(
@@ -521,22 +544,30 @@ def _update(
     steps: torch.Tensor,
     lmbda: float,
     options: CBPDNOptions,
+    *,
+    in_place: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Relaxation, y- and u-steps, residuals, ρ update and stopping test after an x-step.
 
-    Returns the new (y, ρ u, ρ, steps) and which images are done.
+    Returns the new (y, ρ u, ρ, steps) and which images are done. ``in_place``: the same
+    operations, written over ``x``, ``y`` (both dead after this step) and the step's own
+    temporaries, so two arrays are allocated instead of nine; only where nothing records.
     """
     rho_ = rho.view(-1, 1, 1, 1)
     # v = relaxed x + u; soft thresholding splits v into y (shrunk) and u (the clipped rest)
     v = torch.lerp(y, x, options.relax).addcdiv_(dual, rho_)
     bound = lmbda / rho_
-    u_new = torch.minimum(torch.maximum(v, -bound), bound)  # clamp with tensor bounds is slower
-    y_new = v - u_new
-    dual_new = u_new * rho_
+    u_new = torch.maximum(v, -bound)  # clamp with tensor bounds is slower
+    if in_place:
+        u_new = torch.minimum(u_new, bound, out=u_new)
+        y_new, dual_new = v.sub_(u_new), u_new.mul_(rho_)
+    else:
+        u_new = torch.minimum(u_new, bound)
+        y_new, dual_new = v - u_new, u_new * rho_
     r_norm = _nonzero(torch.maximum(_norm(x), _norm(y_new)))
     s_norm = _nonzero(_norm(dual_new))
-    r = _norm(x - y_new) / r_norm
-    s = rho * _norm(y - y_new) / s_norm
+    r = _norm(x.sub_(y_new) if in_place else x - y_new) / r_norm
+    s = rho * _norm(y.sub_(y_new) if in_place else y - y_new) / s_norm
     if options.auto_rho:
         target = options.residual_target or (
             1.0 + 18.3 ** (math.log10(lmbda) + 1.0) if lmbda else 1.0
