@@ -44,6 +44,7 @@ bench: setup
 	$(BIN)/python benchmarks/universal.py --images 128
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/layout.py
+	$(BIN)/python benchmarks/allocator.py
 	$(BIN)/python benchmarks/scaling.py --write docs
 
 clean:

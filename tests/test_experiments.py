@@ -33,6 +33,9 @@ def test_every_protocol_writes_records_and_tables(tiny_results) -> None:
     assert {"whitebox", "decision", "noise", "shuffle"} <= set(kinds)
     saved = json.loads((out / "results.json").read_text())
     assert saved["records"] == records and saved["spec"]["experiment"]["dataset"] == "digits"
+    from robustlab import allocator  # what this process's allocator did, as the run saw it
+
+    assert saved["environment"]["allocator"] == allocator.describe()
     assert (out / "results.csv").read_text().count("\n") > len(records)
     assert "## Transfer" in (out / "results.md").read_text()
 

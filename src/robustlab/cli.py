@@ -965,7 +965,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = " ".join(["robustlab", *argv])  # recorded in files the command writes
     handler: Handler = args.handler
-    from robustlab import distributed
+    from robustlab import allocator, distributed
+
+    allocator.keep_freed_memory()  # freed memory stays mapped: no page faults per op (glibc)
 
     if distributed.init_from_env() and not distributed.is_main():
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (one printer: rank 0)

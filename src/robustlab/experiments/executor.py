@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from robustlab import allocator
 from robustlab.attacks import AdversarialSet, load_set
 from robustlab.attacks.base import AttackConfig, Params
 from robustlab.attacks.universal import UniversalPerturbation, build_universal
@@ -289,7 +290,7 @@ def run_spec(
 
 
 def environment(device: torch.device) -> dict[str, object]:
-    """Where the results were computed: versions, platform, device, threads."""
+    """Where the results were computed: versions, platform, device, threads, allocator."""
     return {
         "robustlab": __version__,
         "python": platform.python_version(),
@@ -298,4 +299,5 @@ def environment(device: torch.device) -> dict[str, object]:
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
+        "allocator": allocator.describe(),
     }
