@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from robustlab import allocator
 from tests.files import cifar_batch, write_idx_dataset, write_image_folder
 
 
@@ -29,6 +30,7 @@ def device(request: pytest.FixtureRequest) -> torch.device:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    allocator.keep_freed_memory()  # as the command line does: no page faults per op (glibc)
     chosen = torch.device(config.getoption("--device"))
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise pytest.UsageError(f"--device {chosen} asked for, but torch sees no GPU")

@@ -24,6 +24,7 @@ FLOORS = {
     "robustlab.seeding": 0,
     "robustlab.distributed": 0,
     "robustlab.registry": 0,
+    "robustlab.allocator": 0,
     "robustlab.data": 1,
     # records of a run: plain data beside the networks
     "robustlab.models": 2,
