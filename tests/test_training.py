@@ -284,18 +284,14 @@ def test_fast_path_options_train_and_are_recorded(tmp_path: Path) -> None:
 
     data = sample(load_dataset("digits", "train"), 96)
     config = model_config_for(data, "lenet", width=4)
-    fast = FastPath(channels_last=True, bf16=True)
-    meta = train(
-        config,
-        data,
-        data,
-        TrainConfig(epochs=1, batch_size=32, pad=0),
-        tmp_path / "r",
-        quiet=True,
-        fast=fast,
-    )
-    assert meta["fast_path"] == {"channels_last": True, "bf16": True, "compile": False}
+    recipe = TrainConfig(epochs=1, batch_size=32, pad=0)
+    meta = train(config, data, data, recipe, tmp_path / "r", quiet=True, fast=FastPath(bf16=True))
+    assert meta["fast_path"] == {"channels_last": False, "bf16": True, "compile": False}
     assert math.isfinite(meta["history"][0]["train_loss"])
+    # channels-last training on the CPU is refused before anything is written (not reproducible)
+    with pytest.raises(RobustlabError, match="drop it, or train on a GPU"):
+        train(config, data, data, recipe, tmp_path / "cl", fast=FastPath(channels_last=True))
+    assert not (tmp_path / "cl").exists()
 
 
 def test_training_is_nchw_and_evaluation_channels_last_on_the_cpu(tmp_path: Path) -> None:

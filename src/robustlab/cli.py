@@ -143,7 +143,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument(
         "--channels-last",
         action="store_true",
-        help="channels_last memory (GPU; on the CPU the weight gradients are not reproducible)",
+        help="channels_last memory (GPU only: refused on the CPU, where the weight gradients "
+        "are not reproducible)",
     )
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for training (GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")

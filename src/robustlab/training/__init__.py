@@ -72,6 +72,11 @@ def train(
     """
     fast = fast or FastPath()
     run_dir = Path(run_dir)
+    if fast.channels_last and torch.device(device).type == "cpu":  # before the folder is touched
+        raise RobustlabError(
+            "--channels-last does not train reproducibly on the CPU (torch 2.13's "
+            "channels-last weight gradients differ run to run); drop it, or train on a GPU"
+        )
     check_fits(model_config, config.batch_size, device)  # before the folder is touched
     start = _prepare_run_dir(run_dir, resume, force)
     if start:

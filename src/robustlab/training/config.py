@@ -122,8 +122,9 @@ class FastPath:
     ``channels_last`` memory format and bf16 autocast pay off on GPUs with tensor
     cores; ``compile`` wraps the model in torch.compile (first epoch compiles).
     Attacks are not affected: they run in float32 unless asked otherwise (and channels-last
-    on the CPU, :func:`robustlab.models.base.channels_last_pays`). Not for CPU training:
-    there torch 2.13's channels-last weight gradients were not reproducible run to run.
+    on the CPU, :func:`robustlab.models.base.channels_last_pays`). ``channels_last`` training
+    is refused on the CPU: there torch 2.13's channels-last weight gradients were not
+    reproducible run to run.
     """
 
     channels_last: bool = False
