@@ -234,6 +234,21 @@ def test_cbpdn_compiled_equals_eager() -> None:
     torch.testing.assert_close(fused.coefficients, eager.coefficients, atol=1e-10, rtol=1e-9)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dictionary_products_equal_their_einsum_definitions(channels: int) -> None:
+    # float64: the loops sum over maps and channels in another order than einsum
+    filters = random_dictionary(6, channels, 4, seed=0, dtype=torch.float64)
+    fourier = FourierDictionary(filters, (12, 12))
+    generator = torch.Generator().manual_seed(0)
+    for batch in (0, 1, 37):  # empty, one image, more than one chunk of images
+        codes = torch.randn(batch, 6, 12, 7, dtype=torch.complex128, generator=generator)
+        signal = torch.randn(batch, channels, 12, 7, dtype=torch.complex128, generator=generator)
+        synthesised = torch.einsum("mchw,bmhw->bchw", fourier.freq, codes)
+        adjoint = torch.einsum("mchw,bchw->bmhw", fourier.freq.conj(), signal)
+        torch.testing.assert_close(fourier.synthesise(codes), synthesised, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(fourier.adjoint(signal), adjoint, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("auto_rho", [True, False])
 def test_cbpdn_in_place_iterations_give_the_recorded_solution_bit_for_bit(auto_rho: bool) -> None:
     # unrecorded solves overwrite dead arrays with the same operations as the out-of-place

@@ -144,13 +144,32 @@ class FourierDictionary:
         self._to_eigen_t = to_eigen.mT.contiguous()
         self._from_eigen = _real_matrix(eigenvectors.transpose(1, 2) @ by_freq.conj())
 
+    # Both products below run per output channel on a few images at a time. ``einsum`` made
+    # them per-frequency batched matmuls whose strided operands it copied matrix by matrix:
+    # 4.3 ms for 24 images of 64 maps of 28 × 28 against 0.27 ms this way (2 cores); a
+    # chunk's temporaries stay in cache (all 256 images of 32 × 32 at once were as slow).
+    _CHUNK = 16
+
     def synthesise(self, coefficients_freq: torch.Tensor) -> torch.Tensor:
         """Σ_m d_m * x_m in the DFT domain: (B, M, H, Wf) -> (B, C, H, Wf)."""
-        return torch.einsum("mchw,bmhw->bchw", self.freq, coefficients_freq)
+        return torch.cat(
+            [
+                torch.stack([(chunk * filters).sum(1) for filters in self.freq.unbind(1)], 1)
+                for chunk in torch.split(coefficients_freq, self._CHUNK)
+            ]
+        )
 
     def adjoint(self, signal_freq: torch.Tensor) -> torch.Tensor:
         """D^H applied per frequency: (B, C, H, Wf) -> (B, M, H, Wf)."""
-        return torch.einsum("mchw,bchw->bmhw", self.freq.conj(), signal_freq)
+        conjugate = self.freq.conj()
+
+        def product(chunk: torch.Tensor) -> torch.Tensor:  # Σ_c s_c conj(d_mc), c in order
+            total: torch.Tensor = chunk[:, 0, None] * conjugate[:, 0]
+            for c in range(1, chunk.shape[1]):
+                total = total + chunk[:, c, None] * conjugate[:, c]
+            return total
+
+        return torch.cat([product(chunk) for chunk in torch.split(signal_freq, self._CHUNK)])
 
     def x_step(self, target: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
         r"""x = F⁻¹ (I + D^H D / ρ)⁻¹ F t per image: (B, M, H, W) -> (B, M, H, W).
