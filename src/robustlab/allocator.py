@@ -4,18 +4,18 @@ PyTorch on the CPU allocates every operation's result afresh. glibc's ``malloc``
 blocks above its mmap threshold (128 KiB at first, raised as large blocks are freed, at most
 32 MiB) from fresh mappings and gives the free top of its heap back to the kernel once it
 exceeds the trim threshold (twice the mmap threshold); every page allocated again is then
-zero-filled by the kernel on first touch. On the specs' workloads that is most of the
-memory they touch: a training step of the specs' ResNet-8 (batch 128, 28 × 28) took 21,712
-minor page faults (85 MB of pages) with glibc's defaults and none with the thresholds below,
-and ran 1.2× faster (median of five alternated processes; ``benchmarks/allocator.py``).
+zero-filled by the kernel on first touch. ``python benchmarks/allocator.py`` (fresh
+processes, alternated): a training step of the specs' ResNet-8 (batch 128, 28 × 28) took
+8,918 minor page faults (35 MB of pages) with glibc's defaults and 327 with the thresholds
+below, and ran 1.17× faster; an attack's input gradient 1.22×.
 
 :func:`keep_freed_memory` fixes both thresholds: blocks up to 64 MiB come from the heap, and
-up to 128 MiB of free heap stay mapped. Peak memory is unchanged (a process's peak is its
-live data plus what it keeps free, at most 128 MiB more); the command line calls it for
-every command. It is a process-wide setting, so a library import never makes it: call it
-from your own program if you want it. It does nothing off glibc (macOS, musl, Windows) or
-where the user already chose glibc's thresholds (``MALLOC_MMAP_THRESHOLD_`` or
-``MALLOC_TRIM_THRESHOLD_`` in the environment).
+up to 128 MiB of free heap stay mapped, so a process's peak memory can grow by at most that
+much (the spec's peak RSS stayed 1.17 GB, against 1.14-1.25 GB before; docs/results.md).
+The command line calls it for every command. It is a process-wide setting, so a library
+import never makes it: call it from your own program if you want it. It does nothing off
+glibc (macOS, musl, Windows) or where the user already chose glibc's thresholds
+(``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` in the environment).
 """
 
 from __future__ import annotations
