@@ -98,11 +98,11 @@ def test_score_based_attacks_report_their_queries() -> None:
 _GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
-def _fresh_process(code: str, **env: str) -> list[str]:
+def _fresh_process(code: str, *args: str, **env: str) -> list[str]:
     """``code``'s printed lines in a new interpreter (allocator settings are per process)."""
     clean = {k: v for k, v in os.environ.items() if k not in allocator.USER_SETTINGS}
     done = subprocess.run(
-        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True
+        [sys.executable, "-c", code, *args], env={**clean, **env}, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
@@ -139,7 +139,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 @pytest.mark.skipif(not _GLIBC, reason="glibc's malloc thresholds only")
 def test_kept_memory_spares_a_training_step_its_page_faults() -> None:
     def faults(mode: str) -> float:
-        return float(_fresh_process(_TRAINING_FAULTS.replace("sys.argv[1]", repr(mode)))[0])
+        return float(_fresh_process(_TRAINING_FAULTS, mode)[0])
 
     default = faults("default")
     if default < 500:  # this glibc kept the step's blocks anyway: nothing to spare

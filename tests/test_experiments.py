@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from robustlab import allocator
 from robustlab.experiments.executor import run_spec
 from robustlab.experiments.spec import load_spec, parse_spec
 from robustlab.experiments.timings import TimingLog, summarize
@@ -33,9 +34,7 @@ def test_every_protocol_writes_records_and_tables(tiny_results) -> None:
     assert {"whitebox", "decision", "noise", "shuffle"} <= set(kinds)
     saved = json.loads((out / "results.json").read_text())
     assert saved["records"] == records and saved["spec"]["experiment"]["dataset"] == "digits"
-    from robustlab import allocator  # what this process's allocator did, as the run saw it
-
-    assert saved["environment"]["allocator"] == allocator.describe()
+    assert saved["environment"]["allocator"] == allocator.describe()  # as the run saw it
     assert (out / "results.csv").read_text().count("\n") > len(records)
     assert "## Transfer" in (out / "results.md").read_text()
 
