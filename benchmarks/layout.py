@@ -1,4 +1,5 @@
-"""NCHW against channels-last (NHWC) for robustlab's networks, on the passes the specs make.
+"""NCHW against channels-last (NHWC), and BatchNorm folded against run as a module, for
+robustlab's networks, on the passes the specs make.
 
     python benchmarks/layout.py [--rounds 5] [--device cpu]
 
@@ -11,13 +12,20 @@ ratios is printed: NCHW time over channels-last time (> 1: channels-last is fast
 is what :func:`robustlab.models.base.channels_last_pays` decides on. The largest logit
 difference of the two layouts on the same weights shows what the layout costs in float32
 rounding.
+
+Then, in the layout evaluation uses, the same for folding (``ConvBN``): every unit run as
+``nn.Sequential(conv, bn)`` against the unit with BatchNorm folded into the convolution,
+weights frozen as attacks freeze them, on the evaluation passes (ratio > 1: folding is
+faster).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -25,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.models import build
-from robustlab.models.base import place
+from robustlab.models.base import ConvBN, channels_last_pays, place
 
 CASES = (  # (pass, batch, repetitions per round)
     ("train", 128, 6),
@@ -98,6 +106,45 @@ def compare(channels: int, size: int, rounds: int, device: torch.device) -> None
     print(f"largest logit difference between the layouts: {gap:.2e}")
 
 
+def unfolded(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose ``ConvBN`` units are plain ``nn.Sequential(conv, bn)``."""
+    copied = copy.deepcopy(model)
+    for parent in list(copied.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, ConvBN):
+                setattr(parent, name, nn.Sequential(OrderedDict(child.named_children())))
+    return copied
+
+
+def compare_folding(channels: int, size: int, rounds: int, device: torch.device) -> None:
+    folded = network(channels, size, channels_last_pays(device), device)  # as evaluation has it
+    models = {"module": unfolded(folded), "folded": folded}
+    for model in models.values():
+        model.requires_grad_(False)  # as robustlab.models.base.frozen leaves them for attacks
+    print(
+        f"BatchNorm folded, {channels}×{size}×{size}, {device}, {torch.get_num_threads()} threads"
+    )
+    print(f"{'pass':8s} {'batch':>5s} {'BN ms/img':>12s} {'folded':>12s} {'ratio':>6s}")
+    for kind, batch, repetitions in CASES:
+        if kind == "train":
+            continue  # training mode runs BatchNorm on the batch: nothing folds
+        x = torch.rand(batch, channels, size, size, device=device)
+        y = torch.randint(0, 10, (batch,), device=device)
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(rounds):
+            for name, model in models.items():
+                times[name].append(seconds(one_pass(model, kind, x, y), repetitions, device))
+        pairs = zip(times["module"], times["folded"], strict=True)
+        ratio = statistics.median(a / b for a, b in pairs)
+        plain, fused = (1e3 * statistics.median(times[name]) / batch for name in models)
+        print(f"{kind:8s} {batch:5d} {plain:12.3f} {fused:12.3f} {ratio:6.2f}")
+    x = torch.rand(64, channels, size, size, device=device)
+    with torch.no_grad():
+        logits = [model.eval()(x).double() for model in models.values()]
+    gap = float((logits[0] - logits[1]).abs().max())
+    print(f"largest logit difference, folded against the module: {gap:.2e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -105,6 +152,8 @@ def main() -> None:
     args = parser.parse_args()
     for channels, size in ((1, 28), (3, 32)):
         compare(channels, size, args.rounds, torch.device(args.device))
+    for channels, size in ((1, 28), (3, 32)):
+        compare_folding(channels, size, args.rounds, torch.device(args.device))
 
 
 if __name__ == "__main__":

@@ -161,3 +161,111 @@ def test_place_keeps_a_network_with_3d_convolutions_as_built() -> None:
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
     placed = place(net, "cpu")  # channels-last is a 4-D format: no error, no change
     assert placed[0].weight.is_contiguous()
+
+
+# --- BatchNorm folded into the convolution in eval mode (models.base.ConvBN) -----------------
+
+
+def _unit(bias: bool = False) -> torch.nn.Module:
+    """A float64 ConvBN with BN statistics and affine terms far from their defaults."""
+    from robustlab.models.base import conv_bn
+
+    torch.manual_seed(0)
+    unit = conv_bn(3, 5, 3, stride=2).double()
+    if bias:
+        unit.conv.bias = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+    with torch.no_grad():
+        unit.bn.running_mean.normal_()
+        unit.bn.running_var.uniform_(0.5, 3.0)
+        unit.bn.weight.normal_()
+        unit.bn.bias.normal_()
+    return unit.eval()
+
+
+def _two_modules(unit: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out: torch.Tensor = unit.bn(unit.conv(x))
+    return out
+
+
+def _bn_calls(unit: torch.nn.Module, x: torch.Tensor) -> int:
+    """How often BatchNorm's own forward runs in one call of ``unit``."""
+    calls = []
+    original = type(unit.bn).forward
+    unit.bn.forward = lambda t: calls.append(1) or original(unit.bn, t)  # type: ignore[method-assign]
+    try:
+        unit(x)
+    finally:
+        del unit.bn.forward
+    return len(calls)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_bn_folds_in_eval_mode_with_the_two_modules_result_and_gradients(bias: bool) -> None:
+    unit = _unit(bias)
+    x = torch.randn(4, 3, 9, 9, dtype=torch.float64)
+    assert _bn_calls(unit, x) == 0  # folded: BatchNorm's pass is not made
+    assert torch.allclose(unit(x), _two_modules(unit, x), rtol=0, atol=1e-12)
+    # an attack's input gradient, weights frozen (the cached folded weights)
+    unit.requires_grad_(False)
+    point = x.clone().requires_grad_(True)
+    (folded,) = torch.autograd.grad(unit(point).square().sum(), point)
+    (plain,) = torch.autograd.grad(_two_modules(unit, point).square().sum(), point)
+    assert torch.allclose(folded, plain, rtol=0, atol=1e-12)
+    # weight gradients in eval mode (fine-tuning with frozen statistics): folded per call
+    unit.requires_grad_(True)
+    params = [p for p in unit.parameters()]
+    folded_grads = torch.autograd.grad(unit(x).square().sum(), params)
+    plain_grads = torch.autograd.grad(_two_modules(unit, x).square().sum(), params)
+    for a, b in zip(folded_grads, plain_grads, strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_conv_bn_trains_as_the_two_modules_bit_for_bit() -> None:
+    unit = _unit().train()
+    x = torch.randn(4, 3, 9, 9, dtype=torch.float64)
+    reference = copy.deepcopy(unit)
+    assert _bn_calls(copy.deepcopy(unit), x) == 1
+    assert torch.equal(unit(x), _two_modules(reference, x))  # batch statistics, as before
+    assert torch.equal(unit.bn.running_mean, reference.bn.running_mean)
+
+
+def test_conv_bn_refolds_whenever_its_weights_change() -> None:
+    unit = _unit()
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        unit(x)  # the folded weights are now kept
+        unit.conv.weight.mul_(2.0)  # in place, as an optimiser step (no .eval() between)
+        assert torch.allclose(unit(x), _two_modules(unit, x), rtol=0, atol=1e-12)
+        unit.bn.running_var.add_(1.0)
+        assert torch.allclose(unit(x), _two_modules(unit, x), rtol=0, atol=1e-12)
+        other = _unit(bias=False)
+        other.bn.weight.mul_(-1)
+        unit.load_state_dict(other.state_dict())
+        assert torch.allclose(unit(x), _two_modules(other, x), rtol=0, atol=1e-12)
+        unit.bn.eps = 0.5
+        assert torch.allclose(unit(x), _two_modules(unit, x), rtol=0, atol=1e-12)
+        unit.conv.weight = torch.nn.Parameter(torch.randn_like(unit.conv.weight))  # replaced
+        assert torch.allclose(unit(x), _two_modules(unit, x), rtol=0, atol=1e-12)
+        single = copy.deepcopy(unit).float()  # another dtype: refolded, in float32
+        assert single(x.float()).dtype == torch.float32
+        copied = copy.deepcopy(unit)  # a copy refolds from its own weights
+        copied.conv.weight.zero_()
+        assert torch.allclose(copied(x), _two_modules(copied, x), rtol=0, atol=1e-12)
+        assert torch.allclose(unit(x), _two_modules(unit, x), rtol=0, atol=1e-12)
+
+
+def test_conv_bn_with_a_hook_runs_its_two_modules() -> None:
+    unit = _unit()
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    seen: list[torch.Tensor] = []
+    handle = unit.conv.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    assert _bn_calls(unit, x) == 1  # a probe of the convolution's output sees it
+    assert torch.equal(seen[0], unit.conv(x))
+    handle.remove()
+    mask = torch.zeros(1, 5, 1, 1, dtype=torch.float64)
+    unit.bn.register_forward_hook(lambda _m, _i, out: out * mask)  # a defect's mask on BN
+    assert torch.equal(unit(x), torch.zeros_like(unit(x)))
+    assert list(unit.state_dict()) == ["conv.weight", *(f"bn.{k}" for k in _BN_KEYS)]
+
+
+_BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")

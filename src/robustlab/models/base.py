@@ -10,6 +10,7 @@ LeNet) the two numberings coincide.
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -135,9 +136,115 @@ def resolve_blocks(
     return indices
 
 
-def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
-    """Conv (no bias) followed by BatchNorm: the unit whose BN output a defect masks."""
-    return nn.Sequential(
+class ConvBN(nn.Sequential):
+    r"""A convolution, then BatchNorm: the unit of every zoo network, whose BN output a
+    defect masks. Its modules and weights are those of ``nn.Sequential(conv, bn)``.
+
+    In eval mode BatchNorm is an affine map of the convolution's output z,
+
+    .. math:: \gamma \, (z - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta = s\,z + \beta - s\,\mu,
+              \qquad s = \gamma / \sqrt{\sigma^2 + \epsilon},
+
+    so the unit is one convolution with weights :math:`s\,w` and bias
+    :math:`\beta + s\,(b - \mu)`: one pass over the activations instead of two, in the
+    forward pass and in an attack's backward pass (``benchmarks/layout.py``). The result is
+    the two modules' up to float rounding. The folded weights are kept while the tensors
+    they come from are the same tensors, unwritten (their version counters show an
+    optimiser step or ``load_state_dict``; ``.to()`` and ``.eval()`` drop them), and are
+    recomputed per call where autograd needs gradients of the weights. A write through
+    ``.data`` bypasses the version counters: call ``.eval()`` after one.
+
+    Training mode, a hook on either module (a defect mask, a probe of the convolution's
+    output) or a module that is not a plain ``Conv2d``/``BatchNorm2d`` with running
+    statistics (a regenerated convolution) runs the two modules as they are. Global module
+    hooks see the unit, not its two modules, while it folds.
+    """
+
+    _folded: _Folded | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        conv, bn = self
+        if self.training or not _foldable(conv, bn):
+            out: torch.Tensor = super().forward(x)  # type: ignore[no-untyped-call]
+            return out
+        assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)  # _foldable
+        if torch.is_grad_enabled() and any(t.requires_grad for t in _sources(conv, bn)):
+            weight, bias = _fold(conv, bn)  # differentiable: weight gradients stay exact
+        else:
+            if self._folded is None or not self._folded.made_from(conv, bn):
+                self._folded = _Folded(conv, bn)
+            weight, bias = self._folded.weight, self._folded.bias
+        folded: torch.Tensor = conv._conv_forward(x, weight, bias)
+        return folded
+
+    def train(self, mode: bool = True) -> ConvBN:
+        self._folded = None  # made again from the weights by the next eval-mode call
+        return super().train(mode)
+
+    def _apply(self, fn: Callable[..., torch.Tensor], recurse: bool = True) -> ConvBN:
+        self._folded = None  # .to(), .double(), ...: the weights are other tensors now
+        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call, no-any-return]
+
+
+class _Folded:
+    """A :class:`ConvBN`'s folded weights and what they were made from."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+        with torch.no_grad():
+            self.weight, self.bias = _fold(conv, bn)
+        sources = _sources(conv, bn)
+        # weak references: a copy of the unit (deepcopy) or a tensor made later at the same
+        # address never passes for the tensors these were folded from
+        self._refs = [weakref.ref(t) for t in sources]
+        self._states = [_state(t) for t in sources]
+        self._eps = bn.eps
+
+    def made_from(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
+        sources = _sources(conv, bn)
+        return (
+            bn.eps == self._eps
+            and len(sources) == len(self._refs)
+            and all(
+                ref() is t and state == _state(t)
+                for ref, state, t in zip(self._refs, self._states, sources, strict=True)
+            )
+        )
+
+
+def _state(t: torch.Tensor) -> tuple[int, int]:
+    """A tensor's writes and storage: ``.to()`` and ``.data =`` change the storage."""
+    return t._version, t.data_ptr()
+
+
+def _sources(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, ...]:
+    tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    return tuple(t for t in tensors if t is not None)
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    if type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d:
+        return False
+    statistics = bn.running_mean is not None and bn.running_var is not None
+    return bn.affine and statistics and not (_hooked(conv) or _hooked(bn))
+
+
+def _hooked(module: nn.Module) -> bool:
+    hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks)
+    return any(hooks) or bool(module._backward_pre_hooks)
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s w, β + s (b − μ)) with s = γ / √(σ² + ε): the convolution BN makes of ``conv``."""
+    assert bn.running_mean is not None and bn.running_var is not None  # _foldable
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale.view(-1, 1, 1, 1)  # keeps the weight's memory format
+    shift = bn.running_mean if conv.bias is None else bn.running_mean - conv.bias
+    return weight, torch.addcmul(bn.bias, shift, scale, value=-1)
+
+
+def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> ConvBN:
+    """Conv (no bias) followed by BatchNorm (:class:`ConvBN`)."""
+    return ConvBN(
         OrderedDict(
             conv=nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=False),
             bn=nn.BatchNorm2d(cout),
