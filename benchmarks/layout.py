@@ -16,7 +16,8 @@ rounding.
 Then, in the layout evaluation uses, the same for folding (``ConvBN``): every unit run as
 ``nn.Sequential(conv, bn)`` against the unit with BatchNorm folded into the convolution,
 weights frozen as attacks freeze them, on the evaluation passes (ratio > 1: folding is
-faster).
+faster). Last, what counting costs: the same passes with a ``Meter`` open (every record's
+cell has one) against none (ratio > 1: counting slows the pass down).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from torch import nn
 
 from robustlab.models import build
 from robustlab.models.base import ConvBN, channels_last_pays, place
+from robustlab.models.cost import Meter, count_passes
 
 CASES = (  # (pass, batch, repetitions per round)
     ("train", 128, 6),
@@ -145,6 +147,30 @@ def compare_folding(channels: int, size: int, rounds: int, device: torch.device)
     print(f"largest logit difference, folded against the module: {gap:.2e}")
 
 
+def compare_metered(channels: int, size: int, rounds: int, device: torch.device) -> None:
+    model = count_passes(network(channels, size, channels_last_pays(device), device))
+    model.requires_grad_(False)
+    print(f"Counted passes, {channels}×{size}×{size}, {device}, {torch.get_num_threads()} threads")
+    print(f"{'pass':8s} {'batch':>5s} {'ms/img':>12s} {'metered':>12s} {'ratio':>6s}")
+    for kind, batch, repetitions in CASES:
+        if kind == "train":
+            continue
+        x = torch.rand(batch, channels, size, size, device=device)
+        y = torch.randint(0, 10, (batch,), device=device)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(rounds):
+            for metered in (False, True):
+                run = one_pass(model, kind, x, y)
+                if metered:
+                    with Meter():
+                        times[True].append(seconds(run, repetitions, device))
+                else:
+                    times[False].append(seconds(run, repetitions, device))
+        ratio = statistics.median(a / b for a, b in zip(times[True], times[False], strict=True))
+        plain, metered = (1e3 * statistics.median(times[m]) / batch for m in (False, True))
+        print(f"{kind:8s} {batch:5d} {plain:12.3f} {metered:12.3f} {ratio:6.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -154,6 +180,7 @@ def main() -> None:
         compare(channels, size, args.rounds, torch.device(args.device))
     for channels, size in ((1, 28), (3, 32)):
         compare_folding(channels, size, args.rounds, torch.device(args.device))
+    compare_metered(1, 28, args.rounds, torch.device(args.device))
 
 
 if __name__ == "__main__":

@@ -82,6 +82,28 @@ def test_nested_counted_networks_count_once_and_ensembles_per_member() -> None:
     assert counted(user) is user and passes_per_image(user, torch.rand(2, 1, 12, 12)) == 1
 
 
+def test_counting_hooks_the_marked_networks_only_and_survives_copies_and_torchscript() -> None:
+    import copy
+    import warnings
+
+    model = _net()
+    assert count_passes(model) is model  # marking twice: still one count per image
+    with Meter() as cost:
+        # the network's own hooks count: no global hook runs for every module of every network
+        assert not nn.modules.module._global_forward_hooks
+        model(torch.rand(3, 1, 12, 12))
+        copied = copy.deepcopy(model)  # a copy (SFR's defended network) counts as itself
+        copied(torch.rand(2, 1, 12, 12))
+    assert cost.forward == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(nn.Linear(4, 2))  # takes no hooks of its own
+    with Meter() as cost:
+        count_passes(scripted)(torch.rand(6, 4))  # marked while a meter is open
+        scripted(torch.rand(1, 4))
+    assert cost.forward == 7 and not nn.modules.module._global_forward_hooks
+
+
 def test_score_based_attacks_report_their_queries() -> None:
     model = _net()
     x, y = torch.rand(3, 1, 12, 12), torch.arange(3)
