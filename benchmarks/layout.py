@@ -23,6 +23,7 @@ cell has one) against none (ratio > 1: counting slows the pass down).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
@@ -87,24 +88,63 @@ def seconds(run: Callable[[], None], repetitions: int, device: torch.device) -> 
     return (time.perf_counter() - start) / repetitions
 
 
-def compare(channels: int, size: int, rounds: int, device: torch.device) -> None:
-    models = {cl: network(channels, size, cl, device) for cl in (False, True)}
-    print(f"ResNet-8 w16, {channels}×{size}×{size}, {device}, {torch.get_num_threads()} threads")
-    print(f"{'pass':8s} {'batch':>5s} {'NCHW ms/img':>12s} {'NHWC ms/img':>12s} {'ratio':>6s}")
+# times one pass of a kind, at a batch and repetitions, on one variant of the network
+Timer = Callable[[str, torch.Tensor, torch.Tensor, int], float]
+
+
+def table(
+    title: str,
+    variants: dict[str, Timer],
+    shape: tuple[int, int],
+    rounds: int,
+    device: torch.device,
+    *,
+    train: bool = True,
+) -> None:
+    """One row per case of :data:`CASES`: each variant's median ms per image over the rounds
+    (the variants alternate round after round) and the median of the rounds' ratios, first
+    variant over second."""
+    channels, size = shape
+    threads = torch.get_num_threads()
+    print(f"{title}, {channels}×{size}×{size}, {device}, {threads} threads")
+    first, second = variants
+    print(f"{'pass':8s} {'batch':>5s} {first + ' ms/img':>16s} {second + ' ms/img':>16s} ratio")
     for kind, batch, repetitions in CASES:
+        if kind == "train" and not train:
+            continue
         x = torch.rand(batch, channels, size, size, device=device)
         y = torch.randint(0, 10, (batch,), device=device)
-        times: dict[bool, list[float]] = {False: [], True: []}
+        times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(rounds):
-            for cl in (False, True):
-                times[cl].append(seconds(one_pass(models[cl], kind, x, y), repetitions, device))
-        ratio = statistics.median(a / b for a, b in zip(times[False], times[True], strict=True))
-        plain, last = (1e3 * statistics.median(times[cl]) / batch for cl in (False, True))
-        print(f"{kind:8s} {batch:5d} {plain:12.3f} {last:12.3f} {ratio:6.2f}")
-    x = torch.rand(64, channels, size, size, device=device)
+            for name, timer in variants.items():
+                times[name].append(timer(kind, x, y, repetitions))
+        pairs = zip(times[first], times[second], strict=True)
+        ratio = statistics.median(a / b for a, b in pairs)
+        a, b = (1e3 * statistics.median(times[name]) / batch for name in variants)
+        print(f"{kind:8s} {batch:5d} {a:16.3f} {b:16.3f} {ratio:5.2f}")
+
+
+def timer(model: nn.Module, device: torch.device, *, metered: bool = False) -> Timer:
+    """Seconds per pass of ``model`` (inside a ``Meter``, as in a record's cell, if asked)."""
+
+    def time_it(kind: str, x: torch.Tensor, y: torch.Tensor, repetitions: int) -> float:
+        with Meter() if metered else contextlib.nullcontext():
+            return seconds(one_pass(model, kind, x, y), repetitions, device)
+
+    return time_it
+
+
+def logit_gap(a: nn.Module, b: nn.Module, shape: tuple[int, int], device: torch.device) -> float:
+    x = torch.rand(64, shape[0], shape[1], shape[1], device=device)
     with torch.no_grad():
-        logits = [models[cl].eval()(x).double() for cl in (False, True)]
-    gap = float((logits[0] - logits[1]).abs().max())
+        return float((a.eval()(x).double() - b.eval()(x).double()).abs().max())
+
+
+def compare(shape: tuple[int, int], rounds: int, device: torch.device) -> None:
+    models = {cl: network(*shape, cl, device) for cl in (False, True)}
+    variants = {"NCHW": timer(models[False], device), "NHWC": timer(models[True], device)}
+    table("ResNet-8 w16", variants, shape, rounds, device)
+    gap = logit_gap(models[False], models[True], shape, device)
     print(f"largest logit difference between the layouts: {gap:.2e}")
 
 
@@ -118,57 +158,23 @@ def unfolded(model: nn.Module) -> nn.Module:
     return copied
 
 
-def compare_folding(channels: int, size: int, rounds: int, device: torch.device) -> None:
-    folded = network(channels, size, channels_last_pays(device), device)  # as evaluation has it
-    models = {"module": unfolded(folded), "folded": folded}
-    for model in models.values():
+def compare_folding(shape: tuple[int, int], rounds: int, device: torch.device) -> None:
+    folded = network(*shape, channels_last_pays(device), device)  # as evaluation has it
+    module = unfolded(folded)
+    for model in (folded, module):
         model.requires_grad_(False)  # as robustlab.models.base.frozen leaves them for attacks
-    print(
-        f"BatchNorm folded, {channels}×{size}×{size}, {device}, {torch.get_num_threads()} threads"
-    )
-    print(f"{'pass':8s} {'batch':>5s} {'BN ms/img':>12s} {'folded':>12s} {'ratio':>6s}")
-    for kind, batch, repetitions in CASES:
-        if kind == "train":
-            continue  # training mode runs BatchNorm on the batch: nothing folds
-        x = torch.rand(batch, channels, size, size, device=device)
-        y = torch.randint(0, 10, (batch,), device=device)
-        times: dict[str, list[float]] = {name: [] for name in models}
-        for _ in range(rounds):
-            for name, model in models.items():
-                times[name].append(seconds(one_pass(model, kind, x, y), repetitions, device))
-        pairs = zip(times["module"], times["folded"], strict=True)
-        ratio = statistics.median(a / b for a, b in pairs)
-        plain, fused = (1e3 * statistics.median(times[name]) / batch for name in models)
-        print(f"{kind:8s} {batch:5d} {plain:12.3f} {fused:12.3f} {ratio:6.2f}")
-    x = torch.rand(64, channels, size, size, device=device)
-    with torch.no_grad():
-        logits = [model.eval()(x).double() for model in models.values()]
-    gap = float((logits[0] - logits[1]).abs().max())
+    variants = {"BN": timer(module, device), "folded": timer(folded, device)}
+    # training mode runs BatchNorm on the batch: nothing folds
+    table("BatchNorm folded", variants, shape, rounds, device, train=False)
+    gap = logit_gap(module, folded, shape, device)
     print(f"largest logit difference, folded against the module: {gap:.2e}")
 
 
-def compare_metered(channels: int, size: int, rounds: int, device: torch.device) -> None:
-    model = count_passes(network(channels, size, channels_last_pays(device), device))
+def compare_metered(shape: tuple[int, int], rounds: int, device: torch.device) -> None:
+    model = count_passes(network(*shape, channels_last_pays(device), device))
     model.requires_grad_(False)
-    print(f"Counted passes, {channels}×{size}×{size}, {device}, {torch.get_num_threads()} threads")
-    print(f"{'pass':8s} {'batch':>5s} {'ms/img':>12s} {'metered':>12s} {'ratio':>6s}")
-    for kind, batch, repetitions in CASES:
-        if kind == "train":
-            continue
-        x = torch.rand(batch, channels, size, size, device=device)
-        y = torch.randint(0, 10, (batch,), device=device)
-        times: dict[bool, list[float]] = {False: [], True: []}
-        for _ in range(rounds):
-            for metered in (False, True):
-                run = one_pass(model, kind, x, y)
-                if metered:
-                    with Meter():
-                        times[True].append(seconds(run, repetitions, device))
-                else:
-                    times[False].append(seconds(run, repetitions, device))
-        ratio = statistics.median(a / b for a, b in zip(times[True], times[False], strict=True))
-        plain, metered = (1e3 * statistics.median(times[m]) / batch for m in (False, True))
-        print(f"{kind:8s} {batch:5d} {plain:12.3f} {metered:12.3f} {ratio:6.2f}")
+    variants = {"metered": timer(model, device, metered=True), "plain": timer(model, device)}
+    table("Counted passes", variants, shape, rounds, device, train=False)
 
 
 def main() -> None:
@@ -176,11 +182,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    for channels, size in ((1, 28), (3, 32)):
-        compare(channels, size, args.rounds, torch.device(args.device))
-    for channels, size in ((1, 28), (3, 32)):
-        compare_folding(channels, size, args.rounds, torch.device(args.device))
-    compare_metered(1, 28, args.rounds, torch.device(args.device))
+    device = torch.device(args.device)
+    for shape in ((1, 28), (3, 32)):
+        compare(shape, args.rounds, device)
+    for shape in ((1, 28), (3, 32)):
+        compare_folding(shape, args.rounds, device)
+    compare_metered((1, 28), args.rounds, device)
 
 
 if __name__ == "__main__":
