@@ -168,11 +168,12 @@ class ConvBN(nn.Sequential):
             out: torch.Tensor = super().forward(x)  # type: ignore[no-untyped-call]
             return out
         assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)  # _foldable
-        if torch.is_grad_enabled() and any(t.requires_grad for t in _sources(conv, bn)):
+        sources = _sources(conv, bn)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
             weight, bias = _fold(conv, bn)  # differentiable: weight gradients stay exact
         else:
-            if self._folded is None or not self._folded.made_from(conv, bn):
-                self._folded = _Folded(conv, bn)
+            if self._folded is None or not self._folded.made_from(sources, bn.eps):
+                self._folded = _Folded(conv, bn, sources)
             weight, bias = self._folded.weight, self._folded.bias
         folded: torch.Tensor = conv._conv_forward(x, weight, bias)
         return folded
@@ -189,20 +190,21 @@ class ConvBN(nn.Sequential):
 class _Folded:
     """A :class:`ConvBN`'s folded weights and what they were made from."""
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    def __init__(
+        self, conv: nn.Conv2d, bn: nn.BatchNorm2d, sources: tuple[torch.Tensor, ...]
+    ) -> None:
         with torch.no_grad():
             self.weight, self.bias = _fold(conv, bn)
-        sources = _sources(conv, bn)
         # weak references: a copy of the unit (deepcopy) or a tensor made later at the same
         # address never passes for the tensors these were folded from
         self._refs = [weakref.ref(t) for t in sources]
         self._states = [_state(t) for t in sources]
         self._eps = bn.eps
 
-    def made_from(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
-        sources = _sources(conv, bn)
+    def made_from(self, sources: tuple[torch.Tensor, ...], eps: float) -> bool:
+        """Whether ``sources`` (:func:`_sources`) and ``eps`` are what these were folded from."""
         return (
-            bn.eps == self._eps
+            eps == self._eps
             and len(sources) == len(self._refs)
             and all(
                 ref() is t and state == _state(t)
