@@ -10,9 +10,9 @@ prediction n more.
 
 Counting is exact and costs two Python calls per call of a marked network: the network's own
 forward hooks, which count only while some :class:`Meter` is open. (Global module hooks, the
-first design, ran for every module of every network while a meter was open: 0.13 ms per
-forward pass of the specs' ResNet-8, 17 % of a one-image query; they remain only for a
-TorchScript network, which takes no hooks of its own.)
+first design, ran for every module of every network while a meter was open: a one-image
+forward pass of the specs' ResNet-8 took 1.21-1.26× as long, docs/benchmarks.md; they remain
+only for a TorchScript network, which takes no hooks of its own.)
 
 Meters nest: every open meter counts what runs inside it (a cell, and each of its attacks).
 :func:`paused` stops every open meter (passes, seconds) for work that is not the measured
